@@ -1,0 +1,38 @@
+"""The FastAPI application."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from hub import errors
+from hub.limits import BodyLimit
+from hub.routes import adapters, health
+from hub.settings import Settings
+from hub.state import HubState
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.hub = HubState.open(settings)
+        try:
+            yield
+        finally:
+            app.state.hub.close()
+
+    app = FastAPI(
+        title="Quiver",
+        summary="A registry and hub for LoRA adapters",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    errors.install(app)
+    app.include_router(health.router)
+    app.include_router(adapters.router)
+    app.add_middleware(BodyLimit, limit=settings.max_upload_bytes)
+    return app

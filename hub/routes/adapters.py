@@ -1,0 +1,130 @@
+"""The native /v1 API: publish, list, read, edit and delete adapters, and download their files."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import FileResponse
+
+from hub import schemas
+from hub.deps import PrincipalDep, SessionDep, StateDep
+from hub.uploads import form_meta, read_form, stage_files
+from registry import catalog, publishing
+from registry.accounts import require_write
+from registry.errors import NotFound
+from registry.names import check_repo_id
+
+router = APIRouter(prefix="/v1", tags=["adapters"])
+MEDIA_TYPES = {"json": "application/json", "jsonl": "application/jsonl", "md": "text/markdown; charset=utf-8"}
+
+
+@router.post("/adapters/{namespace}/{name}", status_code=201, response_model=schemas.VersionOut)
+async def publish_adapter(
+    namespace: str, name: str, request: Request, state: StateDep, principal: PrincipalDep
+) -> schemas.VersionOut:
+    """Publish a new version. Multipart: parts named `files` (filename = path in the adapter folder),
+    and optional fields description, task, tags (comma separated), license, visibility."""
+
+    def precheck() -> None:
+        check_repo_id(namespace, name)
+        with state.sessions() as session:
+            require_write(session, principal, namespace)
+
+    await run_in_threadpool(precheck)  # refuse before reading a byte of the body
+    form = await read_form(request)
+    try:
+        meta = form_meta(form)
+        files = await run_in_threadpool(stage_files, form, state.store, state.settings.max_upload_bytes)
+        version = await run_in_threadpool(
+            publishing.publish, state.sessions, state.store, principal, namespace, name, files, meta
+        )
+    finally:
+        await form.close()
+    return schemas.version_out(version)
+
+
+@router.get("/adapters", response_model=schemas.AdapterPage)
+def list_adapters(
+    session: SessionDep,
+    principal: PrincipalDep,
+    base_model: str | None = None,
+    task: str | None = None,
+    tag: str | None = None,
+    namespace: str | None = None,
+    cursor: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=catalog.MAX_PAGE)] = 50,
+) -> schemas.AdapterPage:
+    filters = catalog.AdapterFilter(base_model=base_model, task=task, tag=tag, namespace=namespace)
+    adapters, next_cursor = catalog.list_adapters(session, principal, filters, cursor, limit)
+    latest = catalog.latest_versions(session, adapters)
+    return schemas.AdapterPage(
+        adapters=[schemas.adapter_out(a, latest.get(a.id)) for a in adapters], next_cursor=next_cursor
+    )
+
+
+@router.get("/adapters/{namespace}/{name}", response_model=schemas.AdapterOut)
+def get_adapter(namespace: str, name: str, session: SessionDep, principal: PrincipalDep) -> schemas.AdapterOut:
+    adapter = catalog.get_adapter(session, principal, namespace, name)
+    return schemas.adapter_out(adapter, catalog.latest_versions(session, [adapter]).get(adapter.id))
+
+
+@router.patch("/adapters/{namespace}/{name}", response_model=schemas.AdapterOut)
+def patch_adapter(
+    namespace: str, name: str, patch: schemas.AdapterPatch, state: StateDep, principal: PrincipalDep
+) -> schemas.AdapterOut:
+    meta = publishing.AdapterMeta(**patch.model_dump())
+    publishing.update_adapter(state.sessions, principal, namespace, name, meta)
+    with state.sessions() as session:
+        adapter = catalog.get_adapter(session, principal, namespace, name)
+        return schemas.adapter_out(adapter, catalog.latest_versions(session, [adapter]).get(adapter.id))
+
+
+@router.delete("/adapters/{namespace}/{name}", response_model=schemas.Deleted)
+def delete_adapter(namespace: str, name: str, state: StateDep, principal: PrincipalDep) -> schemas.Deleted:
+    """Delete the adapter and all its versions; blobs nothing else references are removed."""
+    doomed = publishing.delete_adapter(state.sessions, state.store, principal, namespace, name)
+    return schemas.Deleted(deleted=[schemas.version_ref(v) for v in doomed])
+
+
+@router.get("/adapters/{namespace}/{name}/versions", response_model=schemas.VersionList)
+def list_versions(namespace: str, name: str, session: SessionDep, principal: PrincipalDep) -> schemas.VersionList:
+    adapter = catalog.get_adapter(session, principal, namespace, name)
+    return schemas.VersionList(versions=[schemas.version_out(v) for v in adapter.versions])
+
+
+@router.get("/adapters/{namespace}/{name}/versions/{rev}", response_model=schemas.VersionOut)
+def get_version(
+    namespace: str, name: str, rev: str, session: SessionDep, principal: PrincipalDep
+) -> schemas.VersionOut:
+    """rev: a version number, a 40-hex revision id, or `latest`."""
+    adapter = catalog.get_adapter(session, principal, namespace, name)
+    return schemas.version_out(catalog.get_version(session, adapter, rev))
+
+
+@router.delete("/adapters/{namespace}/{name}/versions/{rev}", response_model=schemas.Deleted)
+def delete_version(namespace: str, name: str, rev: str, state: StateDep, principal: PrincipalDep) -> schemas.Deleted:
+    doomed = publishing.delete_adapter(state.sessions, state.store, principal, namespace, name, rev=rev)
+    return schemas.Deleted(deleted=[schemas.version_ref(v) for v in doomed])
+
+
+@router.api_route("/adapters/{namespace}/{name}/versions/{rev}/files/{path:path}", methods=["GET", "HEAD"])
+def download_file(
+    namespace: str, name: str, rev: str, path: str, session: SessionDep, state: StateDep, principal: PrincipalDep
+) -> Response:
+    """A file of a version, streamed; ETag is its sha256; Range requests are honoured."""
+    adapter = catalog.get_adapter(session, principal, namespace, name)
+    version = catalog.get_version(session, adapter, rev)
+    entry = next((f for f in version.files if f.path == path), None)
+    if entry is None:
+        raise NotFound(f"{adapter.repo_id} version {version.number} has no file {path!r}", code="entry_not_found")
+    blob = state.store.path(entry.sha256)
+    media_type = MEDIA_TYPES.get(path.rsplit(".", 1)[-1], "application/octet-stream")
+    return FileResponse(
+        blob,
+        media_type=media_type,
+        headers={"ETag": f'"{entry.sha256}"', "X-Quiver-Revision": version.revision, "Cache-Control": "no-cache"},
+        filename=path.rsplit("/", 1)[-1],
+        content_disposition_type="inline" if media_type != "application/octet-stream" else "attachment",
+    )

@@ -1,0 +1,114 @@
+"""The JSON shapes of the /v1 API (the identity fields are fixed in DESIGN.md)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from registry.models import Adapter, Version
+
+
+class FileOut(BaseModel):
+    path: str
+    sha256: str
+    size: int
+
+
+class VersionOut(BaseModel):
+    id: str = Field(description="namespace/name")
+    version: int
+    revision: str = Field(description="40-hex revision id; Hugging Face clients pin it")
+    base_model: str
+    rank: int
+    alpha: float
+    target_modules: list[str]
+    num_parameters: int
+    total_size: int
+    published_by: str | None
+    created_at: datetime
+    adapter_config: dict[str, Any]
+    files: list[FileOut]
+
+
+class VersionRef(BaseModel):
+    id: str
+    version: int
+    revision: str
+
+
+class AdapterOut(BaseModel):
+    id: str
+    namespace: str
+    name: str
+    base_model: str
+    task: str | None
+    tags: list[str]
+    description: str
+    license: str | None
+    visibility: Literal["public", "private"]
+    created_at: datetime
+    updated_at: datetime
+    latest: VersionRef | None
+
+
+class AdapterPage(BaseModel):
+    adapters: list[AdapterOut]
+    next_cursor: str | None
+
+
+class VersionList(BaseModel):
+    versions: list[VersionOut]
+
+
+class Deleted(BaseModel):
+    deleted: list[VersionRef]
+
+
+class AdapterPatch(BaseModel):
+    """Fields to change; those left out stay as they are."""
+
+    model_config = {"extra": "forbid"}
+    description: str | None = None
+    task: str | None = None
+    tags: list[str] | None = None
+    license: str | None = None
+    visibility: Literal["public", "private"] | None = None
+
+
+def version_ref(v: Version) -> VersionRef:
+    return VersionRef(id=v.adapter.repo_id, version=v.number, revision=v.revision)
+
+
+def version_out(v: Version) -> VersionOut:
+    return VersionOut(
+        **version_ref(v).model_dump(),
+        base_model=v.base_model,
+        rank=v.rank,
+        alpha=v.alpha,
+        target_modules=v.target_modules,
+        num_parameters=v.num_parameters,
+        total_size=v.total_size,
+        published_by=v.published_by.name if v.published_by else None,
+        created_at=v.created_at,
+        adapter_config=v.adapter_config,
+        files=[FileOut(path=f.path, sha256=f.sha256, size=f.size) for f in v.files],
+    )
+
+
+def adapter_out(a: Adapter, latest: Version | None) -> AdapterOut:
+    return AdapterOut(
+        id=a.repo_id,
+        namespace=a.namespace.name,
+        name=a.name,
+        base_model=a.base_model,
+        task=a.task,
+        tags=a.tags or [],
+        description=a.description or "",
+        license=a.license,
+        visibility=a.visibility,
+        created_at=a.created_at,
+        updated_at=a.updated_at,
+        latest=version_ref(latest) if latest else None,
+    )

@@ -1,0 +1,65 @@
+"""Turning a multipart upload into staged files in the blob store (DESIGN.md, "Upload")."""
+
+from __future__ import annotations
+
+from fastapi import Request
+from starlette.datastructures import FormData, UploadFile
+
+from registry.blobs import BlobStore, StagedFile
+from registry.errors import InvalidRequest, RegistryError
+from registry.names import check_file_path
+from registry.publishing import AdapterMeta, parse_tags
+
+MAX_FILES = 16
+MAX_FIELDS = 32
+
+
+async def read_form(request: Request) -> FormData:
+    content_type = request.headers.get("content-type", "")
+    if not content_type.startswith("multipart/form-data"):
+        raise InvalidRequest("send the adapter as multipart/form-data, one part named 'files' per file")
+    try:
+        return await request.form(max_files=MAX_FILES, max_fields=MAX_FIELDS)
+    except RegistryError:  # e.g. TooLarge from the body limit
+        raise
+    except Exception as e:  # Starlette's own errors on malformed forms
+        raise InvalidRequest(f"could not read the multipart body: {e}") from None
+
+
+def stage_files(form: FormData, store: BlobStore, limit: int) -> dict[str, StagedFile]:
+    """Stage every part named 'files' under its filename (its path in the adapter folder)."""
+    staged: dict[str, StagedFile] = {}
+    try:
+        for part in form.getlist("files"):
+            if not isinstance(part, UploadFile) or not part.filename:
+                raise InvalidRequest("each 'files' part must be a file whose filename is its path in the adapter")
+            path = check_file_path(part.filename)
+            if path in staged:
+                raise InvalidRequest(f"file {path!r} was sent twice")
+            part.file.seek(0)
+            staged[path] = store.stage(part.file, limit=limit)
+    except BaseException:
+        store.discard(staged.values())
+        raise
+    if not staged:
+        raise InvalidRequest("no files: send adapter_config.json and adapter_model.safetensors as 'files' parts")
+    return staged
+
+
+def form_meta(form: FormData) -> AdapterMeta:
+    def text(key: str) -> str | None:
+        value = form.get(key)
+        if value is not None and not isinstance(value, str):
+            raise InvalidRequest(f"form field {key!r} must be text, not a file")
+        return value
+
+    unknown = set(form.keys()) - {"files", "description", "task", "tags", "license", "visibility"}
+    if unknown:
+        raise InvalidRequest(f"unknown form fields: {', '.join(sorted(unknown))}")
+    return AdapterMeta(
+        description=text("description"),
+        task=text("task") or None,
+        tags=parse_tags(text("tags")),
+        license=text("license") or None,
+        visibility=text("visibility") or None,
+    ).check()

@@ -1,0 +1,129 @@
+"""Reading the registry: adapters and versions as a given principal may see them.
+
+An adapter the caller may not see is reported exactly like one that does not exist.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+from dataclasses import dataclass
+
+from sqlalchemy import Select, func, or_, select
+from sqlalchemy.orm import Session
+
+from registry.accounts import Principal, can_read
+from registry.errors import InvalidRequest, NotFound
+from registry.models import Adapter, Namespace, Version
+from registry.names import check_repo_id
+
+REVISION_RE = re.compile(r"[0-9a-f]{40}")
+MAX_PAGE = 200
+
+
+def find_adapter(session: Session, namespace: str, name: str, *, lock: bool = False) -> Adapter | None:
+    check_repo_id(namespace, name)
+    query = select(Adapter).join(Namespace).where(Namespace.name == namespace, Adapter.name == name)
+    if lock:
+        query = query.with_for_update(of=Adapter)
+    return session.scalar(query)
+
+
+def get_adapter(session: Session, principal: Principal, namespace: str, name: str) -> Adapter:
+    adapter = find_adapter(session, namespace, name)
+    if adapter is None or not can_read(principal, adapter.namespace_id, adapter.visibility):
+        raise NotFound(f"adapter {namespace}/{name} not found")
+    return adapter
+
+
+def get_version(session: Session, adapter: Adapter, rev: str) -> Version:
+    """rev: "latest" (or "main"), a version number, or a 40-hex revision id."""
+    query = select(Version).where(Version.adapter_id == adapter.id)
+    if rev in ("latest", "main"):
+        query = query.order_by(Version.number.desc()).limit(1)
+    elif rev.isdigit() and len(rev) < 10:
+        query = query.where(Version.number == int(rev))
+    elif REVISION_RE.fullmatch(rev):
+        query = query.where(Version.revision == rev)
+    else:
+        raise InvalidRequest(f"revision {rev!r} is not 'latest', a version number or a 40-hex revision id")
+    version = session.scalar(query)
+    if version is None:
+        raise NotFound(f"adapter {adapter.repo_id} has no version {rev}", code="revision_not_found")
+    return version
+
+
+def latest_versions(session: Session, adapters: list[Adapter]) -> dict[int, Version]:
+    """The newest version of each adapter, in one query."""
+    if not adapters:
+        return {}
+    ids = [a.id for a in adapters]
+    newest = (
+        select(Version.adapter_id, func.max(Version.number).label("number"))
+        .where(Version.adapter_id.in_(ids))
+        .group_by(Version.adapter_id)
+        .subquery()
+    )
+    rows = session.scalars(
+        select(Version).join(newest, (Version.adapter_id == newest.c.adapter_id) & (Version.number == newest.c.number))
+    )
+    return {v.adapter_id: v for v in rows}
+
+
+@dataclass(frozen=True)
+class AdapterFilter:
+    base_model: str | None = None
+    task: str | None = None
+    tag: str | None = None
+    namespace: str | None = None
+
+
+def visible(principal: Principal, query: Select) -> Select:
+    """Restrict a query over Adapter to what the principal may see (inside the SQL, not after)."""
+    return query.where(or_(Adapter.visibility == "public", Adapter.namespace_id.in_(sorted(principal.namespace_ids))))
+
+
+def list_adapters(
+    session: Session, principal: Principal, filters: AdapterFilter, cursor: str | None, limit: int
+) -> tuple[list[Adapter], str | None]:
+    """A page of adapters in creation order, and the cursor of the next page (None at the end)."""
+    if not 1 <= limit <= MAX_PAGE:
+        raise InvalidRequest(f"limit must be between 1 and {MAX_PAGE}")
+    query = visible(principal, select(Adapter).join(Namespace))
+    if filters.base_model:
+        query = query.where(Adapter.base_model == filters.base_model)
+    if filters.task:
+        query = query.where(Adapter.task == filters.task)
+    if filters.namespace:
+        query = query.where(Namespace.name == filters.namespace)
+    if cursor:
+        query = query.where(Adapter.id > decode_cursor(cursor))
+    query = query.order_by(Adapter.id)
+    if not filters.tag:
+        rows = list(session.scalars(query.limit(limit + 1)))
+    else:
+        # Tags are a JSON list; filter portably in Python while paging through the ordered rows.
+        rows = []
+        for adapter in session.scalars(query.execution_options(yield_per=500)):
+            if filters.tag in (adapter.tags or []):
+                rows.append(adapter)
+                if len(rows) > limit:
+                    break
+    page = rows[:limit]
+    next_cursor = encode_cursor(page[-1].id) if len(rows) > limit else None
+    return page, next_cursor
+
+
+def encode_cursor(adapter_id: int) -> str:
+    return base64.urlsafe_b64encode(f"a:{adapter_id}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> int:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        kind, value = raw.split(":", 1)
+        if kind != "a":
+            raise ValueError
+        return int(value)
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidRequest("cursor is not valid; pass the next_cursor of a previous page") from None

@@ -1,0 +1,154 @@
+"""The schema, as SQLAlchemy 2.x models. It changes only through migrations/ (Alembic)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator):
+    """A timestamp stored with its zone and always read back as aware UTC (SQLite drops the zone)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_result_value(self, value: datetime | None, dialect: object) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC) if value is not None else None
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+    type_annotation_map = {dict[str, Any]: JSON, list[str]: JSON}
+
+
+class Namespace(Base):
+    """A user or an organisation: the first half of `namespace/name`."""
+
+    __tablename__ = "namespaces"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(96), unique=True)
+    kind: Mapped[str] = mapped_column(String(8))  # "user" | "org"
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Membership(Base):
+    """A user belongs to an organisation."""
+
+    __tablename__ = "memberships"
+    org_id: Mapped[int] = mapped_column(ForeignKey("namespaces.id", ondelete="CASCADE"), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("namespaces.id", ondelete="CASCADE"), primary_key=True)
+
+
+class Token(Base):
+    """A bearer token; only its sha256 is stored."""
+
+    __tablename__ = "tokens"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("namespaces.id", ondelete="CASCADE"), index=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    scope: Mapped[str] = mapped_column(String(8))  # "read" | "write"
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    user: Mapped[Namespace] = relationship()
+
+
+class Adapter(Base):
+    __tablename__ = "adapters"
+    __table_args__ = (UniqueConstraint("namespace_id", "name"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    namespace_id: Mapped[int] = mapped_column(ForeignKey("namespaces.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(96))
+    base_model: Mapped[str] = mapped_column(String(255), index=True)
+    task: Mapped[str | None] = mapped_column(String(255), index=True)
+    tags: Mapped[list[str]] = mapped_column(default=list)
+    description: Mapped[str] = mapped_column(Text, default="")
+    license: Mapped[str | None] = mapped_column(String(64))
+    visibility: Mapped[str] = mapped_column(String(8), default="public")  # "public" | "private"
+    # Highest version number ever given: numbers are never reused, even after a delete.
+    last_version: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    namespace: Mapped[Namespace] = relationship(lazy="joined")
+    versions: Mapped[list[Version]] = relationship(
+        back_populates="adapter", order_by="Version.number", cascade="all, delete-orphan", passive_deletes=True
+    )
+
+    @property
+    def repo_id(self) -> str:
+        return f"{self.namespace.name}/{self.name}"
+
+
+class Version(Base):
+    """One immutable publish of an adapter."""
+
+    __tablename__ = "versions"
+    __table_args__ = (UniqueConstraint("adapter_id", "number"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    adapter_id: Mapped[int] = mapped_column(ForeignKey("adapters.id", ondelete="CASCADE"), index=True)
+    number: Mapped[int] = mapped_column(Integer)
+    revision: Mapped[str] = mapped_column(String(40), unique=True)
+    adapter_config: Mapped[dict[str, Any]]
+    base_model: Mapped[str] = mapped_column(String(255))
+    rank: Mapped[int] = mapped_column(Integer)
+    alpha: Mapped[float] = mapped_column(Float)
+    target_modules: Mapped[list[str]]
+    num_parameters: Mapped[int] = mapped_column(BigInteger)
+    total_size: Mapped[int] = mapped_column(BigInteger)
+    published_by_id: Mapped[int | None] = mapped_column(ForeignKey("namespaces.id", ondelete="SET NULL"))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    adapter: Mapped[Adapter] = relationship(back_populates="versions")
+    published_by: Mapped[Namespace | None] = relationship(lazy="joined")
+    files: Mapped[list[File]] = relationship(
+        order_by="File.path", cascade="all, delete-orphan", passive_deletes=True, lazy="selectin"
+    )
+
+
+class Blob(Base):
+    """A stored file's content, by sha256 (the blob store's key)."""
+
+    __tablename__ = "blobs"
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    size: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class File(Base):
+    """A file of a version: its path in the adapter folder and the blob holding its bytes."""
+
+    __tablename__ = "files"
+    __table_args__ = (UniqueConstraint("version_id", "path"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    version_id: Mapped[int] = mapped_column(ForeignKey("versions.id", ondelete="CASCADE"), index=True)
+    path: Mapped[str] = mapped_column(String(255))
+    sha256: Mapped[str] = mapped_column(ForeignKey("blobs.sha256"), index=True)
+    size: Mapped[int] = mapped_column(BigInteger)

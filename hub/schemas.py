@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from registry.catalog import VersionIdentity
 from registry.models import Adapter, Version
 
 
@@ -78,7 +80,7 @@ class AdapterPatch(BaseModel):
 
 
 def version_ref(v: Version) -> VersionRef:
-    return VersionRef(id=v.adapter.repo_id, version=v.number, revision=v.revision)
+    return VersionRef(**asdict(VersionIdentity.of(v)))
 
 
 def version_out(v: Version) -> VersionOut:

@@ -21,6 +21,19 @@ REVISION_RE = re.compile(r"[0-9a-f]{40}")
 MAX_PAGE = 200
 
 
+@dataclass(frozen=True)
+class VersionIdentity:
+    """How every answer names a version: {"id": "ns/name", "version": 3, "revision": "<40 hex>"}."""
+
+    id: str
+    version: int
+    revision: str
+
+    @classmethod
+    def of(cls, v: Version) -> VersionIdentity:
+        return cls(id=v.adapter.repo_id, version=v.number, revision=v.revision)
+
+
 def find_adapter(session: Session, namespace: str, name: str, *, lock: bool = False) -> Adapter | None:
     check_repo_id(namespace, name)
     query = select(Adapter).join(Namespace).where(Namespace.name == namespace, Adapter.name == name)

@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from registry.accounts import Principal, require_write
 from registry.blobs import BlobStore, StagedFile
-from registry.catalog import find_adapter, get_adapter, get_version
+from registry.catalog import VersionIdentity, find_adapter, get_adapter, get_version
 from registry.errors import Conflict, InvalidRequest
 from registry.gc import purge_blobs
 from registry.models import Adapter, Blob, File, Version, utcnow
@@ -182,17 +182,18 @@ def delete_adapter(
     namespace: str,
     name: str,
     rev: str | None = None,
-) -> list[Version]:
+) -> list[VersionIdentity]:
     """Delete one version (rev given) or the whole adapter; blobs nothing references any more go too."""
     with sessions() as session:
         require_write(session, principal, namespace)
         adapter = get_adapter(session, principal, namespace, name)
         doomed = [get_version(session, adapter, rev)] if rev is not None else list(adapter.versions)
         shas = {f.sha256 for v in doomed for f in v.files}
+        deleted = [VersionIdentity.of(v) for v in doomed]
         if rev is None:
             session.delete(adapter)
         else:
             session.delete(doomed[0])
         session.commit()
     purge_blobs(sessions, store, shas)
-    return doomed
+    return deleted

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
@@ -85,7 +86,7 @@ def patch_adapter(
 def delete_adapter(namespace: str, name: str, state: StateDep, principal: PrincipalDep) -> schemas.Deleted:
     """Delete the adapter and all its versions; blobs nothing else references are removed."""
     doomed = publishing.delete_adapter(state.sessions, state.store, principal, namespace, name)
-    return schemas.Deleted(deleted=[schemas.version_ref(v) for v in doomed])
+    return schemas.Deleted(deleted=[schemas.VersionRef(**asdict(v)) for v in doomed])
 
 
 @router.get("/adapters/{namespace}/{name}/versions", response_model=schemas.VersionList)
@@ -106,10 +107,14 @@ def get_version(
 @router.delete("/adapters/{namespace}/{name}/versions/{rev}", response_model=schemas.Deleted)
 def delete_version(namespace: str, name: str, rev: str, state: StateDep, principal: PrincipalDep) -> schemas.Deleted:
     doomed = publishing.delete_adapter(state.sessions, state.store, principal, namespace, name, rev=rev)
-    return schemas.Deleted(deleted=[schemas.version_ref(v) for v in doomed])
+    return schemas.Deleted(deleted=[schemas.VersionRef(**asdict(v)) for v in doomed])
 
 
-@router.api_route("/adapters/{namespace}/{name}/versions/{rev}/files/{path:path}", methods=["GET", "HEAD"])
+FILE_ROUTE = "/adapters/{namespace}/{name}/versions/{rev}/files/{path:path}"
+
+
+@router.head(FILE_ROUTE, operation_id="head_file", summary="File metadata (headers only)")
+@router.get(FILE_ROUTE, operation_id="download_file", summary="Download a file")
 def download_file(
     namespace: str, name: str, rev: str, path: str, session: SessionDep, state: StateDep, principal: PrincipalDep
 ) -> Response:

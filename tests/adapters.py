@@ -1,0 +1,71 @@
+"""Building adapters for tests: valid PEFT-format folders from random factors, and the raw bytes
+of malformed safetensors files."""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from registry.lora import factor_key
+
+BASE = "quiver-test/tiny-llama"
+
+
+def lora_config(r: int = 4, alpha: float = 8, targets: list[str] | str = ("q_proj", "v_proj"), **extra) -> dict:
+    return {
+        "peft_type": "LORA",
+        "task_type": "CAUSAL_LM",
+        "r": r,
+        "lora_alpha": alpha,
+        "target_modules": list(targets) if not isinstance(targets, str) else targets,
+        "base_model_name_or_path": BASE,
+        "use_rslora": False,
+        "fan_in_fan_out": False,
+        "rank_pattern": {},
+        "alpha_pattern": {},
+        "lora_dropout": 0.0,
+        "bias": "none",
+        **extra,
+    }
+
+
+def write_adapter(
+    folder: Path,
+    r: int = 4,
+    layers: int = 2,
+    hidden: int = 16,
+    seed: int = 0,
+    config: dict | None = None,
+    extra_files: dict[str, bytes] | None = None,
+) -> Path:
+    """A valid PEFT LoRA folder: q_proj and v_proj of `layers` layers, random factors."""
+    folder.mkdir(parents=True, exist_ok=True)
+    g = torch.Generator().manual_seed(seed)
+    tensors = {}
+    for i in range(layers):
+        for proj in ("q_proj", "v_proj"):
+            module = f"model.layers.{i}.self_attn.{proj}"
+            tensors[factor_key(module, "A")] = torch.randn(r, hidden, generator=g)
+            tensors[factor_key(module, "B")] = torch.randn(hidden, r, generator=g)
+    save_file(tensors, str(folder / "adapter_model.safetensors"))
+    (folder / "adapter_config.json").write_text(json.dumps(config or lora_config(r=r)))
+    for name, data in (extra_files or {}).items():
+        (folder / name).write_bytes(data)
+    return folder
+
+
+def raw_safetensors(header: dict, data: bytes, header_len: int | None = None) -> bytes:
+    """Hand-built safetensors bytes, so a test can break any part of the format."""
+    blob = json.dumps(header).encode()
+    return struct.pack("<Q", len(blob) if header_len is None else header_len) + blob + data
+
+
+def upload_parts(folder: Path) -> list[tuple[str, tuple[str, bytes]]]:
+    """httpx multipart parts for every file of a folder, each named 'files' with its relative path."""
+    return [
+        ("files", (p.relative_to(folder).as_posix(), p.read_bytes())) for p in sorted(folder.rglob("*")) if p.is_file()
+    ]

@@ -1,0 +1,118 @@
+"""Shared fixtures: real databases (a SQLite file; a fresh schema in the real Postgres), a real
+uvicorn server on a free port, and real adapters.
+
+Postgres: QUIVER_TEST_DATABASE_URL names it (CI sets it). When it is set, an unreachable server is
+an error, never a skip; in CI (CI=true) it must be set.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from hub.app import create_app
+from hub.settings import Settings
+from hub.state import HubState
+from registry.accounts import create_token
+
+PG_ENV = "QUIVER_TEST_DATABASE_URL"
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes") and not os.environ.get(PG_ENV):
+        raise pytest.UsageError(f"CI must run the Postgres tests: set {PG_ENV}")
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A new, empty database: a SQLite file, or a schema of its own in the test Postgres."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'quiver.db'}"
+        return
+    base = os.environ.get(PG_ENV)
+    if not base:
+        pytest.skip(f"Postgres tests need {PG_ENV} (CI sets it)")
+    schema = f"quiver_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(base)
+    with admin.begin() as conn:  # fails loudly when Postgres is unreachable
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    try:
+        yield (
+            make_url(base)
+            .update_query_dict({"options": f"-csearch_path={schema}"})
+            .render_as_string(hide_password=False)
+        )
+    finally:
+        with admin.begin() as conn:
+            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+@pytest.fixture
+def settings(database_url: str, tmp_path: Path) -> Settings:
+    return Settings(home=tmp_path / "home", database_url=database_url, max_upload_bytes=4 * 1024 * 1024)
+
+
+@pytest.fixture
+def state(settings: Settings) -> Iterator[HubState]:
+    s = HubState.open(settings)
+    yield s
+    s.close()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class LiveHub:
+    url: str
+    settings: Settings
+    state: HubState
+
+    def token(self, user: str, org: str | None = None, scope: str = "write") -> str:
+        with self.state.sessions() as session:
+            token = create_token(session, user=user, org=org, scope=scope)
+            session.commit()
+        return token
+
+    def client(self, token: str | None = None) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=30)
+
+
+@pytest.fixture
+def hub(settings: Settings) -> Iterator[LiveHub]:
+    """A real uvicorn server on a free port, serving a fresh database and blob store."""
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("the test hub did not start")
+        time.sleep(0.02)
+    state = HubState.open(settings, migrate=False)
+    try:
+        yield LiveHub(f"http://127.0.0.1:{port}", settings, state)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        state.close()

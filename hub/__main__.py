@@ -1,0 +1,5 @@
+"""`python -m hub` is the `quiver` command."""
+
+from hub.cli import app
+
+app()

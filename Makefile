@@ -24,7 +24,7 @@ lint: $(BIN)/quiver
 	$(BIN)/ruff check hub registry client migrations tests bench
 
 bench: $(BIN)/quiver
-	@echo "no benchmarks yet for the registry service (issue 2); see bench/README.md"
+	@for b in bench/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
 clean:
 	rm -rf $(VENV) .quiver .pytest_cache

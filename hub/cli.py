@@ -40,11 +40,12 @@ def token_create(
 ) -> None:
     """Create a token; it is printed alone on the last line (it cannot be shown again)."""
     from registry.accounts import create_token
+    from registry.db import writing
     from registry.errors import RegistryError
 
     state = HubState.open(Settings())
     try:
-        with state.sessions() as session:
+        with writing(state.sessions) as session:
             token = create_token(session, user=user, scope=scope, org=org)
             session.commit()
     except RegistryError as e:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from alembic import command
@@ -12,6 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 import migrations
 
 MIGRATIONS_DIR = Path(migrations.__file__).parent
+WRITE_OPTION = "quiver_write"
 
 
 def make_engine(url: str) -> Engine:
@@ -24,14 +27,30 @@ def make_engine(url: str) -> Engine:
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn, _record):  # noqa: ANN001
+            dbapi_conn.isolation_level = None  # SQLAlchemy's "begin" event below emits BEGIN itself
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA foreign_keys=ON")
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA synchronous=FULL")
             cur.close()
 
+        @event.listens_for(engine, "begin")
+        def _sqlite_begin(conn):  # noqa: ANN001
+            # A write transaction takes SQLite's write lock up front (waiting up to the timeout), so
+            # two writers never both read the same state and then fail to upgrade their locks.
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get(WRITE_OPTION) else "BEGIN")
+
         return engine
     return create_engine(url, pool_pre_ping=True)
+
+
+@contextmanager
+def writing(sessions: sessionmaker[Session]) -> Iterator[Session]:
+    """A session for a read-modify-write transaction (BEGIN IMMEDIATE on SQLite; row locks do the
+    rest on Postgres)."""
+    with sessions() as session:
+        session.connection(execution_options={WRITE_OPTION: True})
+        yield session
 
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:

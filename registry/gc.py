@@ -11,6 +11,7 @@ from sqlalchemy import delete, exists, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from registry.blobs import BlobStore
+from registry.db import writing
 from registry.models import Blob, File
 
 # A file under objects/ with no row may belong to a publish still in flight: leave young ones.
@@ -22,7 +23,7 @@ def purge_blobs(sessions: sessionmaker[Session], store: BlobStore, candidates: I
     candidates = sorted(set(candidates))
     if not candidates:
         return []
-    with sessions() as session:
+    with writing(sessions) as session:
         unreferenced = list(
             session.scalars(
                 select(Blob.sha256).where(Blob.sha256.in_(candidates), ~exists().where(File.sha256 == Blob.sha256))

@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from registry.accounts import Principal, require_write
 from registry.blobs import BlobStore, StagedFile
 from registry.catalog import VersionIdentity, find_adapter, get_adapter, get_version
+from registry.db import writing
 from registry.errors import Conflict, InvalidRequest
 from registry.gc import purge_blobs
 from registry.models import Adapter, Blob, File, Version, utcnow
@@ -108,7 +109,7 @@ def _publish_once(
     meta: AdapterMeta,
     summary: AdapterSummary,
 ) -> Version:
-    with sessions() as session:
+    with writing(sessions) as session:
         ns = require_write(session, principal, namespace)
         adapter = find_adapter(session, namespace, name, lock=True)
         if adapter is None:
@@ -166,7 +167,7 @@ def update_adapter(
     sessions: sessionmaker[Session], principal: Principal, namespace: str, name: str, meta: AdapterMeta
 ) -> Adapter:
     meta.check()
-    with sessions() as session:
+    with writing(sessions) as session:
         require_write(session, principal, namespace)
         adapter = get_adapter(session, principal, namespace, name)
         meta.apply(adapter)
@@ -184,7 +185,7 @@ def delete_adapter(
     rev: str | None = None,
 ) -> list[VersionIdentity]:
     """Delete one version (rev given) or the whole adapter; blobs nothing references any more go too."""
-    with sessions() as session:
+    with writing(sessions) as session:
         require_write(session, principal, namespace)
         adapter = get_adapter(session, principal, namespace, name)
         doomed = [get_version(session, adapter, rev)] if rev is not None else list(adapter.versions)

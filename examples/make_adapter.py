@@ -14,9 +14,12 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import LlamaConfig, LlamaForCausalLM
 
+BASE_MODEL = "quiver-demo/tiny-llama"
 
-def main(folder: str) -> None:
-    torch.manual_seed(0)
+
+def tiny_llama(seed: int = 0, name: str = BASE_MODEL) -> LlamaForCausalLM:
+    """A 2-layer Llama with random weights, built from a config."""
+    torch.manual_seed(seed)
     config = LlamaConfig(
         vocab_size=128,
         hidden_size=32,
@@ -25,11 +28,15 @@ def main(folder: str) -> None:
         num_attention_heads=4,
         num_key_value_heads=2,
     )
-    base = LlamaForCausalLM(config)
-    base.name_or_path = base.config.name_or_path = "quiver-demo/tiny-llama"
+    model = LlamaForCausalLM(config).eval()
+    model.name_or_path = model.config.name_or_path = name
+    return model
+
+
+def main(folder: str) -> None:
     lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
-    get_peft_model(base, lora).save_pretrained(folder)
-    print(f"wrote a LoRA adapter for quiver-demo/tiny-llama to {folder}/")
+    get_peft_model(tiny_llama(), lora).save_pretrained(folder)
+    print(f"wrote a LoRA adapter for {BASE_MODEL} to {folder}/")
 
 
 if __name__ == "__main__":

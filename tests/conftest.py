@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -89,6 +91,13 @@ class LiveHub:
             token = create_token(session, user=user, org=org, scope=scope)
             session.commit()
         return token
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess:
+        """Run `quiver ARGS` in a subprocess against this hub's database and home."""
+        env = {**os.environ, "QUIVER_HOME": str(self.settings.home), "QUIVER_DATABASE_URL": self.settings.db_url}
+        return subprocess.run(
+            [sys.executable, "-m", "hub", *args], env=env, capture_output=True, text=True, timeout=120
+        )
 
     def client(self, token: str | None = None) -> httpx.Client:
         headers = {"Authorization": f"Bearer {token}"} if token else {}

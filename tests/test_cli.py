@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 from sqlalchemy import text
@@ -13,17 +10,12 @@ from tests.adapters import upload_parts, write_adapter
 from tests.conftest import LiveHub
 
 
-def quiver(hub: LiveHub, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "QUIVER_HOME": str(hub.settings.home), "QUIVER_DATABASE_URL": hub.settings.db_url}
-    return subprocess.run([sys.executable, "-m", "hub", *args], env=env, capture_output=True, text=True, timeout=120)
-
-
 def test_token_create_prints_a_working_token_on_its_last_line(hub: LiveHub, tmp_path: Path) -> None:
-    out = quiver(hub, "token", "create", "--user", "dora", "--org", "lab")
+    out = hub.cli("token", "create", "--user", "dora", "--org", "lab")
     assert out.returncode == 0, out.stderr
     token = out.stdout.strip().splitlines()[-1]
     assert token.startswith("qv_") and " " not in token
-    reader = quiver(hub, "token", "create", "--user", "dora", "--scope", "read").stdout.strip().splitlines()[-1]
+    reader = hub.cli("token", "create", "--user", "dora", "--scope", "read").stdout.strip().splitlines()[-1]
     folder = write_adapter(tmp_path / "a")
     with hub.client(token) as c:
         assert c.post("/v1/adapters/lab/shared", files=upload_parts(folder)).status_code == 201
@@ -35,9 +27,9 @@ def test_token_create_prints_a_working_token_on_its_last_line(hub: LiveHub, tmp_
         assert c.get("/v1/adapters/dora/own").status_code == 200
         assert c.post("/v1/adapters/dora/own", files=upload_parts(folder)).status_code == 403
 
-    bad = quiver(hub, "token", "create", "--user", "dora", "--scope", "admin")
+    bad = hub.cli("token", "create", "--user", "dora", "--scope", "admin")
     assert bad.returncode == 2 and "scope must be one of read, write" in bad.stderr
-    clash = quiver(hub, "token", "create", "--user", "lab")
+    clash = hub.cli("token", "create", "--user", "lab")
     assert clash.returncode == 2 and "already exists as an organisation" in clash.stderr
     with hub.state.engine.connect() as conn:  # only hashes are stored
         hashes = [row[0] for row in conn.execute(text("SELECT token_hash FROM tokens"))]

@@ -63,11 +63,6 @@ def run_child(hub: LiveHub, point: str, folder: Path, token: str) -> subprocess.
     )
 
 
-def quiver(hub: LiveHub, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "QUIVER_HOME": str(hub.settings.home), "QUIVER_DATABASE_URL": hub.settings.db_url}
-    return subprocess.run([sys.executable, "-m", "hub", *args], env=env, capture_output=True, text=True, timeout=120)
-
-
 @pytest.mark.parametrize("point", ["staging", "install", "commit"])
 def test_crash_mid_publish_leaves_nothing_visible(hub: LiveHub, tmp_path: Path, point: str) -> None:
     token = hub.token("alice")
@@ -93,7 +88,7 @@ def test_crash_mid_publish_leaves_nothing_visible(hub: LiveHub, tmp_path: Path, 
 
     leftovers = {str(p.relative_to(hub.state.store.root)) for p in hub.state.store.root.rglob("*") if p.is_file()}
     assert leftovers, "the dead publish should have left staging or blob files behind"
-    gc = quiver(hub, "gc", "--grace", "0")
+    gc = hub.cli("gc", "--grace", "0")
     assert gc.returncode == 0, gc.stderr
     assert set(hub.state.store.stored()) == referenced
     assert not any(hub.state.store.tmp.iterdir())
@@ -115,8 +110,8 @@ def test_gc_keeps_young_orphans_and_referenced_blobs(hub: LiveHub, tmp_path: Pat
     crashy = write_adapter(tmp_path / "crashy", seed=5)
     assert run_child(hub, "commit", crashy, token).returncode == 9
     before = set(hub.state.store.stored())
-    out = quiver(hub, "gc")  # default grace: a publish may still be in flight
+    out = hub.cli("gc")  # default grace: a publish may still be in flight
     assert out.returncode == 0 and "removed 0 unreferenced blobs, 0 orphan files" in out.stdout
     assert set(hub.state.store.stored()) == before
-    out = quiver(hub, "gc", "--grace", "0")
+    out = hub.cli("gc", "--grace", "0")
     assert "orphan files" in out.stdout and len(set(hub.state.store.stored())) < len(before)

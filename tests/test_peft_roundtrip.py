@@ -5,29 +5,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
+import peft
 import torch
 
+from examples.make_adapter import tiny_llama
 from tests.adapters import upload_parts
 from tests.conftest import LiveHub
-
-peft = pytest.importorskip("peft")
-transformers = pytest.importorskip("transformers")
-
-
-def tiny_llama(seed: int = 0):
-    torch.manual_seed(seed)
-    config = transformers.LlamaConfig(
-        vocab_size=128,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-    )
-    model = transformers.LlamaForCausalLM(config).eval()
-    model.name_or_path = model.config.name_or_path = "quiver-test/tiny-llama"
-    return model
 
 
 def test_peft_adapter_round_trip(hub: LiveHub, tmp_path: Path) -> None:
@@ -50,7 +33,7 @@ def test_peft_adapter_round_trip(hub: LiveHub, tmp_path: Path) -> None:
         r = c.post("/v1/adapters/alice/tiny-lora", files=upload_parts(saved), data={"task": "test"})
         assert r.status_code == 201, r.text
         version = r.json()
-        assert version["rank"] == 4 and version["base_model"] == "quiver-test/tiny-llama"
+        assert version["rank"] == 4 and version["base_model"] == "quiver-demo/tiny-llama"
         assert len(version["target_modules"]) == 2 * 3
 
     downloaded = tmp_path / "downloaded"

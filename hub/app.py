@@ -9,7 +9,7 @@ from fastapi import FastAPI
 
 from hub import errors
 from hub.limits import BodyLimit
-from hub.routes import adapters, health
+from hub.routes import adapters, discovery, health
 from hub.settings import Settings
 from hub.state import HubState
 
@@ -19,7 +19,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.hub = HubState.open(settings)
+        app.state.hub = HubState.open(settings, index=True)
         try:
             yield
         finally:
@@ -34,5 +34,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     errors.install(app)
     app.include_router(health.router)
     app.include_router(adapters.router)
+    app.include_router(discovery.router)
     app.add_middleware(BodyLimit, limit=settings.max_upload_bytes)
     return app

@@ -8,10 +8,17 @@ with per-module overrides from rank_pattern / alpha_pattern; delta dW = s * B @ 
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
 
 KEY_PREFIX = "base_model.model."
 A_SUFFIX = ".lora_A.weight"
@@ -66,3 +73,105 @@ def targets_module(target_modules: str | Iterable[str] | None, module: str) -> b
             return True
         return re.fullmatch(target_modules, module) is not None
     return any(module == t or module.endswith("." + t) for t in target_modules)
+
+
+# --- Factors -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Factors:
+    """One module's LoRA: A (r x in), B (out x r), scaling s; delta = s * B @ A."""
+
+    A: torch.Tensor
+    B: torch.Tensor
+    scaling: float
+
+    @property
+    def in_features(self) -> int:
+        return self.A.shape[1]
+
+    @property
+    def out_features(self) -> int:
+        return self.B.shape[0]
+
+
+def load_factors(weights_path: str | Path, config: Mapping[str, Any]) -> dict[str, Factors]:
+    """Read adapter_model.safetensors into factors per module, with PEFT's per-module scaling."""
+    tensors = load_file(str(weights_path))
+    pairs: dict[str, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        parsed = split_key(key)
+        if parsed is not None:
+            pairs.setdefault(parsed[0], {})[parsed[1]] = value
+    return {
+        module: Factors(pair["A"], pair["B"], module_scaling(config, module))
+        for module, pair in sorted(pairs.items())
+        if "A" in pair and "B" in pair
+    }
+
+
+# --- Arrow prototypes ----------------------------------------------------------------------------
+
+
+def prototype(A: torch.Tensor, B: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """The top right singular vector v of B @ A (unit norm, in input space) and its singular value,
+    exactly and without forming B @ A: QR of B and of A^T, then the SVD of the r x r core.
+
+    Cost O((in + out) r^2). The sign is fixed so that the largest |component| is positive
+    (routing uses |<v, h>|, so any sign is correct; a fixed one makes results reproducible).
+    Scaling is left out: it does not change v and multiplies the singular value.
+    """
+    a, b = A.double(), B.double()
+    q_b, r_b = torch.linalg.qr(b)  # out x r, r x r
+    q_a, r_a = torch.linalg.qr(a.T)  # in x r, r x r
+    _, s, vh = torch.linalg.svd(r_b @ r_a.T)
+    v = q_a @ vh[0]
+    v = v / v.norm()
+    if v[v.abs().argmax()] < 0:
+        v = -v
+    return v.float(), float(s[0])
+
+
+def prototypes(factors: Mapping[str, Factors]) -> dict[str, tuple[torch.Tensor, float]]:
+    """Per module: (v, sigma) with sigma the top singular value of the scaled delta s * B @ A."""
+    out = {}
+    for module, f in factors.items():
+        v, sigma = prototype(f.A, f.B)
+        out[module] = (v, sigma * abs(f.scaling))
+    return out
+
+
+# --- Parameter sketches (for MBC) ----------------------------------------------------------------
+
+SKETCH_P = 8
+SKETCH_Q = 8
+
+
+def _sketch_seed(module: str, in_features: int, out_features: int, p: int, q: int) -> int:
+    digest = hashlib.sha256(f"{module}|{in_features}|{out_features}|{p}|{q}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def sketch_matrices(module: str, in_features: int, out_features: int, p: int = SKETCH_P, q: int = SKETCH_Q):
+    """The fixed Gaussian R (in x p) and L (q x out) of a module, identical in every process."""
+    g = torch.Generator().manual_seed(_sketch_seed(module, in_features, out_features, p, q))
+    R = torch.randn(in_features, p, generator=g, dtype=torch.float64)
+    L = torch.randn(q, out_features, generator=g, dtype=torch.float64)
+    return R, L
+
+
+def sketch(factors: Mapping[str, Factors], p: int = SKETCH_P, q: int = SKETCH_Q) -> np.ndarray:
+    """S_m = (L B)(A R) * s / sqrt(p q) per module, concatenated in sorted module order, L2-normalised.
+
+    A random projection of every delta computed from the factors; invariant to re-factorising an
+    adapter as (B M, M^-1 A). float32, length len(modules) * q * p.
+    """
+    parts = []
+    for module in sorted(factors):
+        f = factors[module]
+        R, L = sketch_matrices(module, f.in_features, f.out_features, p, q)
+        s = (L @ f.B.double()) @ (f.A.double() @ R) * (f.scaling / math.sqrt(p * q))
+        parts.append(s.reshape(-1))
+    flat = torch.cat(parts) if parts else torch.zeros(0, dtype=torch.float64)
+    norm = flat.norm()
+    return (flat / norm if norm > 0 else flat).numpy().astype(np.float32)

@@ -12,6 +12,7 @@ from sqlalchemy import (
     Float,
     ForeignKey,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Text,
@@ -92,6 +93,8 @@ class Adapter(Base):
     description: Mapped[str] = mapped_column(Text, default="")
     license: Mapped[str | None] = mapped_column(String(64))
     visibility: Mapped[str] = mapped_column(String(8), default="public")  # "public" | "private"
+    # MiniLM embedding (float32 bytes) of description, task, tags and card: what text search ranks.
+    text_embedding: Mapped[bytes | None] = mapped_column(LargeBinary)
     # Highest version number ever given: numbers are never reused, even after a delete.
     last_version: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
@@ -131,6 +134,10 @@ class Version(Base):
     files: Mapped[list[File]] = relationship(
         order_by="File.path", cascade="all, delete-orphan", passive_deletes=True, lazy="selectin"
     )
+    prototypes: Mapped[list[Prototype]] = relationship(
+        order_by="Prototype.module", cascade="all, delete-orphan", passive_deletes=True
+    )
+    embeddings: Mapped[list[Embedding]] = relationship(cascade="all, delete-orphan", passive_deletes=True)
 
 
 class Blob(Base):
@@ -152,3 +159,40 @@ class File(Base):
     path: Mapped[str] = mapped_column(String(255))
     sha256: Mapped[str] = mapped_column(ForeignKey("blobs.sha256"), index=True)
     size: Mapped[int] = mapped_column(BigInteger)
+
+
+class Prototype(Base):
+    """The Arrow prototype of one adapted module of a version: unit vector in input space (float32
+    bytes) and the top singular value of the scaled delta."""
+
+    __tablename__ = "prototypes"
+    __table_args__ = (UniqueConstraint("version_id", "module"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    version_id: Mapped[int] = mapped_column(ForeignKey("versions.id", ondelete="CASCADE"), index=True)
+    module: Mapped[str] = mapped_column(String(255))
+    in_features: Mapped[int] = mapped_column(Integer)
+    sigma: Mapped[float] = mapped_column(Float)
+    vector: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class Embedding(Base):
+    """A float32 embedding of a version: "sketch" (parameter sketch, MBC) or "examples" (mean MiniLM
+    embedding of examples.jsonl)."""
+
+    __tablename__ = "embeddings"
+    __table_args__ = (UniqueConstraint("version_id", "kind"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    version_id: Mapped[int] = mapped_column(ForeignKey("versions.id", ondelete="CASCADE"), index=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    dim: Mapped[int] = mapped_column(Integer)
+    vector: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class Change(Base):
+    """The change sequence: one row per publish, edit or delete, so every hub process sharing the
+    database can bring its derived indexes up to date. Rows are appended in commit order."""
+
+    __tablename__ = "changes"
+    seq: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    adapter_id: Mapped[int] = mapped_column(Integer, index=True)  # no foreign key: the adapter may be gone
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

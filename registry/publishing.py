@@ -19,14 +19,18 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from registry.accounts import Principal, require_write
+from registry.analysis import VersionAnalysis, analyse_version, describe
 from registry.blobs import BlobStore, StagedFile
 from registry.catalog import VersionIdentity, find_adapter, get_adapter, get_version
+from registry.changes import record_change
 from registry.db import writing
+from registry.embedder import TextEmbedder
 from registry.errors import Conflict, InvalidRequest
 from registry.gc import purge_blobs
-from registry.models import Adapter, Blob, File, Version, utcnow
+from registry.models import Adapter, Blob, Embedding, File, Prototype, Version, utcnow
 from registry.names import check_repo_id
-from registry.validation import AdapterSummary, validate_adapter
+from registry.validation import README_FILE, AdapterSummary, validate_adapter
+from registry.vectors import to_bytes
 
 VISIBILITIES = ("public", "private")
 
@@ -61,6 +65,20 @@ class AdapterMeta:
         adapter.updated_at = utcnow()
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """What a publish computes before it takes any lock."""
+
+    summary: AdapterSummary
+    analysis: VersionAnalysis
+    card: str | None
+    embedder: TextEmbedder
+
+
+def text_embedding(embedder: TextEmbedder, adapter: Adapter, card: str | None) -> bytes:
+    return to_bytes(embedder.embed_one(describe(adapter.description or "", adapter.task, adapter.tags or [], card)))
+
+
 def parse_tags(raw: str | None) -> list[str] | None:
     if raw is None:
         return None
@@ -81,15 +99,24 @@ def publish(
     name: str,
     files: dict[str, StagedFile],
     meta: AdapterMeta,
+    embedder: TextEmbedder,
 ) -> Version:
-    """Publish staged files as the next version of namespace/name. Consumes the staged files."""
+    """Publish staged files as the next version of namespace/name. Consumes the staged files.
+
+    The version's analysis (prototypes, sketch, embeddings) is computed first and committed with it:
+    a version is never visible without its embeddings.
+    """
     try:
         check_repo_id(namespace, name)
         meta.check()
-        summary = validate_adapter({path: f.path for path, f in files.items()})
+        paths = {path: f.path for path, f in files.items()}
+        summary = validate_adapter(paths)
+        analysis = analyse_version(paths, summary.config, embedder)
+        card = paths[README_FILE].read_text(encoding="utf-8") if README_FILE in paths else None
+        prepared = Prepared(summary, analysis, card, embedder)
         for attempt in range(3):
             try:
-                return _publish_once(sessions, store, principal, namespace, name, files, meta, summary)
+                return _publish_once(sessions, store, principal, namespace, name, files, meta, prepared)
             except IntegrityError:
                 # Another publish created the same adapter or number first: try again on fresh rows.
                 if attempt == 2:
@@ -107,8 +134,9 @@ def _publish_once(
     name: str,
     files: dict[str, StagedFile],
     meta: AdapterMeta,
-    summary: AdapterSummary,
+    prepared: Prepared,
 ) -> Version:
+    summary, analysis = prepared.summary, prepared.analysis
     with writing(sessions) as session:
         ns = require_write(session, principal, namespace)
         adapter = find_adapter(session, namespace, name, lock=True)
@@ -145,9 +173,21 @@ def _publish_once(
             total_size=sum(f.size for f in files.values()),
             published_by_id=principal.user_id,
             files=[File(path=p, sha256=f.sha256, size=f.size) for p, f in sorted(files.items())],
+            prototypes=[
+                Prototype(module=p.module, in_features=len(p.vector), sigma=p.sigma, vector=to_bytes(p.vector))
+                for p in analysis.prototypes
+            ],
+            embeddings=[Embedding(kind="sketch", dim=len(analysis.sketch), vector=to_bytes(analysis.sketch))]
+            + (
+                [Embedding(kind="examples", dim=len(analysis.examples), vector=to_bytes(analysis.examples))]
+                if analysis.examples is not None
+                else []
+            ),
         )
+        adapter.text_embedding = text_embedding(prepared.embedder, adapter, prepared.card)
         session.add(version)
         session.flush()
+        record_change(session, adapter.id)
         for staged in files.values():
             store.install(staged)
         session.commit()
@@ -164,13 +204,24 @@ def _insert_blobs(session: Session, staged: Iterable[StagedFile]) -> None:
 
 
 def update_adapter(
-    sessions: sessionmaker[Session], principal: Principal, namespace: str, name: str, meta: AdapterMeta
+    sessions: sessionmaker[Session],
+    store: BlobStore,
+    embedder: TextEmbedder,
+    principal: Principal,
+    namespace: str,
+    name: str,
+    meta: AdapterMeta,
 ) -> Adapter:
     meta.check()
     with writing(sessions) as session:
         require_write(session, principal, namespace)
         adapter = get_adapter(session, principal, namespace, name)
         meta.apply(adapter)
+        latest = adapter.versions[-1] if adapter.versions else None
+        readme = next((f for f in latest.files if f.path == README_FILE), None) if latest else None
+        card = store.path(readme.sha256).read_text(encoding="utf-8") if readme else None
+        adapter.text_embedding = text_embedding(embedder, adapter, card)
+        record_change(session, adapter.id)
         session.commit()
         session.refresh(adapter)
         return adapter
@@ -191,6 +242,7 @@ def delete_adapter(
         doomed = [get_version(session, adapter, rev)] if rev is not None else list(adapter.versions)
         shas = {f.sha256 for v in doomed for f in v.files}
         deleted = [VersionIdentity.of(v) for v in doomed]
+        record_change(session, adapter.id)
         if rev is None:
             session.delete(adapter)
         else:

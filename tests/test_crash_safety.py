@@ -50,7 +50,8 @@ CHILD = textwrap.dedent(
             staged[f.name] = state.store.stage(fh)
         if point == "staging":
             die()
-    publishing.publish(state.sessions, state.store, principal, "alice", "crashy", staged, publishing.AdapterMeta())
+    meta = publishing.AdapterMeta()
+    publishing.publish(state.sessions, state.store, principal, "alice", "crashy", staged, meta, state.embedder)
     print("published")
     """
 )

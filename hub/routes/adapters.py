@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
+from safetensors.numpy import save
 
 from hub import schemas
 from hub.deps import PrincipalDep, SessionDep, StateDep
@@ -16,6 +18,7 @@ from registry import catalog, publishing
 from registry.accounts import require_write
 from registry.errors import NotFound
 from registry.names import check_repo_id
+from registry.vectors import from_bytes
 
 router = APIRouter(prefix="/v1", tags=["adapters"])
 MEDIA_TYPES = {"json": "application/json", "jsonl": "application/jsonl", "md": "text/markdown; charset=utf-8"}
@@ -39,7 +42,7 @@ async def publish_adapter(
         meta = form_meta(form)
         files = await run_in_threadpool(stage_files, form, state.store, state.settings.max_upload_bytes)
         version = await run_in_threadpool(
-            publishing.publish, state.sessions, state.store, principal, namespace, name, files, meta
+            publishing.publish, state.sessions, state.store, principal, namespace, name, files, meta, state.embedder
         )
     finally:
         await form.close()
@@ -76,7 +79,7 @@ def patch_adapter(
     namespace: str, name: str, patch: schemas.AdapterPatch, state: StateDep, principal: PrincipalDep
 ) -> schemas.AdapterOut:
     meta = publishing.AdapterMeta(**patch.model_dump())
-    publishing.update_adapter(state.sessions, principal, namespace, name, meta)
+    publishing.update_adapter(state.sessions, state.store, state.embedder, principal, namespace, name, meta)
     with state.sessions() as session:
         adapter = catalog.get_adapter(session, principal, namespace, name)
         return schemas.adapter_out(adapter, catalog.latest_versions(session, [adapter]).get(adapter.id))
@@ -132,4 +135,28 @@ def download_file(
         headers={"ETag": f'"{entry.sha256}"', "X-Quiver-Revision": version.revision, "Cache-Control": "no-cache"},
         filename=path.rsplit("/", 1)[-1],
         content_disposition_type="inline" if media_type != "application/octet-stream" else "attachment",
+    )
+
+
+@router.get(
+    "/adapters/{namespace}/{name}/versions/{rev}/prototypes",
+    response_class=Response,
+    responses={200: {"content": {"application/octet-stream": {}}}},
+)
+def get_prototypes(namespace: str, name: str, rev: str, session: SessionDep, principal: PrincipalDep) -> Response:
+    """The version's Arrow prototypes as safetensors: one float32 vector (in_features) per module name;
+    `__metadata__` holds the singular values (`sigma`, JSON), `base_model` and `revision`."""
+    adapter = catalog.get_adapter(session, principal, namespace, name)
+    version = catalog.get_version(session, adapter, rev)
+    tensors = {p.module: from_bytes(p.vector) for p in version.prototypes}
+    metadata = {
+        "format": "quiver-prototypes-v1",
+        "base_model": version.base_model,
+        "revision": version.revision,
+        "sigma": json.dumps({p.module: p.sigma for p in version.prototypes}),
+    }
+    return Response(
+        save(tensors, metadata=metadata),
+        media_type="application/octet-stream",
+        headers={"ETag": f'"{version.revision}-prototypes"'},
     )

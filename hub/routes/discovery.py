@@ -1,0 +1,209 @@
+"""Which adapters fit this input? Text search, Arrow routing on hidden states, routing by text."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import numpy as np
+from fastapi import APIRouter, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from pydantic import BaseModel, Field
+from safetensors import SafetensorError
+from safetensors.torch import load as load_safetensors
+
+from hub.deps import PrincipalDep, StateDep
+from registry import routing
+from registry.errors import InvalidRequest
+from registry.indexes import Filters
+from registry.publishing import parse_tags
+
+router = APIRouter(prefix="/v1", tags=["discovery"])
+
+
+class Result(BaseModel):
+    id: str
+    version: int
+    revision: str
+    score: float
+    base_model: str
+    task: str | None
+
+
+class Ranked(BaseModel):
+    results: list[Result]
+
+
+class SearchRequest(BaseModel):
+    model_config = {"extra": "forbid"}
+    query: str = Field(min_length=1, max_length=2000)
+    base_model: str | None = None
+    task: str | None = None
+    tags: list[str] = []
+    limit: int = Field(10, ge=1, le=routing.MAX_LIMIT)
+
+
+class RouteTextRequest(BaseModel):
+    model_config = {"extra": "forbid"}
+    text: str = Field(min_length=1, max_length=20000)
+    base_model: str | None = None
+    limit: int = Field(10, ge=1, le=routing.MAX_LIMIT)
+
+
+class RouteRequest(BaseModel):
+    model_config = {"extra": "forbid"}
+    hidden_states: dict[str, list[list[float]]] = Field(
+        description="per module name, one row of in_features floats per token"
+    )
+    base_model: str
+    top_k: int = 3
+    temperature: float = 1.0
+    limit: int = 10
+    task: str | None = None
+    tags: list[str] = []
+    namespace: str | None = None
+
+
+class RouteAnswer(Ranked):
+    base_model: str
+    top_k: int
+    temperature: float
+    tokens: int
+
+
+def answer(ranked: list[routing.Ranked]) -> list[Result]:
+    return [
+        Result(
+            id=r.entry.identity.id,
+            version=r.entry.identity.version,
+            revision=r.entry.identity.revision,
+            score=r.score,
+            base_model=r.entry.base_model,
+            task=r.entry.task,
+        )
+        for r in ranked
+    ]
+
+
+@router.post("/search", response_model=Ranked)
+def search(body: SearchRequest, state: StateDep, principal: PrincipalDep) -> Ranked:
+    """Rank adapters by cosine similarity of MiniLM embeddings: the query against each adapter's
+    description, task, tags and card, and against its examples (the better of the two)."""
+    query = state.embedder.embed_one(body.query)
+    filters = Filters(base_model=body.base_model, task=body.task, tags=tuple(body.tags))
+    return Ranked(results=answer(routing.search_text(state.fresh_indexes(), principal, query, filters, body.limit)))
+
+
+@router.post("/route/text", response_model=Ranked)
+def route_text(body: RouteTextRequest, state: StateDep, principal: PrincipalDep) -> Ranked:
+    """Rank adapters by cosine of the text's embedding to the mean embedding of their examples.jsonl."""
+    query = state.embedder.embed_one(body.text)
+    ranked = routing.search_text(
+        state.fresh_indexes(), principal, query, Filters(base_model=body.base_model), body.limit, use_text=False
+    )
+    return Ranked(results=answer(ranked))
+
+
+ROUTE_BODY = {
+    "requestBody": {
+        "content": {
+            "application/json": {"schema": RouteRequest.model_json_schema()},
+            "application/octet-stream": {
+                "schema": {"type": "string", "format": "binary"},
+                "description": "safetensors: keys are module names, values tokens x in_features; the other "
+                "parameters go in the query string",
+            },
+        }
+    }
+}
+
+
+@router.post("/route", response_model=RouteAnswer, openapi_extra=ROUTE_BODY)
+async def route(
+    request: Request,
+    state: StateDep,
+    principal: PrincipalDep,
+    base_model: Annotated[str | None, Query(description="with a safetensors body")] = None,
+    top_k: Annotated[int, Query()] = 3,
+    temperature: Annotated[float, Query()] = 1.0,
+    limit: Annotated[int, Query()] = 10,
+    task: Annotated[str | None, Query()] = None,
+    tags: Annotated[str | None, Query(description="comma separated")] = None,
+    namespace: Annotated[str | None, Query()] = None,
+) -> RouteAnswer:
+    """Arrow retrieval: which adapters' prototypes best explain these hidden states (the inputs of the
+    adapted modules), scored by the routing weight averaged over tokens and modules."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip()
+    if content_type == "application/octet-stream":
+        hidden = hidden_from_safetensors(await request.body())
+        params = dict(
+            base_model=base_model,
+            top_k=top_k,
+            temperature=temperature,
+            limit=limit,
+            task=task,
+            tags=tuple(parse_tags(tags) or ()),
+            namespace=namespace,
+        )
+    elif content_type in ("application/json", ""):
+        try:
+            body = RouteRequest.model_validate_json(await request.body())
+        except ValueError as e:
+            raise InvalidRequest(f"route body is not valid: {e}") from None
+        hidden = hidden_from_json(body.hidden_states)
+        params = dict(
+            base_model=body.base_model,
+            top_k=body.top_k,
+            temperature=body.temperature,
+            limit=body.limit,
+            task=body.task,
+            tags=tuple(body.tags),
+            namespace=body.namespace,
+        )
+    else:
+        raise InvalidRequest("send hidden states as application/json or as a safetensors application/octet-stream")
+
+    filters = Filters(
+        base_model=params["base_model"], task=params["task"], tags=params["tags"], namespace=params["namespace"]
+    )
+    ranked = await run_in_threadpool(
+        routing.route,
+        state.fresh_indexes(),
+        principal,
+        hidden,
+        filters,
+        params["top_k"],
+        params["temperature"],
+        params["limit"],
+    )
+    return RouteAnswer(
+        results=answer(ranked),
+        base_model=params["base_model"],
+        top_k=params["top_k"],
+        temperature=params["temperature"],
+        tokens=sum(h.shape[0] for h in hidden.values()),
+    )
+
+
+def hidden_from_json(rows: dict[str, list[list[float]]]) -> dict[str, np.ndarray]:
+    hidden = {}
+    for module, values in rows.items():
+        widths = {len(r) for r in values}
+        if len(widths) > 1:
+            raise InvalidRequest(
+                f"hidden_states[{module!r}]: every token row must have the same length", code="bad_dimension"
+            )
+        hidden[module] = np.asarray(values, dtype=np.float32).reshape(len(values), -1)
+    return hidden
+
+
+def hidden_from_safetensors(body: bytes) -> dict[str, np.ndarray]:
+    try:
+        tensors = load_safetensors(body)
+    except (SafetensorError, ValueError) as e:
+        raise InvalidRequest(f"the body is not a valid safetensors file: {e}") from None
+    hidden = {}
+    for module, t in tensors.items():
+        if not t.is_floating_point():
+            raise InvalidRequest(f"hidden_states[{module!r}] must be a floating-point tensor, got {t.dtype}")
+        hidden[module] = t.float().numpy()
+    return hidden

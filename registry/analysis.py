@@ -1,0 +1,72 @@
+"""What the registry computes once per published version (DESIGN.md, "The algebra"):
+Arrow prototypes per module, the parameter sketch, and text embeddings.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from registry import lora
+from registry.embedder import TextEmbedder
+from registry.errors import InvalidAdapter
+from registry.validation import read_examples
+from registry.vectors import normalised_mean
+
+MAX_CARD_CHARS = 2000
+MAX_EXAMPLES = 256
+
+
+@dataclass(frozen=True)
+class ModulePrototype:
+    module: str
+    vector: np.ndarray  # float32, unit norm, length in_features
+    sigma: float
+
+
+@dataclass(frozen=True)
+class VersionAnalysis:
+    prototypes: list[ModulePrototype]
+    sketch: np.ndarray
+    examples: np.ndarray | None  # mean MiniLM embedding of examples.jsonl, or None
+
+
+def analyse_weights(weights: Path, config: dict[str, Any]) -> tuple[list[ModulePrototype], np.ndarray]:
+    factors = lora.load_factors(weights, config)
+    for module, f in factors.items():
+        if not (torch.isfinite(f.A).all() and torch.isfinite(f.B).all()):
+            raise InvalidAdapter(f"{lora.WEIGHTS_FILE}: {module} has NaN or infinite values")
+    protos = [ModulePrototype(module, v.numpy(), sigma) for module, (v, sigma) in lora.prototypes(factors).items()]
+    return protos, lora.sketch(factors)
+
+
+def analyse_version(files: dict[str, Path], config: dict[str, Any], embedder: TextEmbedder) -> VersionAnalysis:
+    protos, sketch = analyse_weights(files[lora.WEIGHTS_FILE], config)
+    examples = None
+    if "examples.jsonl" in files:
+        texts = read_examples(files["examples.jsonl"])[:MAX_EXAMPLES]
+        if texts:
+            examples = normalised_mean(embedder.embed(texts))
+    return VersionAnalysis(protos, sketch, examples)
+
+
+def card_text(readme: str | None) -> str:
+    """The prose of a model card: YAML front matter, HTML comments and markup noise removed."""
+    if not readme:
+        return ""
+    text = re.sub(r"\A---\n.*?\n---\n", "", readme, flags=re.S)
+    text = re.sub(r"<!--.*?-->", "", text, flags=re.S)
+    text = re.sub(r"[#*`>|_\[\]()]+", " ", text)
+    return " ".join(text.split())[:MAX_CARD_CHARS]
+
+
+def describe(description: str, task: str | None, tags: list[str], card: str | None) -> str:
+    """The text that represents an adapter in search: description first, as it matters most."""
+    parts = [description.strip(), f"Task: {task}" if task else "", f"Tags: {', '.join(tags)}" if tags else ""]
+    parts.append(card_text(card))
+    return "\n".join(p for p in parts if p)

@@ -41,15 +41,21 @@ def write_adapter(
     seed: int = 0,
     config: dict | None = None,
     extra_files: dict[str, bytes] | None = None,
+    projs: tuple[str, ...] = ("q_proj", "v_proj"),
+    direction: dict[str, torch.Tensor] | None = None,
 ) -> Path:
-    """A valid PEFT LoRA folder: q_proj and v_proj of `layers` layers, random factors."""
+    """A valid PEFT LoRA folder: `projs` of `layers` layers, random factors. With `direction`
+    (module -> unit vector), that module's A gets a strong component along it."""
     folder.mkdir(parents=True, exist_ok=True)
     g = torch.Generator().manual_seed(seed)
     tensors = {}
     for i in range(layers):
-        for proj in ("q_proj", "v_proj"):
+        for proj in projs:
             module = f"model.layers.{i}.self_attn.{proj}"
-            tensors[factor_key(module, "A")] = torch.randn(r, hidden, generator=g)
+            A = torch.randn(r, hidden, generator=g)
+            if direction and module in direction:
+                A[0] += 20 * direction[module]
+            tensors[factor_key(module, "A")] = A
             tensors[factor_key(module, "B")] = torch.randn(hidden, r, generator=g)
     save_file(tensors, str(folder / "adapter_model.safetensors"))
     (folder / "adapter_config.json").write_text(json.dumps(config or lora_config(r=r)))

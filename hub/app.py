@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.concurrency import run_in_threadpool
 
 from hub import errors
 from hub.limits import BodyLimit
@@ -20,6 +21,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.hub = HubState.open(settings, index=True)
+        # Load the text embedder now (seconds), not on the first search or publish.
+        await run_in_threadpool(app.state.hub.embedder.embed_one, "warm-up")
         try:
             yield
         finally:

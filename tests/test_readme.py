@@ -4,15 +4,11 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import httpx
-
-from tests.conftest import free_port
+from tests.conftest import free_port, serve_process
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -42,25 +38,7 @@ def test_readme_tour_works_when_pasted(tmp_path: Path) -> None:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("QUIVER_")}
     env["QUIVER_PORT"] = str(port)
-    server = subprocess.Popen(
-        [sys.executable, "-m", "hub", "serve"],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert server.poll() is None, server.stdout.read().decode()
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "quiver serve did not become ready"
-            time.sleep(0.2)
+    with serve_process(env, cwd=tmp_path):
         run = subprocess.run(
             ["bash", "-euo", "pipefail", "-c", tour()],
             cwd=tmp_path,
@@ -73,6 +51,3 @@ def test_readme_tour_works_when_pasted(tmp_path: Path) -> None:
         assert "downloaded byte for byte" in run.stdout
         assert '"id":"alice/demo","version":1' in run.stdout
         assert (tmp_path / ".quiver" / "quiver.db").is_file()
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)

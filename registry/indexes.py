@@ -4,8 +4,13 @@
 - text (MiniLM of description, task, tags, card) and examples (mean MiniLM of examples.jsonl).
 Each holds the latest version of every adapter, keyed by version id. Built from the database at
 start-up; before each query `refresh` applies the change sequence, which also picks up what other
-hub processes sharing the database published or deleted. Visibility and filters are applied inside
-the search with an ID selector, so an adapter the caller may not see never takes a visible one's place.
+hub processes sharing the database published, edited or deleted.
+
+Every index is partitioned by visibility: one partition of public adapters, and one per namespace for
+its private adapters. A caller searches only the partitions it may see, so an adapter it may not see
+can never take a visible one's place. Filters (task, tags, namespace; base model for text) are
+applied inside the search with an ID selector, only where they exclude something: searches without
+a selector use BLAS.
 """
 
 from __future__ import annotations
@@ -19,12 +24,17 @@ import numpy as np
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from registry.accounts import Principal, can_read
+from registry.accounts import Principal
 from registry.catalog import VersionIdentity
 from registry.changes import changed_since, last_seq
 from registry.embedder import DIM as TEXT_DIM
 from registry.models import Adapter, Embedding, Namespace, Prototype, Version
 from registry.vectors import from_bytes
+
+PUBLIC = 0  # the partition of public adapters; private ones live in their namespace id's partition
+# This FAISS build switches flat search to BLAS only from 128k queries; a route request has tens to
+# thousands of token rows, for which BLAS is several times faster.
+faiss.cvar.distance_compute_blas_threshold = 8
 
 
 class FlatIndex:
@@ -46,13 +56,41 @@ class FlatIndex:
             self.index.remove_ids(np.asarray(present, dtype=np.int64))
             self.ids.difference_update(present)
 
-    def search(self, queries: np.ndarray, k: int, allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k inner products among the ids in `allowed` (int64); rows padded with id -1 past the end."""
-        params = faiss.SearchParameters(sel=faiss.IDSelectorBatch(allowed))
-        return self.index.search(np.ascontiguousarray(queries, dtype=np.float32), k, params=params)
+    def search(self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k inner products (among the ids in `allowed` when given); rows are padded with id -1
+        when fewer than k qualify."""
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        if allowed is None:
+            return self.index.search(queries, k)
+        return self.index.search(queries, k, params=faiss.SearchParameters(sel=faiss.IDSelectorBatch(allowed)))
 
     def memory_bytes(self) -> int:
         return self.index.ntotal * self.dim * 4
+
+
+class PartitionedIndex:
+    """One FlatIndex per visibility partition."""
+
+    def __init__(self, dim: int):
+        self.dim = dim
+        self.parts: dict[int, FlatIndex] = {}
+
+    def add(self, partition: int, ids: list[int], vectors: np.ndarray) -> None:
+        if partition not in self.parts:
+            self.parts[partition] = FlatIndex(self.dim)
+        self.parts[partition].add(ids, vectors)
+
+    def remove(self, partition: int, version_id: int) -> None:
+        if partition in self.parts:
+            self.parts[partition].remove([version_id])
+
+    def readable(self, principal: Principal) -> list[FlatIndex]:
+        """The partitions the principal may search: public, and the private ones of its namespaces."""
+        keys = [PUBLIC, *sorted(principal.namespace_ids)]
+        return [self.parts[k] for k in keys if k in self.parts and self.parts[k].ids]
+
+    def memory_bytes(self) -> int:
+        return sum(p.memory_bytes() for p in self.parts.values())
 
 
 @dataclass(frozen=True)
@@ -70,6 +108,10 @@ class Entry:
     tags: frozenset[str]
     modules: frozenset[str]
 
+    @property
+    def partition(self) -> int:
+        return PUBLIC if self.visibility == "public" else self.namespace_id
+
 
 @dataclass(frozen=True)
 class Filters:
@@ -77,6 +119,10 @@ class Filters:
     task: str | None = None
     tags: tuple[str, ...] = ()
     namespace: str | None = None
+
+    @property
+    def empty(self) -> bool:
+        return not (self.base_model or self.task or self.tags or self.namespace)
 
     def match(self, e: Entry) -> bool:
         return (
@@ -87,6 +133,15 @@ class Filters:
         )
 
 
+@dataclass(frozen=True)
+class Candidates:
+    """One partition to search: its index, and the allowed ids (None: all of them)."""
+
+    index: FlatIndex
+    allowed: np.ndarray | None
+    count: int
+
+
 class IndexSet:
     def __init__(self) -> None:
         self.lock = threading.RLock()
@@ -94,9 +149,10 @@ class IndexSet:
 
     def _clear(self) -> None:
         self.entries: dict[int, Entry] = {}  # by adapter id
-        self.prototypes: dict[tuple[str, str], FlatIndex] = {}
-        self.text = FlatIndex(TEXT_DIM)
-        self.examples = FlatIndex(TEXT_DIM)
+        self.by_version: dict[int, Entry] = {}
+        self.prototypes: dict[tuple[str, str], PartitionedIndex] = {}
+        self.text = PartitionedIndex(TEXT_DIM)
+        self.examples = PartitionedIndex(TEXT_DIM)
         self.seq = 0
 
     # -- keeping in step with the database --
@@ -120,10 +176,11 @@ class IndexSet:
         entry = self.entries.pop(adapter_id, None)
         if entry is None:
             return
+        del self.by_version[entry.version_id]
         for module in entry.modules:
-            self.prototypes[(entry.base_model, module)].remove([entry.version_id])
-        self.text.remove([entry.version_id])
-        self.examples.remove([entry.version_id])
+            self.prototypes[(entry.base_model, module)].remove(entry.partition, entry.version_id)
+        self.text.remove(entry.partition, entry.version_id)
+        self.examples.remove(entry.partition, entry.version_id)
 
     def _load(self, session: Session, adapter_ids: set[int] | None) -> None:
         """Index the latest version of the given adapters (all when None)."""
@@ -149,11 +206,16 @@ class IndexSet:
                 select(Embedding).where(Embedding.version_id.in_(version_ids), Embedding.kind == "examples")
             )
         }
-        by_module: dict[tuple[str, str], tuple[list[int], list[np.ndarray]]] = {}
-        text_ids, text_vecs, ex_ids, ex_vecs = [], [], [], []
+        batches: dict[tuple[int, int], tuple[PartitionedIndex, list[int], list[np.ndarray]]] = {}
+
+        def stage(index: PartitionedIndex, entry: Entry, vector: bytes) -> None:
+            _, ids, vectors = batches.setdefault((id(index), entry.partition), (index, [], []))
+            ids.append(entry.version_id)
+            vectors.append(from_bytes(vector))
+
         for version, adapter, ns_name in rows:
             mine = protos.get(version.id, [])
-            self.entries[adapter.id] = Entry(
+            entry = Entry(
                 identity=VersionIdentity(f"{ns_name}/{adapter.name}", version.number, version.revision),
                 version_id=version.id,
                 adapter_id=adapter.id,
@@ -165,38 +227,34 @@ class IndexSet:
                 tags=frozenset(adapter.tags or ()),
                 modules=frozenset(p.module for p in mine),
             )
+            self.entries[adapter.id] = self.by_version[version.id] = entry
             for p in mine:
-                ids, vecs = by_module.setdefault((version.base_model, p.module), ([], []))
-                ids.append(version.id)
-                vecs.append(from_bytes(p.vector))
+                key = (version.base_model, p.module)
+                if key not in self.prototypes:
+                    self.prototypes[key] = PartitionedIndex(p.in_features)
+                stage(self.prototypes[key], entry, p.vector)
             if adapter.text_embedding is not None:
-                text_ids.append(version.id)
-                text_vecs.append(from_bytes(adapter.text_embedding))
+                stage(self.text, entry, adapter.text_embedding)
             if version.id in examples:
-                ex_ids.append(version.id)
-                ex_vecs.append(from_bytes(examples[version.id]))
-        for key, (ids, vecs) in by_module.items():
-            if key not in self.prototypes:
-                self.prototypes[key] = FlatIndex(len(vecs[0]))
-            self.prototypes[key].add(ids, np.stack(vecs))
-        if text_ids:
-            self.text.add(text_ids, np.stack(text_vecs))
-        if ex_ids:
-            self.examples.add(ex_ids, np.stack(ex_vecs))
+                stage(self.examples, entry, examples[version.id])
+        for (_, partition), (index, ids, vectors) in batches.items():
+            index.add(partition, ids, np.stack(vectors))
 
     # -- what a caller may search --
 
-    def visible(self, principal: Principal, filters: Filters) -> dict[int, Entry]:
-        """The entries the caller may see that match the filters, by version id."""
-        return {
-            e.version_id: e
-            for e in self.entries.values()
-            if can_read(principal, e.namespace_id, e.visibility) and filters.match(e)
-        }
+    def candidates(self, index: PartitionedIndex, principal: Principal, filters: Filters) -> list[Candidates]:
+        """The partitions of `index` the caller may see, each with the ids that pass the filters."""
+        out = []
+        for part in index.readable(principal):
+            if filters.empty:
+                out.append(Candidates(part, None, len(part.ids)))
+                continue
+            allowed = [v for v in part.ids if filters.match(self.by_version[v])]
+            if len(allowed) == len(part.ids):
+                out.append(Candidates(part, None, len(allowed)))
+            elif allowed:
+                out.append(Candidates(part, np.asarray(allowed, dtype=np.int64), len(allowed)))
+        return out
 
     def memory_bytes(self) -> int:
-        return (
-            sum(i.memory_bytes() for i in self.prototypes.values())
-            + self.text.memory_bytes()
-            + (self.examples.memory_bytes())
-        )
+        return sum(i.memory_bytes() for i in [*self.prototypes.values(), self.text, self.examples])

@@ -8,13 +8,14 @@ The top k by |logit| is exact: the union of FAISS inner-product searches with h 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from registry.accounts import Principal
 from registry.errors import InvalidRequest
-from registry.indexes import Entry, Filters, FlatIndex, IndexSet
+from registry.indexes import Candidates, Entry, Filters, IndexSet, PartitionedIndex
 
 MAX_TOKENS = 8192  # over all modules of one request
 MAX_MODULES = 1024
@@ -47,7 +48,8 @@ def route(
     limit: int = 10,
 ) -> list[Ranked]:
     check_params(top_k, temperature, limit)
-    if not filters.base_model:
+    base = filters.base_model
+    if not base:
         raise InvalidRequest(
             "base_model is required: prototypes are compared within one base model", code="unknown_base_model"
         )
@@ -60,26 +62,20 @@ def route(
         raise InvalidRequest(
             f"at most {MAX_TOKENS} token rows per request (over all modules), got {tokens}", code="too_many_tokens"
         )
+    within = replace(filters, base_model=None)  # the prototype indexes are already per base model
 
     with indexes.lock:
-        visible = indexes.visible(principal, filters)
-        known = {m for e in visible.values() for m in e.modules}
-        if not known:
-            raise InvalidRequest(
-                f"no adapters you can see for base model {filters.base_model!r}", code="unknown_base_model"
-            )
+        per_module: dict[str, list[Candidates]] = {}
+        for module in hidden:
+            index = indexes.prototypes.get((base, module))
+            per_module[module] = indexes.candidates(index, principal, within) if index else []
+            if not per_module[module]:
+                raise unknown(indexes, principal, within, base, module)
         for module, h in hidden.items():
-            if module not in known:
-                sample = ", ".join(sorted(known)[:5]) + (", ..." if len(known) > 5 else "")
+            dim = indexes.prototypes[(base, module)].dim
+            if h.ndim != 2 or h.shape[1] != dim or h.shape[0] == 0:
                 raise InvalidRequest(
-                    f"no adapter for {filters.base_model} adapts module {module!r} (known modules: {sample})",
-                    code="unknown_module",
-                )
-            index = indexes.prototypes[(filters.base_model, module)]
-            if h.ndim != 2 or h.shape[1] != index.dim or h.shape[0] == 0:
-                raise InvalidRequest(
-                    f"hidden_states[{module!r}] must be tokens x {index.dim} "
-                    f"(the module's in_features), got {list(h.shape)}",
+                    f"hidden_states[{module!r}] must be tokens x {dim} (the module's in_features), got {list(h.shape)}",
                     code="bad_dimension",
                 )
             if not np.isfinite(h).all():
@@ -87,38 +83,46 @@ def route(
 
         scores: dict[int, float] = {}
         for module, h in hidden.items():
-            index = indexes.prototypes[(filters.base_model, module)]
-            allowed = np.fromiter((v for v in visible if v in index.ids), dtype=np.int64)
-            for version_id, weight in module_weights(index, h, allowed, top_k, temperature).items():
+            for version_id, weight in module_weights(per_module[module], h, top_k, temperature).items():
                 scores[version_id] = scores.get(version_id, 0.0) + weight / len(hidden)
-        ranked = sorted(scores.items(), key=lambda kv: (-kv[1], visible[kv[0]].identity.id))[:limit]
-        return [Ranked(visible[v], s) for v, s in ranked if s > 0]
+        return ranked(indexes, scores, limit, keep=lambda s: s > 0)
 
 
-def module_weights(
-    index: FlatIndex, h: np.ndarray, allowed: np.ndarray, top_k: int, temperature: float
-) -> dict[int, float]:
+def unknown(indexes: IndexSet, principal: Principal, within: Filters, base: str, module: str) -> InvalidRequest:
+    """The error for a module without candidates: is the whole base model unknown to the caller?"""
+    known = sorted(
+        m for (b, m), index in indexes.prototypes.items() if b == base and indexes.candidates(index, principal, within)
+    )
+    if not known:
+        return InvalidRequest(f"no adapters you can see for base model {base!r}", code="unknown_base_model")
+    sample = ", ".join(known[:5]) + (", ..." if len(known) > 5 else "")
+    return InvalidRequest(
+        f"no adapter for {base} adapts module {module!r} (known modules: {sample})", code="unknown_module"
+    )
+
+
+def module_weights(parts: list[Candidates], h: np.ndarray, top_k: int, temperature: float) -> dict[int, float]:
     """Arrow routing weights for one module, averaged over its tokens, by version id."""
-    n = len(allowed)
-    if n == 0:
-        return {}
-    k = min(top_k, n)
+    k = min(top_k, sum(p.count for p in parts))
     q = np.ascontiguousarray(h, dtype=np.float32)
-    if n <= 2 * k:  # every candidate fits in one search: rank them all by |<h, v>|
-        d, ids = index.search(q, n, allowed)
-        d = np.abs(d)
-    else:  # the k largest |<h, v>| are among the k largest of <h, v> and the k largest of <-h, v>
-        d_pos, i_pos = index.search(q, k, allowed)
-        d_neg, i_neg = index.search(-q, k, allowed)
-        d, ids = np.concatenate([d_pos, d_neg], axis=1), np.concatenate([i_pos, i_neg], axis=1)
+    t = q.shape[0]
+    found_d, found_i = [], []
+    for p in parts:
+        if p.count <= 2 * k:  # the whole partition fits in one search: rank all of it by |<h, v>|
+            d, ids = p.index.search(q, p.count, p.allowed)
+        else:  # the k largest |<h, v>| lie among the k largest <h, v> and the k largest <-h, v>
+            d, ids = p.index.search(np.concatenate([q, -q]), k, p.allowed)
+            d, ids = np.concatenate([d[:t], d[t:]], axis=1), np.concatenate([ids[:t], ids[t:]], axis=1)
+        found_d.append(np.abs(d))
+        found_i.append(ids)
+    d, ids = np.concatenate(found_d, axis=1), np.concatenate(found_i, axis=1)
     order = np.argsort(-d, axis=1, kind="stable")[:, :k]
-    top_d = np.take_along_axis(d, order, axis=1).astype(np.float64) / temperature
-    top_i = np.take_along_axis(ids, order, axis=1)
-    top_d -= top_d.max(axis=1, keepdims=True)
-    w = np.exp(top_d)
+    logits = np.take_along_axis(d, order, axis=1).astype(np.float64) / temperature
+    top = np.take_along_axis(ids, order, axis=1)
+    w = np.exp(logits - logits.max(axis=1, keepdims=True))
     w /= w.sum(axis=1, keepdims=True)
-    unique, inverse = np.unique(top_i, return_inverse=True)
-    sums = np.bincount(inverse.ravel(), weights=w.ravel(), minlength=len(unique)) / h.shape[0]
+    unique, inverse = np.unique(top, return_inverse=True)
+    sums = np.bincount(inverse.ravel(), weights=w.ravel(), minlength=len(unique)) / t
     return {int(v): float(s) for v, s in zip(unique, sums, strict=True) if v >= 0}
 
 
@@ -135,16 +139,21 @@ def search_text(
     (the larger of the two when both are used)."""
     if not 1 <= limit <= MAX_LIMIT:
         raise InvalidRequest(f"limit must be between 1 and {MAX_LIMIT}, got {limit}")
+    used: list[PartitionedIndex] = [i for use, i in ((use_text, indexes.text), (use_examples, indexes.examples)) if use]
     with indexes.lock:
-        visible = indexes.visible(principal, filters)
         scores: dict[int, float] = {}
-        for use, index in ((use_text, indexes.text), (use_examples, indexes.examples)):
-            allowed = np.fromiter((v for v in visible if v in index.ids), dtype=np.int64)
-            if not use or len(allowed) == 0:
-                continue
-            d, ids = index.search(query[None, :], min(limit, len(allowed)), allowed)
-            for score, version_id in zip(d[0], ids[0], strict=True):
-                if version_id >= 0:
-                    scores[int(version_id)] = max(scores.get(int(version_id), -1.0), float(score))
-        ranked = sorted(scores.items(), key=lambda kv: (-kv[1], visible[kv[0]].identity.id))[:limit]
-        return [Ranked(visible[v], s) for v, s in ranked]
+        for index in used:
+            for part in indexes.candidates(index, principal, filters):
+                d, ids = part.index.search(query[None, :], min(limit, part.count), part.allowed)
+                for score, version_id in zip(d[0], ids[0], strict=True):
+                    if version_id >= 0:
+                        scores[int(version_id)] = max(scores.get(int(version_id), -1.0), float(score))
+        return ranked(indexes, scores, limit)
+
+
+def ranked(
+    indexes: IndexSet, scores: dict[int, float], limit: int, keep: Callable[[float], bool] = lambda s: True
+) -> list[Ranked]:
+    """Best first (ties by name), at most `limit`."""
+    best = sorted(scores.items(), key=lambda kv: (-kv[1], indexes.by_version[kv[0]].identity.id))[:limit]
+    return [Ranked(indexes.by_version[v], s) for v, s in best if keep(s)]

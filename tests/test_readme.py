@@ -50,4 +50,5 @@ def test_readme_tour_works_when_pasted(tmp_path: Path) -> None:
         assert run.returncode == 0, run.stdout + run.stderr
         assert "downloaded byte for byte" in run.stdout
         assert '"id":"alice/demo","version":1' in run.stdout
+        assert '{"results":[{"id":"alice/demo"' in run.stdout  # the search step finds it
         assert (tmp_path / ".quiver" / "quiver.db").is_file()

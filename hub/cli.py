@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -13,7 +14,7 @@ from hub.state import HubState
 app = typer.Typer(help="Quiver: a hub for LoRA adapters.", no_args_is_help=True, add_completion=False)
 token_app = typer.Typer(help="Manage access tokens (operator commands on the hub's database).", no_args_is_help=True)
 app.add_typer(token_app, name="token")
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)  # never break a message across lines
 
 
 @app.command()
@@ -80,6 +81,67 @@ def migrate() -> None:
     """Apply the database migrations and exit."""
     HubState.open(Settings()).close()
     print("database is up to date")
+
+
+@app.command("import")
+def import_adapter(
+    path: Annotated[Path, typer.Argument(help="an adapter folder, or a model repo folder in the HF cache")],
+    repo: Annotated[str, typer.Argument(help="namespace/name to publish it as")],
+    endpoint: Annotated[str, typer.Option(envvar="QUIVER_ENDPOINT")] = "http://127.0.0.1:8000",
+    token: Annotated[str | None, typer.Option(envvar="QUIVER_TOKEN", help="a write token")] = None,
+    visibility: Annotated[str | None, typer.Option(help="public or private")] = None,
+) -> None:
+    """Publish an adapter downloaded from the Hugging Face Hub (a folder, or a snapshot in the HF
+    cache), keeping its card's metadata (description, tags, license, pipeline tag)."""
+    import httpx
+
+    from registry.cards import card_description
+    from registry.validation import ALLOWED_FILES, README_FILE
+
+    folder = _adapter_folder(path)
+    files = sorted(p for p in folder.iterdir() if p.is_file())
+    keep = [p for p in files if p.name in ALLOWED_FILES]
+    for skipped in (p for p in files if p.name not in ALLOWED_FILES):
+        err.print(f"skipping {skipped.name}: not part of a LoRA adapter upload")
+    data = {"visibility": visibility} if visibility else {}
+    readme = folder / README_FILE
+    if readme.is_file() and (description := card_description(readme.read_text(encoding="utf-8"))):
+        data["description"] = description
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    parts = [("files", (p.name, p.read_bytes())) for p in keep]
+    try:
+        r = httpx.post(
+            f"{endpoint.rstrip('/')}/v1/adapters/{repo}", files=parts, data=data, headers=headers, timeout=600
+        )
+    except httpx.TransportError as e:
+        err.print(f"[red]error:[/] cannot reach the hub at {endpoint}: {e}")
+        raise typer.Exit(1) from None
+    if r.status_code != 201:
+        message = (
+            r.json().get("error", {}).get("message", r.text)
+            if r.headers.get("content-type", "").startswith("application/json")
+            else r.text
+        )
+        err.print(f"[red]error {r.status_code}:[/] {message}")
+        raise typer.Exit(1)
+    v = r.json()
+    print(f"published {v['id']} version {v['version']} (revision {v['revision']}) from {folder}")
+
+
+def _adapter_folder(path: Path) -> Path:
+    """The folder itself, or for an HF cache repo folder (models--ns--name) the snapshot refs/main names."""
+    if (path / "adapter_config.json").is_file():
+        return path
+    snapshots = path / "snapshots"
+    if snapshots.is_dir():
+        ref = path / "refs" / "main"
+        if ref.is_file() and (snapshots / ref.read_text().strip()).is_dir():
+            return snapshots / ref.read_text().strip()
+        candidates = sorted(snapshots.iterdir(), key=lambda p: p.stat().st_mtime)
+        if candidates:
+            return candidates[-1]
+    err.print(f"[red]error:[/] {path} holds no adapter_config.json (nor is it a model folder of the HF cache)")
+    raise typer.Exit(2)
 
 
 def _redact(url: str) -> str:

@@ -24,11 +24,13 @@ CHUNK = 1024 * 1024
 
 @dataclass
 class StagedFile:
-    """Bytes written to the store's tmp/ and hashed, not yet installed under objects/."""
+    """Bytes written to the store's tmp/ and hashed, not yet installed under objects/; or, with
+    `stored`, a blob already under objects/ that a new version reuses (never moved or discarded)."""
 
     path: Path
     sha256: str
     size: int
+    stored: bool = False
 
 
 class BlobStore:
@@ -65,9 +67,15 @@ class BlobStore:
             raise
         return StagedFile(Path(name), digest.hexdigest(), size)
 
+    def reuse(self, sha256: str, size: int) -> StagedFile:
+        """An existing blob, to be part of a new version as it is."""
+        return StagedFile(self.path(sha256), sha256, size, stored=True)
+
     def install(self, staged: StagedFile) -> Path:
         """Move a staged file to its content address (atomic rename), fsyncing the directory."""
         target = self.path(staged.sha256)
+        if staged.stored:
+            return target
         if target.is_file():
             staged.path.unlink(missing_ok=True)
             return target
@@ -78,7 +86,8 @@ class BlobStore:
 
     def discard(self, staged: Iterable[StagedFile]) -> None:
         for s in staged:
-            s.path.unlink(missing_ok=True)
+            if not s.stored:
+                s.path.unlink(missing_ok=True)
 
     def delete(self, sha256: str) -> None:
         self.path(sha256).unlink(missing_ok=True)

@@ -87,8 +87,9 @@ def latest_versions(session: Session, adapters: list[Adapter]) -> dict[int, Vers
 class AdapterFilter:
     base_model: str | None = None
     task: str | None = None
-    tag: str | None = None
+    tags: tuple[str, ...] = ()  # all of them
     namespace: str | None = None
+    search: str | None = None  # a case-insensitive substring of "namespace/name"
 
 
 def visible(principal: Principal, query: Select) -> Select:
@@ -109,16 +110,18 @@ def list_adapters(
         query = query.where(Adapter.task == filters.task)
     if filters.namespace:
         query = query.where(Namespace.name == filters.namespace)
+    if filters.search:
+        query = query.where(func.lower(Namespace.name + "/" + Adapter.name).contains(filters.search.lower()))
     if cursor:
         query = query.where(Adapter.id > decode_cursor(cursor))
     query = query.order_by(Adapter.id)
-    if not filters.tag:
+    if not filters.tags:
         rows = list(session.scalars(query.limit(limit + 1)))
     else:
         # Tags are a JSON list; filter portably in Python while paging through the ordered rows.
         rows = []
         for adapter in session.scalars(query.execution_options(yield_per=500)):
-            if filters.tag in (adapter.tags or []):
+            if all(t in (adapter.tags or []) for t in filters.tags):
                 rows.append(adapter)
                 if len(rows) > limit:
                     break

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from registry.accounts import Principal, require_write
 from registry.analysis import VersionAnalysis, analyse_version, describe
 from registry.blobs import BlobStore, StagedFile
+from registry.cards import card_fields
 from registry.catalog import VersionIdentity, find_adapter, get_adapter, get_version
 from registry.changes import record_change
 from registry.db import writing
@@ -56,6 +57,11 @@ class AdapterMeta:
         if self.license is not None and len(self.license) > 64:
             raise InvalidRequest("license must be at most 64 characters")
         return self
+
+    def with_card(self, card: str | None) -> AdapterMeta:
+        """Fields this upload leaves unset, filled from the model card's YAML (tags, license, task)."""
+        found = card_fields(card)
+        return replace(self, **{k: v for k, v in found.items() if getattr(self, k) is None}).check()
 
     def apply(self, adapter: Adapter) -> None:
         for field in ("description", "task", "tags", "license", "visibility"):
@@ -113,6 +119,7 @@ def publish(
         summary = validate_adapter(paths)
         analysis = analyse_version(paths, summary.config, embedder)
         card = paths[README_FILE].read_text(encoding="utf-8") if README_FILE in paths else None
+        meta = meta.with_card(card)
         prepared = Prepared(summary, analysis, card, embedder)
         for attempt in range(3):
             try:
@@ -250,3 +257,35 @@ def delete_adapter(
         session.commit()
     purge_blobs(sessions, store, shas)
     return deleted
+
+
+def create_adapter(
+    sessions: sessionmaker[Session], principal: Principal, namespace: str, name: str, visibility: str = "public"
+) -> tuple[Adapter, bool]:
+    """Create an adapter with no version yet (what `create_repo` asks for); (adapter, created)."""
+    check_repo_id(namespace, name)
+    AdapterMeta(visibility=visibility).check()
+    with writing(sessions) as session:
+        ns = require_write(session, principal, namespace)
+        existing = find_adapter(session, namespace, name)
+        if existing is not None:
+            return existing, False
+        now = utcnow()
+        adapter = Adapter(
+            namespace_id=ns.id,
+            name=name,
+            base_model="",
+            tags=[],
+            description="",
+            visibility=visibility,
+            last_version=0,
+            created_at=now,
+            updated_at=now,
+        )
+        session.add(adapter)
+        session.flush()
+        record_change(session, adapter.id)
+        session.commit()
+        session.refresh(adapter)
+        _ = adapter.namespace
+        return adapter, True

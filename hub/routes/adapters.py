@@ -60,7 +60,7 @@ def list_adapters(
     cursor: str | None = None,
     limit: Annotated[int, Query(ge=1, le=catalog.MAX_PAGE)] = 50,
 ) -> schemas.AdapterPage:
-    filters = catalog.AdapterFilter(base_model=base_model, task=task, tag=tag, namespace=namespace)
+    filters = catalog.AdapterFilter(base_model=base_model, task=task, tags=(tag,) if tag else (), namespace=namespace)
     adapters, next_cursor = catalog.list_adapters(session, principal, filters, cursor, limit)
     latest = catalog.latest_versions(session, adapters)
     return schemas.AdapterPage(

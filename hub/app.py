@@ -10,7 +10,7 @@ from fastapi.concurrency import run_in_threadpool
 
 from hub import errors
 from hub.limits import BodyLimit
-from hub.routes import adapters, discovery, health, hf
+from hub.routes import adapters, clusters, discovery, health, hf
 from hub.settings import Settings
 from hub.state import HubState
 
@@ -38,6 +38,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(adapters.router)
     app.include_router(discovery.router)
+    app.include_router(clusters.router)
     app.include_router(hf.router)  # last: its /{namespace}/{name}/resolve/... is the broadest path
     app.add_middleware(BodyLimit, limit=settings.max_upload_bytes)
     return app

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
+import httpx
 import typer
 from rich.console import Console
 
@@ -93,8 +94,6 @@ def import_adapter(
 ) -> None:
     """Publish an adapter downloaded from the Hugging Face Hub (a folder, or a snapshot in the HF
     cache), keeping its card's metadata (description, tags, license, pipeline tag)."""
-    import httpx
-
     from registry.cards import card_description
     from registry.validation import ALLOWED_FILES, README_FILE
 
@@ -116,16 +115,72 @@ def import_adapter(
     except httpx.TransportError as e:
         err.print(f"[red]error:[/] cannot reach the hub at {endpoint}: {e}")
         raise typer.Exit(1) from None
-    if r.status_code != 201:
-        message = (
-            r.json().get("error", {}).get("message", r.text)
-            if r.headers.get("content-type", "").startswith("application/json")
-            else r.text
-        )
-        err.print(f"[red]error {r.status_code}:[/] {message}")
-        raise typer.Exit(1)
-    v = r.json()
+    v = _ok(r)
     print(f"published {v['id']} version {v['version']} (revision {v['revision']}) from {folder}")
+
+
+@app.command("cluster")
+def cluster_command(
+    base_model: Annotated[str, typer.Option("--base-model", help="cluster the adapters of this base model")],
+    k: Annotated[int | None, typer.Option(help="number of clusters (default: chosen by silhouette)")] = None,
+    method: Annotated[str, typer.Option(help="sketch or params")] = "sketch",
+    seed: Annotated[int, typer.Option()] = 0,
+    merge: Annotated[bool, typer.Option("--merge", help="publish one averaged adapter per cluster")] = False,
+    rank: Annotated[int | None, typer.Option(help="with --merge: compress each to this rank")] = None,
+    endpoint: Annotated[str, typer.Option(envvar="QUIVER_ENDPOINT")] = "http://127.0.0.1:8000",
+    token: Annotated[str | None, typer.Option(envvar="QUIVER_TOKEN")] = None,
+) -> None:
+    """Group the adapters you can see by their parameters (MBC) and show the clusters."""
+    import time
+
+    from rich.progress import Progress
+    from rich.table import Table
+
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    with httpx.Client(base_url=endpoint.rstrip("/"), headers=headers, timeout=600) as c:
+        body = {"base_model": base_model, "method": method, "seed": seed, **({"k": k} if k else {})}
+        run = _ok(c.post("/v1/clusters", json=body))
+        if run["status"] == "running":
+            with Progress(console=err, transient=True) as bar:
+                task = bar.add_task(f"clustering {run['params']['adapters']} adapters", total=1.0)
+                while run["status"] == "running":
+                    time.sleep(0.5)
+                    run = _ok(c.get(f"/v1/clusters/{run['id']}"))
+                    bar.update(task, completed=run["progress"])
+        if run["status"] == "failed":
+            err.print(f"[red]cluster run {run['id']} failed:[/] {run['error']}")
+            raise typer.Exit(1)
+        silhouette = f"{run['silhouette']:.3f}" if run["silhouette"] is not None else "-"
+        table = Table(title=f"run {run['id']}: {run['method']}, k={run['k']}, silhouette {silhouette}")
+        for column in ("cluster", "adapter", "version", "task", "distance"):
+            table.add_column(column)
+        for cluster in run["clusters"]:
+            for i, m in enumerate(cluster["members"]):
+                table.add_row(
+                    str(cluster["index"]) if i == 0 else "",
+                    m["id"],
+                    str(m["version"]),
+                    m["task"] or "",
+                    f"{m['distance']:.3f}",
+                    end_section=i == len(cluster["members"]) - 1,
+                )
+        Console(soft_wrap=True).print(table)
+        if merge:
+            published = _ok(c.post(f"/v1/clusters/{run['id']}/merge", json={"rank": rank} if rank else {}))
+            for v in published:
+                print(f"published {v['id']} version {v['version']} (rank {v['rank']})")
+
+
+def _ok(response: httpx.Response) -> dict:
+    """The JSON of a successful answer; a hub error is printed and ends the command."""
+    if response.is_success:
+        return response.json()
+    try:
+        message = response.json()["error"]["message"]
+    except (ValueError, KeyError, TypeError):
+        message = response.text
+    err.print(f"[red]error {response.status_code}:[/] {message}")
+    raise typer.Exit(1)
 
 
 def _adapter_folder(path: Path) -> Path:

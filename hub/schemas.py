@@ -32,6 +32,7 @@ class VersionOut(BaseModel):
     created_at: datetime
     adapter_config: dict[str, Any]
     files: list[FileOut]
+    derived_from: dict[str, Any] | None = Field(None, description="lineage of a derived (cluster) adapter")
 
 
 class VersionRef(BaseModel):
@@ -96,6 +97,7 @@ def version_out(v: Version) -> VersionOut:
         created_at=v.created_at,
         adapter_config=v.adapter_config,
         files=[FileOut(path=f.path, sha256=f.sha256, size=f.size) for f in v.files],
+        derived_from=v.derived_from,
     )
 
 

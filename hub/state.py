@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from hub.settings import Settings
 from registry.blobs import BlobStore
+from registry.clusters import fail_interrupted
 from registry.db import make_engine, session_factory, upgrade
 from registry.embedder import TextEmbedder, default_embedder
 from registry.indexes import IndexSet
@@ -22,6 +25,7 @@ class HubState:
     store: BlobStore
     embedder: TextEmbedder
     indexes: IndexSet
+    jobs: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="quiver-job"))
 
     @classmethod
     def open(cls, settings: Settings, migrate: bool = True, index: bool = False) -> HubState:
@@ -32,9 +36,14 @@ class HubState:
         state = cls(
             settings, engine, session_factory(engine), BlobStore(settings.blob_root), default_embedder(), IndexSet()
         )
-        if index:
+        if index:  # serving: build the search indexes; runs a stopped hub left behind cannot finish
             state.indexes.rebuild(state.sessions)
+            fail_interrupted(state.sessions)
         return state
+
+    def background(self, job: Callable[[], None]) -> None:
+        """Long work (large cluster runs), one at a time, off the request path."""
+        self.jobs.submit(job)
 
     def fresh_indexes(self) -> IndexSet:
         """The indexes, brought up to date with the change sequence (this and other hub processes)."""
@@ -42,4 +51,5 @@ class HubState:
         return self.indexes
 
     def close(self) -> None:
+        self.jobs.shutdown(wait=False, cancel_futures=True)
         self.engine.dispose()

@@ -175,3 +175,26 @@ def sketch(factors: Mapping[str, Factors], p: int = SKETCH_P, q: int = SKETCH_Q)
     flat = torch.cat(parts) if parts else torch.zeros(0, dtype=torch.float64)
     norm = flat.norm()
     return (flat / norm if norm > 0 else flat).numpy().astype(np.float32)
+
+
+# --- Averages of adapters (cluster adapters) ------------------------------------------------------
+
+
+def concat_average(members: list[Factors]) -> Factors:
+    """The exact average of the members' deltas, (1/n) sum_i s_i B_i A_i, as one factor pair of rank
+    sum r_i: A = [A_1; ...; A_n], B = [s_1 B_1 | ... | s_n B_n] / n, scaling 1."""
+    n = len(members)
+    A = torch.cat([m.A.double() for m in members], dim=0)
+    B = torch.cat([m.B.double() * (m.scaling / n) for m in members], dim=1)
+    return Factors(A, B, 1.0)
+
+
+def truncate(f: Factors, rank: int) -> Factors:
+    """The best rank-`rank` approximation of s * B @ A (Eckart-Young), from the factors alone:
+    QR of B and of A^T, SVD of the small core; singular values split evenly between the factors."""
+    q_b, r_b = torch.linalg.qr(f.B.double())
+    q_a, r_a = torch.linalg.qr(f.A.double().T)
+    u, s, vh = torch.linalg.svd(r_b @ r_a.T * f.scaling)
+    k = min(rank, int(s.shape[0]))
+    root = s[:k].sqrt()
+    return Factors((root[:, None] * vh[:k]) @ q_a.T, (q_b @ u[:, :k]) * root[None, :], 1.0)

@@ -127,6 +127,8 @@ class Version(Base):
     num_parameters: Mapped[int] = mapped_column(BigInteger)
     total_size: Mapped[int] = mapped_column(BigInteger)
     published_by_id: Mapped[int | None] = mapped_column(ForeignKey("namespaces.id", ondelete="SET NULL"))
+    # Lineage of a derived adapter (a cluster adapter): {"run", "method", "rank", "versions": [...]}.
+    derived_from: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     adapter: Mapped[Adapter] = relationship(back_populates="versions")
@@ -196,3 +198,25 @@ class Change(Base):
     seq: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
     adapter_id: Mapped[int] = mapped_column(Integer, index=True)  # no foreign key: the adapter may be gone
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class ClusterRun(Base):
+    """One MBC run over the adapters its caller could see. `clusters` is the result, a record of that
+    moment: [{"index", "members": [{"id", "version", "revision", "task", "distance"}]}]."""
+
+    __tablename__ = "cluster_runs"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    owner_id: Mapped[int | None] = mapped_column(ForeignKey("namespaces.id", ondelete="CASCADE"), index=True)
+    base_model: Mapped[str] = mapped_column(String(255))
+    method: Mapped[str] = mapped_column(String(16))
+    requested_k: Mapped[int | None] = mapped_column(Integer)
+    k: Mapped[int | None] = mapped_column(Integer)
+    seed: Mapped[int] = mapped_column(Integer, default=0)
+    params: Mapped[dict[str, Any]]  # filters and method options
+    status: Mapped[str] = mapped_column(String(8))  # "running" | "done" | "failed"
+    progress: Mapped[float] = mapped_column(Float, default=0.0)
+    silhouette: Mapped[float | None] = mapped_column(Float)
+    clusters: Mapped[list[Any] | None] = mapped_column(JSON)
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

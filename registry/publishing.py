@@ -79,6 +79,7 @@ class Prepared:
     analysis: VersionAnalysis
     card: str | None
     embedder: TextEmbedder
+    derived_from: dict | None = None
 
 
 def text_embedding(embedder: TextEmbedder, adapter: Adapter, card: str | None) -> bytes:
@@ -106,6 +107,7 @@ def publish(
     files: dict[str, StagedFile],
     meta: AdapterMeta,
     embedder: TextEmbedder,
+    derived_from: dict | None = None,
 ) -> Version:
     """Publish staged files as the next version of namespace/name. Consumes the staged files.
 
@@ -120,7 +122,7 @@ def publish(
         analysis = analyse_version(paths, summary.config, embedder)
         card = paths[README_FILE].read_text(encoding="utf-8") if README_FILE in paths else None
         meta = meta.with_card(card)
-        prepared = Prepared(summary, analysis, card, embedder)
+        prepared = Prepared(summary, analysis, card, embedder, derived_from)
         for attempt in range(3):
             try:
                 return _publish_once(sessions, store, principal, namespace, name, files, meta, prepared)
@@ -179,6 +181,7 @@ def _publish_once(
             num_parameters=summary.num_parameters,
             total_size=sum(f.size for f in files.values()),
             published_by_id=principal.user_id,
+            derived_from=prepared.derived_from,
             files=[File(path=p, sha256=f.sha256, size=f.size) for p, f in sorted(files.items())],
             prototypes=[
                 Prototype(module=p.module, in_features=len(p.vector), sigma=p.sigma, vector=to_bytes(p.vector))

@@ -64,6 +64,18 @@ def write_adapter(
     return folder
 
 
+def write_factors(folder: Path, factors: dict[str, tuple[torch.Tensor, torch.Tensor]], config: dict) -> Path:
+    """A PEFT-format folder from given (A, B) per module."""
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = {}
+    for module, (A, B) in factors.items():
+        tensors[factor_key(module, "A")] = A.float().contiguous()
+        tensors[factor_key(module, "B")] = B.float().contiguous()
+    save_file(tensors, str(folder / "adapter_model.safetensors"))
+    (folder / "adapter_config.json").write_text(json.dumps(config))
+    return folder
+
+
 def raw_safetensors(header: dict, data: bytes, header_len: int | None = None) -> bytes:
     """Hand-built safetensors bytes, so a test can break any part of the format."""
     blob = json.dumps(header).encode()

@@ -277,22 +277,20 @@ print(json.dumps({"path": snapshot_download("alice/source")}))
     cache_repo = tmp_path / "hf-home" / "hub" / "models--alice--source"
     assert (cache_repo / "refs" / "main").is_file()
     env = {**os.environ, "QUIVER_ENDPOINT": hub.url, "QUIVER_TOKEN": token}
-    run = subprocess.run(
-        [sys.executable, "-m", "hub", "import", str(cache_repo), "alice/imported"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+
+    def quiver_import(source: Path, repo: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "hub", "import", str(source), repo],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    run = quiver_import(cache_repo, "alice/imported")
     assert run.returncode == 0, run.stderr
     assert "published alice/imported version 1" in run.stdout
-    direct = subprocess.run(
-        [sys.executable, "-m", "hub", "import", str(adapter_folder), "alice/direct"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    direct = quiver_import(adapter_folder, "alice/direct")
     assert direct.returncode == 0 and "skipping training_args.bin" in direct.stderr
     with hub.client() as c:
         imported = c.get("/v1/adapters/alice/imported").json()
@@ -300,11 +298,5 @@ print(json.dumps({"path": snapshot_download("alice/source")}))
         assert imported["description"] == "Condenses long passages into a few sentences."
         files = c.get("/v1/adapters/alice/imported/versions/1").json()["files"]
         assert {f["path"] for f in files} == {"adapter_config.json", "adapter_model.safetensors", "README.md"}
-    bad = subprocess.run(
-        [sys.executable, "-m", "hub", "import", str(tmp_path), "alice/x"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    bad = quiver_import(tmp_path, "alice/x")
     assert bad.returncode == 2 and "holds no adapter_config.json" in bad.stderr

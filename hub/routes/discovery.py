@@ -165,16 +165,13 @@ async def route(
     filters = Filters(
         base_model=params["base_model"], task=params["task"], tags=params["tags"], namespace=params["namespace"]
     )
-    ranked = await run_in_threadpool(
-        routing.route,
-        state.fresh_indexes(),
-        principal,
-        hidden,
-        filters,
-        params["top_k"],
-        params["temperature"],
-        params["limit"],
-    )
+
+    def run() -> list[routing.Ranked]:  # off the event loop: it reads the change sequence, then searches
+        return routing.route(
+            state.fresh_indexes(), principal, hidden, filters, params["top_k"], params["temperature"], params["limit"]
+        )
+
+    ranked = await run_in_threadpool(run)
     return RouteAnswer(
         results=answer(ranked),
         base_model=params["base_model"],

@@ -1,0 +1,115 @@
+"""Model-based clustering (MBC, Ostapenko et al. 2024) of adapters, from their parameters.
+
+Embeddings per adapter, then KMeans (k-means++, several restarts, fixed seed) on the rows of their
+cosine-similarity matrix; k given, or chosen by silhouette.
+- "sketch": the parameter sketches computed at publish (registry.lora.sketch), aligned module by
+  module; invariant to re-factorising an adapter as (B M, M^-1 A).
+- "params": the paper's recipe: every A and B entry flattened, the smallest entries zeroed
+  (sparsity, default 0.5), TruncatedSVD to 64 dimensions (fewer with fewer adapters), L2-normalised.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from registry import lora
+from registry.errors import InvalidRequest
+
+METHODS = ("sketch", "params")
+K_RANGE = (2, 10)
+RESTARTS = 10
+
+
+def sketch_matrix(sketches: Sequence[tuple[Sequence[str], np.ndarray]]) -> np.ndarray:
+    """Rows of aligned sketches: each adapter's per-module blocks placed at its modules' columns (zeros
+    for modules it lacks), so adapters with different target modules compare module by module."""
+    block = lora.SKETCH_P * lora.SKETCH_Q
+    columns = {m: i for i, m in enumerate(sorted({m for modules, _ in sketches for m in modules}))}
+    X = np.zeros((len(sketches), len(columns) * block), dtype=np.float64)
+    for row, (modules, vector) in enumerate(sketches):
+        for j, module in enumerate(sorted(modules)):
+            c = columns[module]
+            X[row, c * block : (c + 1) * block] = vector[j * block : (j + 1) * block]
+    return normalise_rows(X)
+
+
+def params_matrix(
+    adapters: Sequence[dict[str, lora.Factors]], sparsity: float = 0.5, dims: int = 64, seed: int = 0
+) -> np.ndarray:
+    """The paper's parameter embedding: flattened A and B entries (aligned by module and factor),
+    the smallest `sparsity` fraction of each adapter's entries zeroed, TruncatedSVD, L2-normalised."""
+    from sklearn.decomposition import TruncatedSVD
+
+    if not 0 <= sparsity < 1:
+        raise InvalidRequest(f"sparsity must be in [0, 1), got {sparsity}")
+    layout: dict[tuple[str, str], int] = {}
+    for factors in adapters:
+        for module, f in factors.items():
+            for side, t in (("A", f.A), ("B", f.B)):
+                layout[(module, side)] = max(layout.get((module, side), 0), t.numel())
+    offsets, total = {}, 0
+    for key in sorted(layout):
+        offsets[key] = total
+        total += layout[key]
+    X = np.zeros((len(adapters), total), dtype=np.float32)
+    for row, factors in enumerate(adapters):
+        for module, f in factors.items():
+            for side, t in (("A", f.A), ("B", f.B)):
+                flat = t.detach().float().reshape(-1).numpy()
+                start = offsets[(module, side)]
+                X[row, start : start + flat.size] = flat
+        if sparsity > 0:
+            magnitude = np.abs(X[row])
+            X[row, magnitude < np.quantile(magnitude, sparsity)] = 0.0
+    components = min(dims, len(adapters) - 1, total - 1)
+    if components < 1:
+        return normalise_rows(X.astype(np.float64))
+    reduced = TruncatedSVD(n_components=components, random_state=seed).fit_transform(X)
+    return normalise_rows(reduced.astype(np.float64))
+
+
+def normalise_rows(X: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(X, axis=1, keepdims=True)
+    return X / np.where(norms > 0, norms, 1.0)
+
+
+@dataclass(frozen=True)
+class Partition:
+    labels: np.ndarray  # cluster index per adapter
+    distances: np.ndarray  # each adapter's distance to its cluster's centre (similarity-row space)
+    k: int
+    silhouette: float | None
+
+
+def cluster(
+    embeddings: np.ndarray,
+    k: int | None = None,
+    seed: int = 0,
+    k_range: tuple[int, int] = K_RANGE,
+    progress: Callable[[float], None] = lambda _: None,
+) -> Partition:
+    """KMeans on the rows of the cosine-similarity matrix; k by silhouette when not given."""
+    from sklearn.cluster import KMeans
+    from sklearn.metrics import silhouette_score
+
+    n = embeddings.shape[0]
+    if n < 2:
+        raise InvalidRequest(f"clustering needs at least 2 adapters; {n} match")
+    if k is not None and not 1 <= k <= n:
+        raise InvalidRequest(f"k must be between 1 and the number of adapters ({n}), got {k}")
+    S = embeddings @ embeddings.T
+    candidates = [k] if k is not None else list(range(k_range[0], min(k_range[1], n - 1) + 1)) or [1]
+    best: tuple[float, KMeans] | None = None
+    for i, kk in enumerate(candidates):
+        model = KMeans(n_clusters=kk, init="k-means++", n_init=RESTARTS, random_state=seed).fit(S)
+        distinct = len(set(model.labels_))
+        score = float(silhouette_score(S, model.labels_)) if 1 < distinct < n else float("-inf")
+        if best is None or score > best[0]:
+            best = (score, model)
+        progress((i + 1) / len(candidates))
+    score, model = best
+    distances = np.linalg.norm(S - model.cluster_centers_[model.labels_], axis=1)
+    return Partition(model.labels_.astype(int), distances, int(model.n_clusters), score if np.isfinite(score) else None)

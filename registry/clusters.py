@@ -1,0 +1,328 @@
+"""Cluster runs: MBC over the adapters a caller may see, stored with their result; and cluster
+adapters built from a run (the exact average of each cluster's deltas)."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from safetensors.torch import save
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from registry import lora
+from registry.accounts import Principal
+from registry.blobs import BlobStore, StagedFile
+from registry.catalog import VersionIdentity, latest_versions, visible
+from registry.clustering import METHODS, cluster, params_matrix, sketch_matrix
+from registry.db import writing
+from registry.embedder import TextEmbedder
+from registry.errors import Conflict, InvalidRequest, NotFound, Unauthorized
+from registry.models import Adapter, ClusterRun, Embedding, Version, utcnow
+from registry.publishing import AdapterMeta, publish
+from registry.vectors import from_bytes
+
+log = logging.getLogger("quiver.clusters")
+BACKGROUND_OVER = 200  # runs over more adapters than this go to the background
+
+
+@dataclass(frozen=True)
+class ClusterRequest:
+    base_model: str
+    k: int | None = None
+    method: str = "sketch"
+    seed: int = 0
+    sparsity: float = 0.5
+    task: str | None = None
+    tags: tuple[str, ...] = ()
+    namespace: str | None = None
+
+    def check(self) -> ClusterRequest:
+        if self.method not in METHODS:
+            raise InvalidRequest(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        if not self.base_model:
+            raise InvalidRequest("base_model is required: only adapters of one base model can be compared")
+        return self
+
+
+def members_for(session: Session, principal: Principal, req: ClusterRequest) -> list[Version]:
+    """The latest version of every adapter the caller may see that matches the request."""
+    query = visible(principal, select(Adapter)).where(Adapter.base_model == req.base_model)
+    if req.task:
+        query = query.where(Adapter.task == req.task)
+    adapters = [a for a in session.scalars(query.order_by(Adapter.id)) if all(t in (a.tags or []) for t in req.tags)]
+    if req.namespace:
+        adapters = [a for a in adapters if a.namespace.name == req.namespace]
+    latest = latest_versions(session, adapters)
+    return [latest[a.id] for a in adapters if a.id in latest]
+
+
+def start_run(
+    sessions: sessionmaker[Session],
+    store: BlobStore,
+    principal: Principal,
+    req: ClusterRequest,
+    background: Callable[[Callable[[], None]], None],
+) -> ClusterRun:
+    """Create a run; small ones are computed before this returns, large ones by `background`."""
+    req.check()
+    with writing(sessions) as session:
+        members = members_for(session, principal, req)
+        if len(members) < 2:
+            raise InvalidRequest(
+                f"clustering needs at least 2 adapters of {req.base_model!r} you can see; {len(members)} match"
+            )
+        if req.k is not None and req.k > len(members):
+            raise InvalidRequest(f"k={req.k} is more than the {len(members)} adapters that match")
+        run = ClusterRun(
+            owner_id=principal.user_id,
+            base_model=req.base_model,
+            method=req.method,
+            requested_k=req.k,
+            seed=req.seed,
+            status="running",
+            progress=0.0,
+            params={
+                "task": req.task,
+                "tags": list(req.tags),
+                "namespace": req.namespace,
+                "sparsity": req.sparsity,
+                "adapters": len(members),
+            },
+        )
+        session.add(run)
+        session.commit()
+        run_id, version_ids = run.id, [v.id for v in members]
+    job = lambda: compute(sessions, store, run_id, version_ids, req)  # noqa: E731
+    if len(version_ids) > BACKGROUND_OVER:
+        background(job)
+    else:
+        job()
+    with sessions() as session:
+        return session.get(ClusterRun, run_id)
+
+
+def compute(
+    sessions: sessionmaker[Session], store: BlobStore, run_id: int, version_ids: list[int], req: ClusterRequest
+) -> None:
+    """Embed, cluster and store the result; a failure is recorded on the run, never lost."""
+
+    def progress(fraction: float) -> None:
+        with writing(sessions) as session:
+            session.execute(update(ClusterRun).where(ClusterRun.id == run_id).values(progress=round(fraction, 3)))
+            session.commit()
+
+    try:
+        with sessions() as session:
+            versions = list(session.scalars(select(Version).where(Version.id.in_(version_ids)).order_by(Version.id)))
+            if req.method == "sketch":
+                sketches = {
+                    e.version_id: from_bytes(e.vector)
+                    for e in session.scalars(
+                        select(Embedding).where(Embedding.version_id.in_(version_ids), Embedding.kind == "sketch")
+                    )
+                }
+                X = sketch_matrix([(v.target_modules, sketches[v.id]) for v in versions])
+            else:
+                X = params_matrix([version_factors(store, v) for v in versions], sparsity=req.sparsity, seed=req.seed)
+            progress(0.3)
+            partition = cluster(X, req.k, req.seed, progress=lambda f: progress(0.3 + 0.7 * f))
+            clusters = []
+            for index in range(partition.k):
+                rows = [i for i, label in enumerate(partition.labels) if label == index]
+                rows.sort(key=lambda i: partition.distances[i])
+                clusters.append(
+                    {
+                        "index": index,
+                        "members": [
+                            {
+                                **identity(versions[i]),
+                                "task": versions[i].adapter.task,
+                                "distance": float(partition.distances[i]),
+                            }
+                            for i in rows
+                        ],
+                    }
+                )
+        values = dict(
+            status="done",
+            progress=1.0,
+            k=partition.k,
+            silhouette=partition.silhouette,
+            clusters=clusters,
+            finished_at=utcnow(),
+        )
+    except Exception as e:  # noqa: BLE001 - recorded on the run for its owner to read
+        log.exception("cluster run %s failed", run_id)
+        values = dict(
+            status="failed", error=getattr(e, "message", None) or f"{type(e).__name__}: {e}", finished_at=utcnow()
+        )
+    with writing(sessions) as session:
+        session.execute(update(ClusterRun).where(ClusterRun.id == run_id).values(**values))
+        session.commit()
+
+
+def identity(v: Version) -> dict:
+    i = VersionIdentity.of(v)
+    return {"id": i.id, "version": i.version, "revision": i.revision}
+
+
+def version_factors(store: BlobStore, v: Version) -> dict[str, lora.Factors]:
+    weights = next(f for f in v.files if f.path == lora.WEIGHTS_FILE)
+    return lora.load_factors(store.path(weights.sha256), v.adapter_config)
+
+
+def fail_interrupted(sessions: sessionmaker[Session]) -> None:
+    """Runs left "running" by a hub that stopped are marked failed at start-up (nothing runs them)."""
+    with writing(sessions) as session:
+        session.execute(
+            update(ClusterRun)
+            .where(ClusterRun.status == "running")
+            .values(
+                status="failed",
+                error="interrupted: the hub stopped before the run finished; start it again",
+                finished_at=utcnow(),
+            )
+        )
+        session.commit()
+
+
+def get_run(session: Session, principal: Principal, run_id: int) -> ClusterRun:
+    """A run is its owner's; runs made anonymously (public adapters only) are everyone's."""
+    run = session.get(ClusterRun, run_id)
+    if run is None or (run.owner_id is not None and run.owner_id != principal.user_id):
+        raise NotFound(f"cluster run {run_id} not found")
+    return run
+
+
+def list_runs(session: Session, principal: Principal) -> list[ClusterRun]:
+    owners = [None] if principal.user_id is None else [principal.user_id]
+    query = select(ClusterRun).where(
+        ClusterRun.owner_id.is_(None) | (ClusterRun.owner_id.in_([o for o in owners if o is not None]))
+    )
+    return list(session.scalars(query.order_by(ClusterRun.id.desc()).limit(100)))
+
+
+# -- cluster adapters ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MergeMember:
+    identity: dict
+    task: str | None
+    config: dict
+    factors: dict[str, lora.Factors]
+
+
+def merge_run(
+    sessions: sessionmaker[Session],
+    store: BlobStore,
+    embedder: TextEmbedder,
+    principal: Principal,
+    run_id: int,
+    rank: int | None,
+) -> list[Version]:
+    """Publish one adapter per cluster in the caller's namespace, `cluster-<run>-<index>`: the exact
+    average of its members' deltas, as concatenated factors (rank None) or its best rank-`rank`
+    approximation. Each records its lineage."""
+    if principal.anonymous:
+        raise Unauthorized("publishing cluster adapters needs a write token")
+    if rank is not None and not 1 <= rank <= 1024:
+        raise InvalidRequest(f"rank must be between 1 and 1024, got {rank}")
+    with sessions() as session:
+        run = get_run(session, principal, run_id)
+        if run.status != "done":
+            raise Conflict(f"cluster run {run_id} is {run.status}; merge it once it is done")
+        groups: list[tuple[int, list[MergeMember]]] = []
+        for c in run.clusters or []:
+            members = []
+            for m in c["members"]:
+                v = session.scalar(select(Version).where(Version.revision == m["revision"]))
+                if v is None:
+                    raise Conflict(f"{m['id']} version {m['version']} was deleted since the run; run it again")
+                members.append(MergeMember(identity(v), v.adapter.task, v.adapter_config, version_factors(store, v)))
+            groups.append((c["index"], members))
+        base_model = run.base_model
+    published = []
+    for index, members in groups:
+        files, config = cluster_adapter_files(store, members, base_model, rank)
+        names = [m.identity["id"] for m in members]
+        lineage = {
+            "run": run_id,
+            "cluster": index,
+            "method": "svd" if rank else "concat",
+            "rank": config["r"],
+            "versions": [m.identity for m in members],
+        }
+        tasks = sorted({m.task for m in members if m.task})
+        meta = AdapterMeta(
+            description=f"Cluster {index} of MBC run {run_id}: the average of {len(members)} adapters "
+            f"({', '.join(names)[:400]}).",
+            tags=["mbc-cluster", f"run-{run_id}"],
+            task=tasks[0] if len(tasks) == 1 else None,
+        )
+        published.append(
+            publish(
+                sessions,
+                store,
+                principal,
+                principal.user,
+                f"cluster-{run_id}-{index}",
+                files,
+                meta,
+                embedder,
+                derived_from=lineage,
+            )
+        )
+    return published
+
+
+def cluster_adapter_files(
+    store: BlobStore, members: list[MergeMember], base_model: str, rank: int | None
+) -> tuple[dict[str, StagedFile], dict]:
+    """adapter_config.json and adapter_model.safetensors of the averaged adapter, staged."""
+    factor_sets = [m.factors for m in members]
+    fan = {bool(m.config.get("fan_in_fan_out")) for m in members}
+    if len(fan) > 1:
+        raise InvalidRequest("members disagree on fan_in_fan_out; they cannot be averaged into one adapter")
+    n = len(factor_sets)
+    modules = sorted({m for fs in factor_sets for m in fs})
+    merged: dict[str, lora.Factors] = {}
+    for module in modules:
+        # Members without the module contribute a zero delta: scale the others by their share of n.
+        present = [fs[module] for fs in factor_sets if module in fs]
+        average = lora.concat_average(present)
+        average = lora.Factors(average.A, average.B * (len(present) / n), 1.0)
+        merged[module] = lora.truncate(average, rank) if rank else average
+    ranks = {name: f.A.shape[0] for name, f in merged.items()}
+    r = max(ranks.values())
+    pattern = {re.escape(name): k for name, k in ranks.items() if k != r}
+    task_types = {m.config.get("task_type") for m in members}
+    config = {
+        "peft_type": "LORA",
+        "r": r,
+        "lora_alpha": r,
+        "target_modules": modules,
+        "base_model_name_or_path": base_model,
+        "rank_pattern": pattern,
+        "alpha_pattern": dict(pattern),
+        "use_rslora": False,
+        "fan_in_fan_out": fan.pop(),
+        "lora_dropout": 0.0,
+        "bias": "none",
+        "task_type": task_types.pop() if len(task_types) == 1 else None,
+        "inference_mode": True,
+    }
+    tensors = {}
+    for name, f in merged.items():
+        tensors[lora.factor_key(name, "A")] = f.A.float().contiguous()
+        tensors[lora.factor_key(name, "B")] = f.B.float().contiguous()
+    staged = {
+        lora.CONFIG_FILE: store.stage(io.BytesIO(json.dumps(config, indent=2).encode())),
+        lora.WEIGHTS_FILE: store.stage(io.BytesIO(save(tensors))),
+    }
+    return staged, config

@@ -1,0 +1,168 @@
+"""client.merge / unmerge / merged against PEFT and against dense algebra, on real transformers models."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import peft
+import pytest
+import torch
+import transformers
+
+from client import Adapter, merge, merged, unmerge
+from examples.make_adapter import tiny_llama
+
+
+def save_lora(model: torch.nn.Module, folder: Path, seed: int, **config) -> Path:
+    torch.manual_seed(seed)
+    lora = peft.LoraConfig(init_lora_weights=False, **config)
+    peft_model = peft.get_peft_model(model, lora)
+    with torch.no_grad():  # PEFT's random init gives B a tiny scale: make the deltas matter
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+    peft_model.save_pretrained(folder)
+    return folder
+
+
+def tiny_gpt2() -> torch.nn.Module:
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(vocab_size=128, n_positions=32, n_embd=32, n_layer=2, n_head=4)
+    model = transformers.GPT2LMHeadModel(config).eval()
+    model.name_or_path = model.config.name_or_path = "quiver-test/tiny-gpt2"
+    return model
+
+
+def snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def assert_bitwise(model: torch.nn.Module, before: dict[str, torch.Tensor]) -> None:
+    after = model.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in before.items())
+
+
+CASES = {
+    "plain": (tiny_llama, dict(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"])),
+    "rslora + patterns": (
+        tiny_llama,
+        dict(
+            r=8,
+            lora_alpha=4,
+            use_rslora=True,
+            target_modules=["q_proj", "up_proj"],
+            rank_pattern={"up_proj": 2},
+            alpha_pattern={"q_proj": 32},
+        ),
+    ),
+    "gpt2 fan_in_fan_out": (
+        tiny_gpt2,
+        dict(r=4, lora_alpha=16, target_modules=["c_attn", "c_fc"], fan_in_fan_out=True),
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_merge_equals_peft_merge_and_unload(tmp_path: Path, case: str) -> None:
+    build, config = CASES[case]
+    folder = save_lora(build(), tmp_path / "a", seed=1, **config)
+    expected = peft.PeftModel.from_pretrained(build(), folder).merge_and_unload().state_dict()
+    model = build()
+    merge(model, folder)
+    got = model.state_dict()
+    changed = [k for k in expected if not torch.equal(expected[k], build().state_dict()[k])]
+    assert changed, "the adapter must change some weights"
+    for k in expected:
+        torch.testing.assert_close(got[k], expected[k], rtol=0, atol=1e-5)
+
+
+def test_weighted_merge_is_the_exact_weighted_sum_of_deltas(tmp_path: Path) -> None:
+    adapters = [
+        Adapter.load(save_lora(tiny_llama(), tmp_path / f"a{i}", seed=i, r=r, lora_alpha=a, target_modules=targets))
+        for i, (r, a, targets) in enumerate(
+            [(4, 8, ["q_proj", "v_proj"]), (2, 2, ["q_proj"]), (8, 4, ["v_proj", "o_proj"])]
+        )
+    ]
+    weights = [0.5, -1.5, 2.0]
+    model, base = tiny_llama(), tiny_llama().state_dict()
+    merge(model, adapters, weights)
+    expected = {k: v.double() for k, v in base.items()}
+    for adapter, w in zip(adapters, weights, strict=True):
+        for module, f in adapter.factors.items():
+            expected[f"{module}.weight"] += w * f.scaling * f.B.double() @ f.A.double()
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(v.double(), expected[k], rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_unmerge_restores_every_weight_bitwise(tmp_path: Path, dtype: torch.dtype) -> None:
+    folders = [
+        save_lora(
+            tiny_llama(),
+            tmp_path / f"a{i}",
+            seed=i,
+            r=4,
+            lora_alpha=8,
+            target_modules=["q_proj", "v_proj", "gate_proj"],
+        )
+        for i in range(3)
+    ]
+    adapters = [Adapter.load(f) for f in folders]
+    model = tiny_llama().to(dtype)
+    before = snapshot(model)
+    ids = torch.randint(0, 128, (1, 6), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        base_logits = model(ids).logits
+    for cycle in range(100):
+        merge(model, adapters, [1.0, 0.5, -0.25])
+        if cycle == 0:
+            changed = [k for k, v in model.state_dict().items() if not torch.equal(v, before[k])]
+            assert len(changed) == 2 * 3  # q, v and gate of both layers
+        unmerge(model)
+    assert_bitwise(model, before)
+    with merged(model, adapters[0]):
+        pass
+    assert_bitwise(model, before)
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, base_logits)
+
+
+def test_bad_merges_change_nothing(tmp_path: Path) -> None:
+    folder = save_lora(tiny_llama(), tmp_path / "a", seed=1, r=4, lora_alpha=8, target_modules=["q_proj"])
+    adapter = Adapter.load(folder)
+    model = tiny_llama()
+    before = snapshot(model)
+    missing = Adapter(
+        "missing",
+        adapter.config,
+        {**adapter.factors, "model.layers.9.self_attn.q_proj": adapter.factors["model.layers.0.self_attn.q_proj"]},
+    )
+    with pytest.raises(ValueError, match="adapts 'model.layers.9.self_attn.q_proj', which the model does not have"):
+        merge(model, missing)
+    wrong = tiny_gpt2()  # a model whose layers have other names and shapes
+    with pytest.raises(ValueError, match="does not have"):
+        merge(wrong, adapter)
+    with pytest.raises(ValueError, match="2 weights for 1 adapters"):
+        merge(model, adapter, [1.0, 2.0])
+    assert_bitwise(model, before)
+    merge(model, adapter)
+    with pytest.raises(ValueError, match="already has merged adapters"):
+        merge(model, adapter)
+    with pytest.raises(RuntimeError, match="boom"), merged(tiny_llama(), adapter) as m:
+        raise RuntimeError("boom")
+    assert not hasattr(m, "_quiver_saved_weights")
+    unmerge(model)
+    assert_bitwise(model, before)
+    with pytest.raises(FileNotFoundError, match="not a PEFT LoRA adapter"):
+        Adapter.load(tmp_path)
+
+
+def test_the_thin_client_imports_no_server_dependencies() -> None:
+    code = (
+        "import sys, client; heavy = [m for m in ('sqlalchemy', 'fastapi', 'faiss', 'alembic', "
+        "'sentence_transformers', 'hub') if m in sys.modules]; print(heavy)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

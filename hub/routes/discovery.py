@@ -84,6 +84,24 @@ def answer(ranked: list[routing.Ranked]) -> list[Result]:
     ]
 
 
+class RouteModules(BaseModel):
+    base_model: str
+    modules: dict[str, int] = Field(description="module name -> in_features (the width of its input rows)")
+
+
+@router.get("/route/modules", response_model=RouteModules)
+def route_modules(base_model: str, state: StateDep, principal: PrincipalDep) -> RouteModules:
+    """The modules adapters of this base model that you can see adapt: what /v1/route accepts."""
+    indexes = state.fresh_indexes()
+    with indexes.lock:
+        modules = {
+            m: index.dim
+            for (b, m), index in indexes.prototypes.items()
+            if b == base_model and indexes.candidates(index, principal, Filters())
+        }
+    return RouteModules(base_model=base_model, modules=dict(sorted(modules.items())))
+
+
 @router.post("/search", response_model=Ranked)
 def search(body: SearchRequest, state: StateDep, principal: PrincipalDep) -> Ranked:
     """Rank adapters by cosine similarity of MiniLM embeddings: the query against each adapter's

@@ -1,0 +1,102 @@
+"""The local cache of pulled adapters (QUIVER_CACHE, default ~/.cache/quiver), in the spirit of the
+Hugging Face cache:
+
+    blobs/<sha256>                       file contents, verified against their sha256
+    adapters/<ns>/<name>/<revision>/     one folder per version, its files linking to blobs/
+    adapters/<ns>/<name>/numbers/<n>     the revision of version n (versions are immutable)
+
+Downloads go to blobs/<sha256>.incomplete and resume from where they stopped; a lock per blob makes
+several processes pulling at once safe; a version folder appears (atomic rename) only when complete.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+CHUNK = 1024 * 1024
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("QUIVER_CACHE") or Path.home() / ".cache" / "quiver")
+
+
+class Cache:
+    def __init__(self, root: str | Path | None = None):
+        self.root = Path(root) if root else default_cache_dir()
+        self.blobs = self.root / "blobs"
+        self.blobs.mkdir(parents=True, exist_ok=True)
+
+    def version_dir(self, repo: str, revision: str) -> Path:
+        return self.root / "adapters" / repo / revision
+
+    def cached_revision(self, repo: str, rev: str) -> str | None:
+        """The revision id of a pinned `rev` (a revision id or a version number) if it is cached."""
+        if len(rev) == 40 and self.version_dir(repo, rev).is_dir():
+            return rev
+        number = self.root / "adapters" / repo / "numbers" / rev
+        if rev.isdigit() and number.is_file():
+            revision = number.read_text().strip()
+            return revision if self.version_dir(repo, revision).is_dir() else None
+        return None
+
+    @contextmanager
+    def _lock(self, name: str) -> Iterator[None]:
+        locks = self.root / "locks"
+        locks.mkdir(exist_ok=True)
+        with open(locks / f"{name}.lock", "w") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def blob(self, sha256: str, size: int, fetch: Callable[[int], Iterator[bytes]]) -> Path:
+        """The verified blob, downloading what is missing with fetch(start) (resumed from a partial file)."""
+        target = self.blobs / sha256
+        with self._lock(sha256):
+            if target.is_file():
+                return target
+            partial = self.blobs / f"{sha256}.incomplete"
+            start = partial.stat().st_size if partial.is_file() else 0
+            if start > size:
+                partial.unlink()
+                start = 0
+            with open(partial, "ab") as out:
+                for chunk in fetch(start) if start < size else ():
+                    out.write(chunk)
+            digest = hashlib.sha256()
+            with open(partial, "rb") as f:
+                while chunk := f.read(CHUNK):
+                    digest.update(chunk)
+            if digest.hexdigest() != sha256:
+                partial.unlink()
+                raise OSError(f"downloaded content does not match sha256 {sha256}; try again")
+            os.replace(partial, target)
+            return target
+
+    def add_version(self, repo: str, number: int, revision: str, files: dict[str, Path]) -> Path:
+        """Make the version folder (files link to their blobs) appear at once, complete."""
+        final = self.version_dir(repo, revision)
+        with self._lock(revision):
+            if not final.is_dir():
+                final.parent.mkdir(parents=True, exist_ok=True)
+                staging = Path(tempfile.mkdtemp(dir=final.parent, prefix=".tmp-"))
+                for path, blob in files.items():
+                    link = staging / path
+                    link.parent.mkdir(parents=True, exist_ok=True)
+                    os.symlink(os.path.relpath(blob, link.parent), link)
+                try:
+                    os.rename(staging, final)
+                except OSError:  # another process made it first
+                    shutil.rmtree(staging, ignore_errors=True)
+            numbers = final.parent / "numbers"
+            numbers.mkdir(exist_ok=True)
+            (numbers / str(number)).write_text(revision)
+        return final

@@ -1,0 +1,235 @@
+"""client.Hub: push, pull, search and route against a Quiver hub over HTTP."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import torch
+from safetensors.numpy import save
+
+from client.cache import Cache
+from client.errors import HubError, error_for
+
+UPLOADED = ("adapter_config.json", "adapter_model.safetensors", "README.md", "examples.jsonl")
+
+
+def split_repo(spec: str) -> tuple[str, str | None]:
+    """ "ns/name@rev" -> ("ns/name", "rev"); "ns/name" -> ("ns/name", None)."""
+    repo, _, rev = spec.partition("@")
+    if repo.count("/") != 1:
+        raise ValueError(f"{spec!r} is not 'namespace/name[@revision]'")
+    return repo, rev or None
+
+
+class Hub:
+    def __init__(
+        self,
+        endpoint: str | None = None,
+        token: str | None = None,
+        cache_dir: str | Path | None = None,
+        timeout: float = 120.0,
+    ):
+        self.endpoint = (endpoint or os.environ.get("QUIVER_ENDPOINT") or "http://127.0.0.1:8000").rstrip("/")
+        self.token = token if token is not None else os.environ.get("QUIVER_TOKEN")
+        self.cache = Cache(cache_dir)
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        self._http = httpx.Client(base_url=self.endpoint, headers=headers, timeout=timeout, follow_redirects=True)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Hub:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.TransportError as e:
+            raise HubError(0, "unreachable", f"cannot reach the hub at {self.endpoint}: {e}") from None
+        if response.is_success:
+            return response.json()
+        try:
+            error = response.json()["error"]
+            code, message = error["code"], error["message"]
+        except (ValueError, KeyError, TypeError):
+            code, message = "error", response.text or response.reason_phrase
+        raise error_for(response.status_code, code, message)
+
+    # -- publishing --
+
+    def push(
+        self,
+        folder_or_model: str | Path | Any,
+        repo: str,
+        description: str | None = None,
+        task: str | None = None,
+        tags: Sequence[str] | None = None,
+        examples: Sequence[str] | None = None,
+        visibility: str | None = None,
+        license: str | None = None,
+    ) -> dict:  # noqa: A002
+        """Publish a PEFT adapter folder (or a PeftModel, saved first) as the next version of repo."""
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = Path(tmp)
+            if hasattr(folder_or_model, "save_pretrained"):
+                folder_or_model.save_pretrained(folder)
+            else:
+                for name in UPLOADED:
+                    if (Path(folder_or_model) / name).is_file():
+                        shutil.copy(Path(folder_or_model) / name, folder / name)
+            if examples is not None:
+                lines = "\n".join(json.dumps({"input": e}) for e in examples)
+                (folder / "examples.jsonl").write_text(lines + "\n")
+            files = [("files", (p.name, p.read_bytes())) for p in sorted(folder.iterdir()) if p.name in UPLOADED]
+            data = {
+                k: v
+                for k, v in {
+                    "description": description,
+                    "task": task,
+                    "license": license,
+                    "visibility": visibility,
+                    "tags": ",".join(tags) if tags else None,
+                }.items()
+                if v is not None
+            }
+            return self._call("POST", f"/v1/adapters/{repo}", files=files, data=data)
+
+    def delete(self, spec: str) -> list[dict]:
+        repo, rev = split_repo(spec)
+        path = f"/v1/adapters/{repo}" + (f"/versions/{rev}" if rev else "")
+        return self._call("DELETE", path)["deleted"]
+
+    # -- reading --
+
+    def info(self, spec: str) -> dict:
+        """An adapter (with its latest version's identity), or one version with `@rev`."""
+        repo, rev = split_repo(spec)
+        return self._call("GET", f"/v1/adapters/{repo}" + (f"/versions/{rev}" if rev else ""))
+
+    def list(self, **filters: str) -> list[dict]:
+        """Every adapter you can see (filters: base_model, task, tag, namespace), following pages."""
+        out, cursor = [], None
+        while True:
+            page = self._call(
+                "GET", "/v1/adapters", params={**filters, "limit": 200, **({"cursor": cursor} if cursor else {})}
+            )
+            out += page["adapters"]
+            cursor = page["next_cursor"]
+            if not cursor:
+                return out
+
+    def pull(self, spec: str) -> Path:
+        """A local folder with the version's files. A pinned revision (id or number) already in the cache
+        is returned without any network call; files are verified against their sha256."""
+        repo, rev = split_repo(spec)
+        if rev and (revision := self.cache.cached_revision(repo, rev)):
+            return self.cache.version_dir(repo, revision)
+        version = self._call("GET", f"/v1/adapters/{repo}/versions/{rev or 'latest'}")
+        revision = version["revision"]
+        if (folder := self.cache.version_dir(repo, revision)).is_dir():
+            return folder
+        files = {}
+        for f in version["files"]:
+            url = f"/v1/adapters/{repo}/versions/{revision}/files/{f['path']}"
+            files[f["path"]] = self.cache.blob(f["sha256"], f["size"], lambda start, url=url: self._stream(url, start))
+        return self.cache.add_version(repo, version["version"], revision, files)
+
+    def _stream(self, url: str, start: int) -> Iterator[bytes]:
+        headers = {"Range": f"bytes={start}-"} if start else {}
+        with self._http.stream("GET", url, headers=headers) as response:
+            if response.status_code not in (200, 206):
+                response.read()
+                raise error_for(response.status_code, "download_failed", response.text)
+            if start and response.status_code == 200:
+                raise HubError(200, "no_range", "the hub ignored the Range request; delete the partial file")
+            yield from response.iter_bytes()
+
+    # -- finding --
+
+    def search(
+        self,
+        query: str,
+        base_model: str | None = None,
+        task: str | None = None,
+        tags: Sequence[str] = (),
+        limit: int = 10,
+    ) -> list[dict]:
+        body = {"query": query, "base_model": base_model, "task": task, "tags": list(tags), "limit": limit}
+        return self._call("POST", "/v1/search", json=body)["results"]
+
+    def route_text(self, text: str, base_model: str | None = None, limit: int = 10) -> list[dict]:
+        return self._call("POST", "/v1/route/text", json={"text": text, "base_model": base_model, "limit": limit})[
+            "results"
+        ]
+
+    def route(
+        self,
+        hidden_states: dict[str, Any] | None = None,
+        *,
+        model: torch.nn.Module | None = None,
+        tokenizer: Any = None,
+        text: str | Sequence[str] | None = None,
+        base_model: str | None = None,
+        top_k: int = 3,
+        temperature: float = 1.0,
+        limit: int = 10,
+    ) -> list[dict]:
+        """Arrow retrieval. Give the inputs of adapted modules (module -> tokens x in_features), or a model,
+        its tokenizer and text: the inputs are then captured locally with hooks and sent."""
+        if hidden_states is None:
+            if model is None or tokenizer is None or text is None:
+                raise ValueError("give hidden_states, or model, tokenizer and text")
+            base_model = base_model or getattr(model, "name_or_path", None) or model.config.name_or_path
+            hidden_states = self.capture(model, tokenizer, text, base_model)
+        if not base_model:
+            raise ValueError("base_model is required")
+        arrays = {
+            m: np.ascontiguousarray(
+                torch.as_tensor(h).float().reshape(-1, torch.as_tensor(h).shape[-1]), dtype=np.float32
+            )
+            for m, h in hidden_states.items()
+        }
+        params = {"base_model": base_model, "top_k": top_k, "temperature": temperature, "limit": limit}
+        return self._call(
+            "POST",
+            "/v1/route",
+            params=params,
+            content=save(arrays),
+            headers={"Content-Type": "application/octet-stream"},
+        )["results"]
+
+    def capture(
+        self, model: torch.nn.Module, tokenizer: Any, text: str | Sequence[str], base_model: str
+    ) -> dict[str, torch.Tensor]:
+        """Inputs of the modules the hub can route on for base_model, captured with forward pre-hooks."""
+        known = self._call("GET", "/v1/route/modules", params={"base_model": base_model})["modules"]
+        present = {name: module for name, module in model.named_modules() if name in known}
+        if not present:
+            raise ValueError(f"the model has none of the modules adapters of {base_model} adapt")
+        captured: dict[str, list[torch.Tensor]] = {}
+        hooks = [
+            module.register_forward_pre_hook(
+                lambda _m, args, name=name: captured.setdefault(name, []).append(
+                    args[0].detach().reshape(-1, args[0].shape[-1])
+                )
+            )
+            for name, module in present.items()
+        ]
+        try:
+            with torch.no_grad():
+                model(**tokenizer(text, return_tensors="pt", padding=not isinstance(text, str)))
+        finally:
+            for hook in hooks:
+                hook.remove()
+        return {name: torch.cat(rows) for name, rows in captured.items()}

@@ -1,0 +1,163 @@
+"""client.Hub against a live hub: push, pull and its cache, errors, search and routing, end to end."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import peft
+import pytest
+import torch
+import transformers
+from tokenizers import Tokenizer, models, pre_tokenizers
+
+from client import Hub, InvalidAdapter, NotFound, Unauthorized, merge, unmerge
+from examples.make_adapter import BASE_MODEL, tiny_llama
+from tests.adapters import write_adapter
+from tests.conftest import LiveHub
+
+
+def peft_model(seed: int, targets: tuple[str, ...] = ("q_proj", "v_proj")) -> peft.PeftModel:
+    base = tiny_llama()
+    torch.manual_seed(seed)
+    model = peft.get_peft_model(
+        base, peft.LoraConfig(r=4, lora_alpha=8, target_modules=list(targets), init_lora_weights=False)
+    )
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+    return model
+
+
+def tokenizer() -> transformers.PreTrainedTokenizerFast:
+    """A real fast tokenizer built in code (nothing to download): whitespace words over a small vocab."""
+    words = (
+        "[UNK] [PAD] the a of to and is in it you that write code python function translate french english "
+        "sum numbers add two plus what".split()
+    )
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    return transformers.PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]")
+
+
+def test_push_pull_and_the_cache(hub: LiveHub, tmp_path: Path) -> None:
+    token = hub.token("alice")
+    folder = write_adapter(tmp_path / "a", extra_files={"README.md": b"# card\n"})
+    with Hub(hub.url, token, cache_dir=tmp_path / "cache") as client:
+        v1 = client.push(folder, "alice/cached", description="d", tags=["x", "y"], task="t")
+        assert (v1["id"], v1["version"]) == ("alice/cached", 1)
+        pulled = client.pull("alice/cached")
+        for name in ("adapter_config.json", "adapter_model.safetensors", "README.md"):
+            assert (pulled / name).read_bytes() == (folder / name).read_bytes()
+        assert client.pull(f"alice/cached@{v1['revision']}") == pulled == client.pull("alice/cached@1")
+        assert client.info("alice/cached")["tags"] == ["x", "y"]
+        assert [a["id"] for a in client.list(tag="x")] == ["alice/cached"]
+    # A pinned revision in the cache needs no hub at all.
+    with Hub("http://127.0.0.1:9", cache_dir=tmp_path / "cache") as offline:
+        assert offline.pull(f"alice/cached@{v1['revision']}") == pulled
+        assert offline.pull("alice/cached@1") == pulled
+        with pytest.raises(Exception, match="cannot reach the hub"):
+            offline.pull("alice/cached")  # "latest" must ask the hub
+
+
+def test_interrupted_and_corrupted_downloads(hub: LiveHub, tmp_path: Path) -> None:
+    token = hub.token("alice")
+    folder = write_adapter(tmp_path / "a", hidden=64)
+    data = (folder / "adapter_model.safetensors").read_bytes()
+    with Hub(hub.url, token, cache_dir=tmp_path / "cache") as client:
+        v = client.push(folder, "alice/resume")
+        sha = next(f["sha256"] for f in v["files"] if f["path"] == "adapter_model.safetensors")
+        partial = client.cache.blobs / f"{sha}.incomplete"
+        partial.write_bytes(data[: len(data) // 3])  # a download cut short
+        pulled = client.pull("alice/resume@1")
+        assert (pulled / "adapter_model.safetensors").read_bytes() == data and not partial.exists()
+
+    with Hub(hub.url, token, cache_dir=tmp_path / "cache2") as client:
+        partial = client.cache.blobs / f"{sha}.incomplete"
+        partial.write_bytes(b"\x00" * 100)  # garbage from an earlier, broken download
+        with pytest.raises(OSError, match="does not match sha256"):
+            client.pull("alice/resume@1")
+        assert not partial.exists()
+        assert (client.pull("alice/resume@1") / "adapter_model.safetensors").read_bytes() == data
+
+
+def test_several_processes_pull_at_once(hub: LiveHub, tmp_path: Path) -> None:
+    token = hub.token("alice")
+    with Hub(hub.url, token) as client:
+        client.push(write_adapter(tmp_path / "a", hidden=64), "alice/shared")
+    code = "import sys; from client import Hub; print(Hub(sys.argv[1], cache_dir=sys.argv[2]).pull('alice/shared'))"
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code, hub.url, str(tmp_path / "cache")],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ},
+        )
+        for _ in range(4)
+    ]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [e for _, e in outs]
+    folders = {o.strip() for o, _ in outs}
+    assert len(folders) == 1
+    assert sorted(p.name for p in Path(folders.pop()).iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
+    assert not list((tmp_path / "cache" / "blobs").glob("*.incomplete"))
+
+
+def test_errors_are_exceptions(hub: LiveHub, tmp_path: Path) -> None:
+    token = hub.token("alice")
+    with Hub(hub.url, token, cache_dir=tmp_path / "c") as client, Hub(hub.url, "", cache_dir=tmp_path / "c") as anon:
+        with pytest.raises(NotFound, match="adapter alice/nothing not found"):
+            client.pull("alice/nothing")
+        with pytest.raises(Unauthorized):
+            anon.push(write_adapter(tmp_path / "a"), "alice/x")
+        bad = tmp_path / "bad"
+        bad.mkdir()
+        (bad / "adapter_config.json").write_text("{}")
+        with pytest.raises(InvalidAdapter, match="adapter_model.safetensors is missing") as e:
+            client.push(bad, "alice/x")
+        assert e.value.status == 422 and e.value.code == "invalid_adapter"
+        with pytest.raises(ValueError, match="namespace/name"):
+            client.pull("no-namespace")
+
+
+def test_end_to_end_push_route_pull_merge_generate(hub: LiveHub, tmp_path: Path) -> None:
+    token = hub.token("alice")
+    tok = tokenizer()
+    model = tiny_llama()
+    with Hub(hub.url, token, cache_dir=tmp_path / "cache") as client:
+        for i, task in enumerate(["code", "translation", "math"]):
+            client.push(
+                peft_model(seed=i),
+                f"alice/{task}",
+                task=task,
+                description=f"{task} adapter",
+                examples=[f"an example of {task}"],
+            )
+        assert client.search("programming", limit=1)[0]["id"] == "alice/code"
+        assert client.route_text("an example of math", limit=1)[0]["id"] == "alice/math"
+
+        results = client.route(
+            model=model, tokenizer=tok, text="write a python function to add two numbers", top_k=2, limit=2
+        )
+        assert len(results) == 2 and results[0]["score"] >= results[1]["score"] > 0
+        assert {r["id"] for r in results} <= {"alice/code", "alice/translation", "alice/math"}
+        folders = [client.pull(f"{r['id']}@{r['revision']}") for r in results]
+
+    ids = tok("write a python function", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        base_logits = model(ids).logits
+        base_generation = model.generate(ids, max_new_tokens=5, do_sample=False)
+    merge(model, folders, weights=[r["score"] for r in results])
+    with torch.no_grad():
+        merged_logits = model(ids).logits
+        model.generate(ids, max_new_tokens=5, do_sample=False)
+    assert not torch.allclose(merged_logits, base_logits)
+    unmerge(model)
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, base_logits)
+        assert torch.equal(model.generate(ids, max_new_tokens=5, do_sample=False), base_generation)
+    assert BASE_MODEL == model.name_or_path

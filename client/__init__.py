@@ -1,10 +1,11 @@
-"""Quiver's thin client: load PEFT adapters and merge them into local torch models.
+"""Quiver's thin client: push, pull, search and route against a hub; load PEFT adapters, merge them into
+local torch models (restored bitwise) or route among them token by token (Arrow).
 
-Imports only torch, safetensors, numpy, httpx and registry.lora (no server dependencies). Still to
-come (issue 5): Arrow routing on torch models (apply_arrow, remove_arrow) and the client CLI.
+Imports only torch, safetensors, numpy, httpx and registry.lora (no server dependencies).
 """
 
 from client.adapter import Adapter
+from client.arrow import apply_arrow, remove_arrow
 from client.errors import BadRequest, Conflict, Forbidden, HubError, InvalidAdapter, NotFound, TooLarge, Unauthorized
 from client.hub import Hub
 from client.merge import merge, merged, unmerge
@@ -20,7 +21,9 @@ __all__ = [
     "NotFound",
     "TooLarge",
     "Unauthorized",
+    "apply_arrow",
     "merge",
     "merged",
+    "remove_arrow",
     "unmerge",
 ]

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from torch import nn
 
 from registry import lora
 
@@ -17,6 +20,7 @@ class Adapter:
     name: str
     config: dict[str, Any]
     factors: dict[str, lora.Factors]
+    origin: tuple[str, str] | None = None  # ("ns/name", revision) when pulled into a Quiver cache
 
     @property
     def fan_in_fan_out(self) -> bool:
@@ -35,4 +39,40 @@ class Adapter:
         config = json.loads(config_path.read_text())
         if config.get("peft_type") != "LORA":
             raise ValueError(f"{folder}: peft_type is {config.get('peft_type')!r}, not a LoRA adapter")
-        return cls(folder.name, config, lora.load_factors(weights_path, config))
+        origin = None
+        parts = folder.resolve().parts
+        if len(parts) >= 4 and parts[-4] == "adapters" and len(parts[-1]) == 40:  # <cache>/adapters/ns/name/rev
+            origin = (f"{parts[-3]}/{parts[-2]}", parts[-1])
+        name = origin[0] if origin else folder.name
+        return cls(name, config, lora.load_factors(weights_path, config), origin)
+
+
+def as_adapters(adapters: Adapter | str | Path | Sequence[Adapter | str | Path]) -> list[Adapter]:
+    if isinstance(adapters, Adapter | str | Path):
+        adapters = [adapters]
+    """Adapter objects or PEFT adapter folders -> Adapter objects."""
+    return [a if isinstance(a, Adapter) else Adapter.load(a) for a in adapters]
+
+
+def target_layer(model: nn.Module, module: str, adapter: Adapter) -> nn.Module:
+    """The Linear (or transformers Conv1D) an adapter module names, checked against its factors."""
+    try:
+        layer = model.get_submodule(module)
+    except AttributeError:
+        raise ValueError(f"adapter {adapter.name!r} adapts {module!r}, which the model does not have") from None
+    conv1d = type(layer).__name__ == "Conv1D"
+    if not (isinstance(layer, nn.Linear) or conv1d):
+        raise ValueError(f"{module} is a {type(layer).__name__}; only Linear and Conv1D layers can be merged")
+    f = adapter.factors[module]
+    out_features, in_features = layer.weight.shape[::-1] if conv1d else layer.weight.shape
+    if f.A.shape[1] != in_features or f.B.shape[0] != out_features:
+        raise ValueError(
+            f"adapter {adapter.name!r}: {module} is {in_features} -> {out_features} in the model but "
+            f"{f.A.shape[1]} -> {f.B.shape[0]} in the adapter"
+        )
+    if conv1d != adapter.fan_in_fan_out:
+        raise ValueError(
+            f"adapter {adapter.name!r} says fan_in_fan_out={adapter.fan_in_fan_out}, but {module} is a "
+            f"{type(layer).__name__}"
+        )
+    return layer

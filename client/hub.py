@@ -14,6 +14,7 @@ import httpx
 import numpy as np
 import torch
 from safetensors.numpy import save
+from safetensors.torch import load
 
 from client.cache import Cache
 from client.errors import HubError, error_for
@@ -128,6 +129,17 @@ class Hub:
             cursor = page["next_cursor"]
             if not cursor:
                 return out
+
+    def prototypes(self, spec: str) -> dict[str, torch.Tensor]:
+        """The version's Arrow prototypes as the hub computed them at publish (module -> unit vector)."""
+        repo, rev = split_repo(spec)
+        try:
+            response = self._http.get(f"/v1/adapters/{repo}/versions/{rev or 'latest'}/prototypes")
+        except httpx.TransportError as e:
+            raise HubError(0, "unreachable", f"cannot reach the hub at {self.endpoint}: {e}") from None
+        if not response.is_success:
+            raise error_for(response.status_code, "not_found", response.text)
+        return load(response.content)
 
     def pull(self, spec: str) -> Path:
         """A local folder with the version's files. A pinned revision (id or number) already in the cache

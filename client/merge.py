@@ -15,39 +15,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from client.adapter import Adapter
+from client.adapter import Adapter, as_adapters, target_layer
 
 _SAVED = "_quiver_saved_weights"
-
-
-def _as_adapters(adapters: Adapter | str | Path | Sequence[Adapter | str | Path]) -> list[Adapter]:
-    if isinstance(adapters, Adapter | str | Path):
-        adapters = [adapters]
-    return [a if isinstance(a, Adapter) else Adapter.load(a) for a in adapters]
-
-
-def _target(model: nn.Module, module: str, adapter: Adapter) -> nn.Module:
-    """The Linear (or transformers Conv1D) an adapter module names, checked against its factors."""
-    try:
-        layer = model.get_submodule(module)
-    except AttributeError:
-        raise ValueError(f"adapter {adapter.name!r} adapts {module!r}, which the model does not have") from None
-    conv1d = type(layer).__name__ == "Conv1D"
-    if not (isinstance(layer, nn.Linear) or conv1d):
-        raise ValueError(f"{module} is a {type(layer).__name__}; only Linear and Conv1D layers can be merged")
-    f = adapter.factors[module]
-    out_features, in_features = layer.weight.shape[::-1] if conv1d else layer.weight.shape
-    if f.A.shape[1] != in_features or f.B.shape[0] != out_features:
-        raise ValueError(
-            f"adapter {adapter.name!r}: {module} is {in_features} -> {out_features} in the model but "
-            f"{f.A.shape[1]} -> {f.B.shape[0]} in the adapter"
-        )
-    if conv1d != adapter.fan_in_fan_out:
-        raise ValueError(
-            f"adapter {adapter.name!r} says fan_in_fan_out={adapter.fan_in_fan_out}, but {module} is a "
-            f"{type(layer).__name__}"
-        )
-    return layer
 
 
 @torch.no_grad()
@@ -61,7 +31,7 @@ def merge(
     Everything is checked before anything changes: a module the model lacks, a shape mismatch, or a
     model already merged is a ValueError and leaves the model as it was.
     """
-    adapters = _as_adapters(adapters)
+    adapters = as_adapters(adapters)
     weights = [1.0] * len(adapters) if weights is None else list(weights)
     if len(weights) != len(adapters):
         raise ValueError(f"{len(weights)} weights for {len(adapters)} adapters")
@@ -70,7 +40,7 @@ def merge(
     plan: dict[str, tuple[nn.Module, list[tuple[Adapter, float]]]] = {}
     for adapter, w in zip(adapters, weights, strict=True):
         for module in adapter.factors:
-            layer = _target(model, module, adapter)
+            layer = target_layer(model, module, adapter)
             plan.setdefault(module, (layer, []))[1].append((adapter, w))
 
     saved: dict[str, torch.Tensor] = {}

@@ -1,0 +1,116 @@
+"""Arrow routing on a local torch model (Ostapenko et al. 2024), token by token, adapters unmerged.
+
+For each adapted Linear with experts e (prototype v_e, factors A_e, B_e, scaling s_e), per token x:
+logit_e = |<x, v_e>| / T, the top k kept and softmaxed (weights w_e, the others 0), and
+y = W x + sum_e w_e s_e B_e A_e x. Prototypes come from the hub when the adapter was pulled from one
+(the hub computed them exactly at publish), else exactly here with registry.lora.prototype.
+
+The mixing never gathers weights per token: with few experts (sum of ranks <= DENSE_RANKS) it is two
+GEMMs through the concatenated low-rank space, (x A_cat^T * expert weights) B_cat^T; with many, the
+tokens are grouped by expert and each expert runs one GEMM pair on just its tokens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from client.adapter import Adapter, as_adapters, target_layer
+from client.hub import Hub
+from registry.lora import prototype
+
+_STATE = "_quiver_arrow"
+DENSE_RANKS = 256
+
+
+class ArrowRouter:
+    """The experts of one module, stacked for routing and mixing."""
+
+    def __init__(
+        self,
+        experts: list[tuple[torch.Tensor, torch.Tensor, float, torch.Tensor]],
+        top_k: int,
+        temperature: float,
+        dtype: torch.dtype,
+    ):
+        self.top_k, self.temperature = min(top_k, len(experts)), temperature
+        self.P = torch.stack([p.float() for _, _, _, p in experts])  # E x in, routing in fp32
+        self.ranks = [a.shape[0] for a, _, _, _ in experts]
+        self.A = torch.cat([a for a, _, _, _ in experts]).to(dtype)  # sum r x in
+        self.B = torch.cat([b * s for _, b, s, _ in experts], dim=1).to(dtype)  # out x sum r, scaled
+        self.expert_of_rank = torch.repeat_interleave(torch.arange(len(experts)), torch.tensor(self.ranks))
+        self.offsets = [0, *torch.cumsum(torch.tensor(self.ranks), 0).tolist()]
+
+    def weights(self, x: torch.Tensor) -> torch.Tensor:
+        """Routing weights, tokens x E (zero outside each token's top k)."""
+        logits = (x.float() @ self.P.T).abs_() / self.temperature
+        top, idx = logits.topk(self.top_k, dim=1)
+        return torch.zeros_like(logits).scatter_(1, idx, torch.softmax(top, dim=1))
+
+    def delta(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = x.reshape(-1, x.shape[-1])
+        w = self.weights(tokens).to(self.A.dtype)
+        if self.A.shape[0] <= DENSE_RANKS:
+            z = tokens @ self.A.T  # tokens x sum r
+            z *= w[:, self.expert_of_rank]
+            out = z @ self.B.T
+        else:
+            out = tokens.new_zeros(tokens.shape[0], self.B.shape[0])
+            for e in range(len(self.ranks)):
+                rows = w[:, e].nonzero().squeeze(1)
+                if rows.numel() == 0:
+                    continue
+                lo, hi = self.offsets[e], self.offsets[e + 1]
+                z = tokens.index_select(0, rows) @ self.A[lo:hi].T
+                z *= w.index_select(0, rows)[:, e : e + 1]
+                out.index_add_(0, rows, z @ self.B[:, lo:hi].T)
+        return out.reshape(*x.shape[:-1], out.shape[-1])
+
+
+def apply_arrow(
+    model: nn.Module,
+    adapters: Adapter | str | Path | Sequence[Adapter | str | Path],
+    top_k: int = 3,
+    temperature: float = 1.0,
+    prototypes: Sequence[dict[str, torch.Tensor] | None] | None = None,
+    hub: Hub | None = None,
+) -> None:
+    """Route every token of every adapted Linear over the adapters (experts), unmerged.
+
+    Prototypes: `prototypes` (one dict per adapter, module -> unit vector) when given; else, with a
+    `hub`, the hub's for adapters pulled from it (computed exactly at publish); else computed exactly
+    here from the factors. remove_arrow(model) puts the model back.
+    """
+    adapters = as_adapters(adapters)
+    if prototypes is None and hub is not None:
+        prototypes = [hub.prototypes(f"{a.origin[0]}@{a.origin[1]}") if a.origin else None for a in adapters]
+    if not adapters:
+        raise ValueError("apply_arrow needs at least one adapter")
+    if not (top_k >= 1 and temperature > 0):
+        raise ValueError("top_k must be >= 1 and temperature > 0")
+    if getattr(model, _STATE, None):
+        raise ValueError("Arrow is already applied to this model: remove_arrow(model) first")
+    given = list(prototypes) if prototypes is not None else [None] * len(adapters)
+    per_module: dict[str, tuple[nn.Module, list]] = {}
+    for adapter, protos in zip(adapters, given, strict=True):
+        for module, f in adapter.factors.items():
+            layer = target_layer(model, module, adapter)
+            if type(layer).__name__ == "Conv1D":
+                raise ValueError(f"{module}: Arrow routing supports Linear layers only")
+            v = protos[module] if protos and module in protos else prototype(f.A, f.B)[0]
+            per_module.setdefault(module, (layer, []))[1].append((f.A, f.B, f.scaling, v))
+    handles = []
+    for layer, experts in per_module.values():
+        router = ArrowRouter(experts, top_k, temperature, layer.weight.dtype)
+        handles.append(layer.register_forward_hook(lambda _m, args, out, r=router: out + r.delta(args[0])))
+    setattr(model, _STATE, handles)
+
+
+def remove_arrow(model: nn.Module) -> None:
+    for handle in getattr(model, _STATE, None) or []:
+        handle.remove()
+    if hasattr(model, _STATE):
+        delattr(model, _STATE)

@@ -1,0 +1,101 @@
+"""client.apply_arrow against PEFT's Arrow, its two mixing strategies, and prototypes from the hub."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import peft
+import pytest
+import torch
+
+import client.arrow
+from client import Adapter, Hub, apply_arrow, remove_arrow
+from examples.make_adapter import tiny_llama
+from tests.conftest import LiveHub
+
+
+def separated(folder: Path, seed: int, r: int = 4, targets: tuple[str, ...] = ("q_proj", "v_proj", "o_proj")) -> Path:
+    """A PEFT adapter whose factors have a decaying spectrum, so the top singular vector is well
+    separated (PEFT's power iteration then agrees with the exact prototype)."""
+    base = tiny_llama()
+    torch.manual_seed(seed)
+    model = peft.get_peft_model(
+        base, peft.LoraConfig(r=r, lora_alpha=2 * r, target_modules=list(targets), init_lora_weights=False)
+    )
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_().mul_(0.2 ** torch.arange(r, dtype=p.dtype))
+    model.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture
+def experts(tmp_path: Path) -> list[Path]:
+    return [separated(tmp_path / f"e{i}", seed=i) for i in range(5)]
+
+
+IDS = torch.randint(0, 128, (2, 11), generator=torch.Generator().manual_seed(3))
+
+
+@pytest.mark.parametrize("top_k, temperature", [(2, 1.0), (3, 0.5), (1, 1.0)])
+def test_apply_arrow_matches_peft(experts: list[Path], top_k: int, temperature: float) -> None:
+    reference = peft.create_arrow_model(
+        tiny_llama(),
+        task_specific_adapter_paths=[str(e) for e in experts],
+        arrow_config=peft.ArrowConfig(top_k=top_k, router_temperature=temperature),
+    )
+    model = tiny_llama()
+    apply_arrow(model, experts, top_k=top_k, temperature=temperature)
+    with torch.no_grad():
+        expected, got = reference(IDS).logits, model(IDS).logits
+        base = tiny_llama()(IDS).logits
+    assert not torch.allclose(got, base, atol=1e-3)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-4)
+
+
+def test_grouped_mixing_equals_dense_and_removal_restores(experts: list[Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    model = tiny_llama()
+    with torch.no_grad():
+        base = model(IDS).logits
+    apply_arrow(model, experts, top_k=2)
+    with torch.no_grad():
+        dense = model(IDS).logits
+    remove_arrow(model)
+    monkeypatch.setattr(client.arrow, "DENSE_RANKS", 0)  # force the grouped-by-expert path
+    apply_arrow(model, experts, top_k=2)
+    with torch.no_grad():
+        grouped = model(IDS).logits
+    torch.testing.assert_close(grouped, dense, rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="already applied"):
+        apply_arrow(model, experts)
+    remove_arrow(model)
+    with torch.no_grad():
+        assert torch.equal(model(IDS).logits, base)
+
+
+def test_bf16_model(experts: list[Path]) -> None:
+    model = tiny_llama().to(torch.bfloat16)
+    apply_arrow(model, experts, top_k=2)
+    reference = tiny_llama()
+    apply_arrow(reference, experts, top_k=2)
+    with torch.no_grad():
+        got, expected = model(IDS).logits.float(), reference(IDS).logits
+    assert got.dtype == torch.float32 and torch.isfinite(got).all()
+    assert float((got - expected).abs().mean()) < 0.05 * float(expected.abs().mean())
+
+
+def test_prototypes_from_the_hub(hub: LiveHub, tmp_path: Path, experts: list[Path]) -> None:
+    token = hub.token("alice")
+    with Hub(hub.url, token, cache_dir=tmp_path / "cache") as client_hub:
+        pulled = []
+        for i, folder in enumerate(experts):
+            client_hub.push(folder, f"alice/expert{i}")
+            pulled.append(Adapter.load(client_hub.pull(f"alice/expert{i}")))
+        assert pulled[0].origin[0] == "alice/expert0" and len(pulled[0].origin[1]) == 40
+        from_hub = tiny_llama()
+        apply_arrow(from_hub, pulled, top_k=2, hub=client_hub)
+    local = tiny_llama()
+    apply_arrow(local, experts, top_k=2)
+    with torch.no_grad():
+        torch.testing.assert_close(from_hub(IDS).logits, local(IDS).logits, rtol=0, atol=1e-5)

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ from safetensors.numpy import save
 from safetensors.torch import load
 
 from client.cache import Cache
+from client.credentials import default_endpoint, default_token
 from client.errors import HubError, error_for
 
 UPLOADED = ("adapter_config.json", "adapter_model.safetensors", "README.md", "examples.jsonl")
@@ -38,8 +38,8 @@ class Hub:
         cache_dir: str | Path | None = None,
         timeout: float = 120.0,
     ):
-        self.endpoint = (endpoint or os.environ.get("QUIVER_ENDPOINT") or "http://127.0.0.1:8000").rstrip("/")
-        self.token = token if token is not None else os.environ.get("QUIVER_TOKEN")
+        self.endpoint = (endpoint or default_endpoint()).rstrip("/")
+        self.token = token if token is not None else default_token()
         self.cache = Cache(cache_dir)
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
         self._http = httpx.Client(base_url=self.endpoint, headers=headers, timeout=timeout, follow_redirects=True)
@@ -141,7 +141,7 @@ class Hub:
             raise error_for(response.status_code, "not_found", response.text)
         return load(response.content)
 
-    def pull(self, spec: str) -> Path:
+    def pull(self, spec: str, progress: Callable[[str, int, int], None] | None = None) -> Path:
         """A local folder with the version's files. A pinned revision (id or number) already in the cache
         is returned without any network call; files are verified against their sha256."""
         repo, rev = split_repo(spec)
@@ -154,10 +154,18 @@ class Hub:
         files = {}
         for f in version["files"]:
             url = f"/v1/adapters/{repo}/versions/{revision}/files/{f['path']}"
-            files[f["path"]] = self.cache.blob(f["sha256"], f["size"], lambda start, url=url: self._stream(url, start))
+            fetch = lambda start, url=url, f=f: self._stream(url, start, f["path"], f["size"], progress)  # noqa: E731
+            files[f["path"]] = self.cache.blob(f["sha256"], f["size"], fetch)
         return self.cache.add_version(repo, version["version"], revision, files)
 
-    def _stream(self, url: str, start: int) -> Iterator[bytes]:
+    def _stream(
+        self,
+        url: str,
+        start: int,
+        path: str = "",
+        size: int = 0,
+        progress: Callable[[str, int, int], None] | None = None,
+    ) -> Iterator[bytes]:
         headers = {"Range": f"bytes={start}-"} if start else {}
         with self._http.stream("GET", url, headers=headers) as response:
             if response.status_code not in (200, 206):
@@ -165,7 +173,12 @@ class Hub:
                 raise error_for(response.status_code, "download_failed", response.text)
             if start and response.status_code == 200:
                 raise HubError(200, "no_range", "the hub ignored the Range request; delete the partial file")
-            yield from response.iter_bytes()
+            done = start
+            for chunk in response.iter_bytes():
+                done += len(chunk)
+                if progress:
+                    progress(path, done, size)
+                yield chunk
 
     # -- finding --
 
@@ -245,3 +258,22 @@ class Hub:
             for hook in hooks:
                 hook.remove()
         return {name: torch.cat(rows) for name, rows in captured.items()}
+
+    # -- clustering (MBC) --
+
+    def cluster(
+        self, base_model: str, k: int | None = None, method: str = "sketch", seed: int = 0, **filters: Any
+    ) -> dict:
+        """Start a cluster run over the adapters you can see; it may still be running (poll run())."""
+        body = {"base_model": base_model, "method": method, "seed": seed, **({"k": k} if k else {}), **filters}
+        return self._call("POST", "/v1/clusters", json=body)
+
+    def cluster_run(self, run_id: int) -> dict:
+        return self._call("GET", f"/v1/clusters/{run_id}")
+
+    def merge_clusters(self, run_id: int, rank: int | None = None) -> list[dict]:
+        """Publish one averaged adapter per cluster of a finished run (best rank-r with `rank`)."""
+        return self._call("POST", f"/v1/clusters/{run_id}/merge", json={"rank": rank} if rank else {})
+
+    def whoami(self) -> dict:
+        return self._call("GET", "/api/whoami-v2")

@@ -37,9 +37,12 @@ def yaml_errors(card: str) -> list[str]:
 
 
 def card_fields(card: str | None) -> dict[str, Any]:
-    """Adapter metadata a card carries: tags, license and task (pipeline_tag), when present."""
+    """Adapter metadata a card carries: description (its first paragraph), tags, license and task
+    (pipeline_tag), when present."""
     meta = front_matter(card)
     out: dict[str, Any] = {}
+    if description := card_description(card):
+        out["description"] = description
     tags = meta.get("tags")
     if isinstance(tags, str):
         tags = [tags]

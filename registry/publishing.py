@@ -59,7 +59,7 @@ class AdapterMeta:
         return self
 
     def with_card(self, card: str | None) -> AdapterMeta:
-        """Fields this upload leaves unset, filled from the model card's YAML (tags, license, task)."""
+        """Fields this upload leaves unset, filled from the model card (description, tags, license, task)."""
         found = card_fields(card)
         return replace(self, **{k: v for k, v in found.items() if getattr(self, k) is None}).check()
 

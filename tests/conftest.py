@@ -87,7 +87,7 @@ def serve_process(env: dict[str, str], cwd: Path | None = None, timeout: float =
     """`quiver serve` in a child process (the real CLI), on QUIVER_PORT; yields its URL once ready."""
     url = f"http://127.0.0.1:{env['QUIVER_PORT']}"
     server = subprocess.Popen(
-        [sys.executable, "-m", "hub", "serve"],
+        [sys.executable, "-m", "client", "serve"],
         cwd=cwd,
         env=env,
         stdout=subprocess.PIPE,
@@ -127,7 +127,7 @@ class LiveHub:
         """Run `quiver ARGS` in a subprocess against this hub's database and home."""
         env = {**os.environ, "QUIVER_HOME": str(self.settings.home), "QUIVER_DATABASE_URL": self.settings.db_url}
         return subprocess.run(
-            [sys.executable, "-m", "hub", *args], env=env, capture_output=True, text=True, timeout=120
+            [sys.executable, "-m", "client", *args], env=env, capture_output=True, text=True, timeout=120
         )
 
     def client(self, token: str | None = None) -> httpx.Client:

@@ -243,7 +243,7 @@ def test_quiver_cluster_command(hub: LiveHub, tmp_path: Path) -> None:
     names = publish_library(hub, token, tmp_path, planted(per=3))
     env = {**os.environ, "QUIVER_ENDPOINT": hub.url, "QUIVER_TOKEN": token, "COLUMNS": "200"}
     out = subprocess.run(
-        [sys.executable, "-m", "hub", "cluster", "--base-model", BASE, "--k", "3", "--merge", "--rank", "2"],
+        [sys.executable, "-m", "client", "cluster", "--base-model", BASE, "--k", "3", "--merge", "--rank", "2"],
         env=env,
         capture_output=True,
         text=True,
@@ -254,7 +254,7 @@ def test_quiver_cluster_command(hub: LiveHub, tmp_path: Path) -> None:
     assert all(name in out.stdout for name in names)
     assert out.stdout.count("(rank 2)") == 3 and "published alice/cluster-" in out.stdout
     bad = subprocess.run(
-        [sys.executable, "-m", "hub", "cluster", "--base-model", "nobody/base"],
+        [sys.executable, "-m", "client", "cluster", "--base-model", "nobody/base"],
         env=env,
         capture_output=True,
         text=True,

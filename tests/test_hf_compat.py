@@ -280,7 +280,7 @@ print(json.dumps({"path": snapshot_download("alice/source")}))
 
     def quiver_import(source: Path, repo: str) -> subprocess.CompletedProcess:
         return subprocess.run(
-            [sys.executable, "-m", "hub", "import", str(source), repo],
+            [sys.executable, "-m", "client", "import", str(source), repo],
             env=env,
             capture_output=True,
             text=True,

@@ -1,0 +1,5 @@
+"""`python -m client` is the `quiver` command."""
+
+from client.cli import main
+
+main()

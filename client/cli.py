@@ -1,0 +1,245 @@
+"""The `quiver` command. Client commands live here; the hub's operator commands (serve, token, gc,
+migrate) join through the `quiver.commands` entry point when the server extras are installed."""
+
+from __future__ import annotations
+
+import time
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+from rich.table import Table
+
+from client.credentials import default_endpoint, save
+from client.errors import HubError
+from client.hub import UPLOADED, Hub
+
+app = typer.Typer(help="Quiver: a hub for LoRA adapters.", no_args_is_help=True, add_completion=False)
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)  # never break a message across lines
+
+Endpoint = Annotated[str | None, typer.Option(envvar="QUIVER_ENDPOINT", help="the hub (default: from quiver login)")]
+Token = Annotated[str | None, typer.Option(envvar="QUIVER_TOKEN", help="a token (default: from quiver login)")]
+
+
+def hub(endpoint: str | None, token: str | None) -> Hub:
+    return Hub(endpoint, token)
+
+
+def fail(e: HubError) -> None:
+    err.print(f"[red]error{f' {e.status}' if e.status else ''}:[/] {e.message}")
+    raise typer.Exit(1)
+
+
+@app.command()
+def login(
+    token: Annotated[str, typer.Option(prompt=True, hide_input=True, help="a token from your hub's operator")],
+    endpoint: Endpoint = None,
+) -> None:
+    """Check a token against the hub and remember both for later commands."""
+    endpoint = endpoint or default_endpoint()
+    try:
+        with Hub(endpoint, token) as h:
+            me = h.whoami()
+    except HubError as e:
+        fail(e)
+    path = save(endpoint, token)
+    out.print(f"logged in to {endpoint} as {me['name']} ({me['auth']['accessToken']['role']}); saved to {path}")
+
+
+@app.command()
+def push(
+    folder: Annotated[Path, typer.Argument(help="a PEFT adapter folder")],
+    repo: Annotated[str, typer.Argument(help="namespace/name")],
+    description: str | None = None,
+    task: str | None = None,
+    tags: Annotated[str | None, typer.Option(help="comma separated")] = None,
+    visibility: Annotated[str | None, typer.Option(help="public or private")] = None,
+    endpoint: Endpoint = None,
+    token: Token = None,
+) -> None:
+    """Publish an adapter folder as the next version of namespace/name."""
+    size = sum((folder / n).stat().st_size for n in UPLOADED if (folder / n).is_file())
+    try:
+        with (
+            hub(endpoint, token) as h,
+            Progress(
+                TextColumn("uploading {task.description}"), BarColumn(), DownloadColumn(), console=err, transient=True
+            ) as bar,
+        ):
+            bar.add_task(repo, total=size)
+            v = h.push(
+                folder,
+                repo,
+                description=description,
+                task=task,
+                visibility=visibility,
+                tags=[t.strip() for t in tags.split(",") if t.strip()] if tags else None,
+            )
+    except HubError as e:
+        fail(e)
+    out.print(f"published {v['id']} version {v['version']} (revision {v['revision']})")
+
+
+@app.command()
+def pull(
+    spec: Annotated[str, typer.Argument(help="namespace/name[@revision or @number]")],
+    endpoint: Endpoint = None,
+    token: Token = None,
+) -> None:
+    """Download a version into the local cache (QUIVER_CACHE) and print its folder."""
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        console=err,
+        transient=True,
+    ) as bar:
+        tasks: dict[str, int] = {}
+
+        def progress(path: str, done: int, total: int) -> None:
+            if path not in tasks:
+                tasks[path] = bar.add_task(path, total=total)
+            bar.update(tasks[path], completed=done)
+
+        try:
+            with hub(endpoint, token) as h:
+                folder = h.pull(spec, progress=progress)
+        except HubError as e:
+            fail(e)
+    print(folder)
+
+
+@app.command()
+def search(
+    query: str, base_model: str | None = None, limit: int = 10, endpoint: Endpoint = None, token: Token = None
+) -> None:
+    """Find adapters by meaning."""
+    try:
+        with hub(endpoint, token) as h:
+            results = h.search(query, base_model=base_model, limit=limit)
+    except HubError as e:
+        fail(e)
+    table = Table("score", "adapter", "version", "base model", "task")
+    for r in results:
+        table.add_row(f"{r['score']:.3f}", r["id"], str(r["version"]), r["base_model"], r["task"] or "")
+    out.print(table if results else "no adapters match")
+
+
+@app.command()
+def info(
+    spec: Annotated[str, typer.Argument(help="namespace/name[@revision]")],
+    endpoint: Endpoint = None,
+    token: Token = None,
+) -> None:
+    """Show an adapter (or one version with @rev)."""
+    try:
+        with hub(endpoint, token) as h:
+            data = h.info(spec)
+    except HubError as e:
+        fail(e)
+    table = Table(show_header=False)
+    for key, value in data.items():
+        if key in ("adapter_config",):
+            continue
+        if key == "files":
+            value = ", ".join(f"{f['path']} ({f['size']} B)" for f in value)
+        table.add_row(key, str(value))
+    out.print(table)
+
+
+@app.command("import")
+def import_adapter(
+    path: Annotated[Path, typer.Argument(help="an adapter folder, or a model repo folder in the HF cache")],
+    repo: Annotated[str, typer.Argument(help="namespace/name to publish it as")],
+    visibility: Annotated[str | None, typer.Option(help="public or private")] = None,
+    endpoint: Endpoint = None,
+    token: Token = None,
+) -> None:
+    """Publish an adapter downloaded from the Hugging Face Hub (a folder, or a snapshot in the HF cache),
+    keeping its card's metadata (the hub reads description, tags, license and pipeline tag from it)."""
+    folder = adapter_folder(path)
+    for skipped in sorted(p.name for p in folder.iterdir() if p.is_file() and p.name not in UPLOADED):
+        err.print(f"skipping {skipped}: not part of a LoRA adapter upload")
+    try:
+        with hub(endpoint, token) as h:
+            v = h.push(folder, repo, visibility=visibility)
+    except HubError as e:
+        fail(e)
+    out.print(f"published {v['id']} version {v['version']} (revision {v['revision']}) from {folder}")
+
+
+def adapter_folder(path: Path) -> Path:
+    """The folder itself, or for an HF cache repo folder (models--ns--name) the snapshot refs/main names."""
+    if (path / "adapter_config.json").is_file():
+        return path
+    snapshots = path / "snapshots"
+    if snapshots.is_dir():
+        ref = path / "refs" / "main"
+        if ref.is_file() and (snapshots / ref.read_text().strip()).is_dir():
+            return snapshots / ref.read_text().strip()
+        candidates = sorted(snapshots.iterdir(), key=lambda p: p.stat().st_mtime)
+        if candidates:
+            return candidates[-1]
+    err.print(f"[red]error:[/] {path} holds no adapter_config.json (nor is it a model folder of the HF cache)")
+    raise typer.Exit(2)
+
+
+@app.command("cluster")
+def cluster_command(
+    base_model: Annotated[str, typer.Option("--base-model", help="cluster the adapters of this base model")],
+    k: Annotated[int | None, typer.Option(help="number of clusters (default: chosen by silhouette)")] = None,
+    method: Annotated[str, typer.Option(help="sketch or params")] = "sketch",
+    seed: Annotated[int, typer.Option()] = 0,
+    merge: Annotated[bool, typer.Option("--merge", help="publish one averaged adapter per cluster")] = False,
+    rank: Annotated[int | None, typer.Option(help="with --merge: compress each to this rank")] = None,
+    endpoint: Endpoint = None,
+    token: Token = None,
+) -> None:
+    """Group the adapters you can see by their parameters (MBC) and show the clusters."""
+    try:
+        with hub(endpoint, token) as h:
+            run = h.cluster(base_model, k=k, method=method, seed=seed)
+            if run["status"] == "running":
+                with Progress(console=err, transient=True) as bar:
+                    task = bar.add_task(f"clustering {run['params']['adapters']} adapters", total=1.0)
+                    while run["status"] == "running":
+                        time.sleep(0.5)
+                        run = h.cluster_run(run["id"])
+                        bar.update(task, completed=run["progress"])
+            if run["status"] == "failed":
+                err.print(f"[red]cluster run {run['id']} failed:[/] {run['error']}")
+                raise typer.Exit(1)
+            silhouette = f"{run['silhouette']:.3f}" if run["silhouette"] is not None else "-"
+            table = Table(title=f"run {run['id']}: {run['method']}, k={run['k']}, silhouette {silhouette}")
+            for column in ("cluster", "adapter", "version", "task", "distance"):
+                table.add_column(column)
+            for cluster in run["clusters"]:
+                for i, m in enumerate(cluster["members"]):
+                    table.add_row(
+                        str(cluster["index"]) if i == 0 else "",
+                        m["id"],
+                        str(m["version"]),
+                        m["task"] or "",
+                        f"{m['distance']:.3f}",
+                        end_section=i == len(cluster["members"]) - 1,
+                    )
+            out.print(table)
+            if merge:
+                for v in h.merge_clusters(run["id"], rank):
+                    out.print(f"published {v['id']} version {v['version']} (rank {v['rank']})")
+    except HubError as e:
+        fail(e)
+
+
+def main() -> None:
+    for plugin in entry_points(group="quiver.commands"):
+        try:
+            plugin.load()(app)
+        except ImportError:  # the server extras are not installed: client commands only
+            pass
+    app()

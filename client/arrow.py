@@ -39,8 +39,10 @@ class ArrowRouter:
         self.top_k, self.temperature = min(top_k, len(experts)), temperature
         self.P = torch.stack([p.float() for _, _, _, p in experts])  # E x in, routing in fp32
         self.ranks = [a.shape[0] for a, _, _, _ in experts]
-        self.A = torch.cat([a for a, _, _, _ in experts]).to(dtype)  # sum r x in
-        self.B = torch.cat([b * s for _, b, s, _ in experts], dim=1).to(dtype)  # out x sum r, scaled
+        # Mixing runs in the layer's dtype on a GPU, in fp32 on a CPU (bf16/fp16 GEMMs are slow there).
+        self.dtype = dtype if experts[0][0].is_cuda else torch.float32
+        self.A = torch.cat([a for a, _, _, _ in experts]).to(self.dtype)  # sum r x in
+        self.B = torch.cat([b * s for _, b, s, _ in experts], dim=1).to(self.dtype)  # out x sum r, scaled
         self.expert_of_rank = torch.repeat_interleave(torch.arange(len(experts)), torch.tensor(self.ranks))
         self.offsets = [0, *torch.cumsum(torch.tensor(self.ranks), 0).tolist()]
 
@@ -51,8 +53,8 @@ class ArrowRouter:
         return torch.zeros_like(logits).scatter_(1, idx, torch.softmax(top, dim=1))
 
     def delta(self, x: torch.Tensor) -> torch.Tensor:
-        tokens = x.reshape(-1, x.shape[-1])
-        w = self.weights(tokens).to(self.A.dtype)
+        tokens = x.reshape(-1, x.shape[-1]).to(self.dtype)
+        w = self.weights(tokens).to(self.dtype)
         if self.A.shape[0] <= DENSE_RANKS:
             z = tokens @ self.A.T  # tokens x sum r
             z *= w[:, self.expert_of_rank]
@@ -67,7 +69,7 @@ class ArrowRouter:
                 z = tokens.index_select(0, rows) @ self.A[lo:hi].T
                 z *= w.index_select(0, rows)[:, e : e + 1]
                 out.index_add_(0, rows, z @ self.B[:, lo:hi].T)
-        return out.reshape(*x.shape[:-1], out.shape[-1])
+        return out.reshape(*x.shape[:-1], out.shape[-1]).to(x.dtype)
 
 
 def apply_arrow(

@@ -1,0 +1,95 @@
+"""Arrow forward of one 1024 -> 2816 layer with E = 8 and 32 rank-16 experts, 256 and 2048 tokens,
+fp32 and bf16: ours (client.arrow) vs PEFT's ArrowLoraLinearLayer.forward, on the same experts,
+prototypes and inputs (outputs checked equal before timing).
+
+    python bench/bench_arrow.py
+"""
+
+from __future__ import annotations
+
+import sys
+from functools import partial
+from pathlib import Path
+
+import torch
+from peft import ArrowConfig
+from peft.tuners.lora.arrow import ArrowLoraLinearLayer
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.common import median_time, table  # noqa: E402
+from client.arrow import ArrowRouter  # noqa: E402
+
+IN, OUT, RANK, TOP_K, REPEAT = 1024, 2816, 16, 3, 5
+
+
+def experts(e: int, dtype: torch.dtype) -> tuple[nn.ModuleDict, nn.ModuleDict, dict[str, float]]:
+    torch.manual_seed(e)
+    names = [f"task_{i}" for i in range(e)]
+    lora_A = nn.ModuleDict({n: nn.Linear(IN, RANK, bias=False) for n in names}).to(dtype)
+    lora_B = nn.ModuleDict({n: nn.Linear(RANK, OUT, bias=False) for n in names}).to(dtype)
+    with torch.no_grad():
+        for n in names:
+            lora_B[n].weight.normal_(0, 0.02)
+    return lora_A, lora_B, {n: 2.0 for n in names}
+
+
+def rows() -> list[list[str]]:
+    out = []
+    for dtype in (torch.float32, torch.bfloat16):
+        for e in (8, 32):
+            lora_A, lora_B, scaling = experts(e, dtype)
+            names = list(scaling)
+            peft_layer = ArrowLoraLinearLayer(
+                IN, ArrowConfig(top_k=TOP_K, router_temperature=1.0, task_adapter_names=names)
+            )
+            peft_layer.build_prototypes(lora_A, lora_B)
+            ours = ArrowRouter(
+                [
+                    (lora_A[n].weight.detach(), lora_B[n].weight.detach(), scaling[n], peft_layer.prototypes[i].float())
+                    for i, n in enumerate(names)
+                ],
+                TOP_K,
+                1.0,
+                dtype,
+            )
+            for tokens in (256, 2048):
+                x = torch.randn(1, tokens, IN).to(dtype)
+                with torch.no_grad():
+                    expected = peft_layer(x, lora_A, lora_B, nn.Identity(), scaling).float()
+                    got = ours.delta(x).float()
+                    error = float((got - expected).abs().max() / expected.abs().max())
+                    assert error < (1e-4 if dtype == torch.float32 else 3e-2), error
+                    t_peft = median_time(partial(peft_layer, x, lora_A, lora_B, nn.Identity(), scaling), REPEAT)
+                    t_ours = median_time(partial(ours.delta, x), REPEAT)
+                path = "dense low-rank" if ours.A.shape[0] <= 256 else "grouped by expert"
+                out.append(
+                    [
+                        str(dtype).removeprefix("torch."),
+                        str(e),
+                        str(tokens),
+                        path,
+                        f"{1e3 * t_ours:.2f}",
+                        f"{1e3 * t_peft:.2f}",
+                        f"{t_peft / t_ours:.1f}x",
+                        f"{error:.1e}",
+                    ]
+                )
+    return out
+
+
+def main() -> None:
+    print(
+        f"Arrow routing + mixing of one {IN}->{OUT} layer, rank-{RANK} experts, top_k={TOP_K}, "
+        f"{torch.get_num_threads()} threads; median of {REPEAT} (the base layer's own GEMM excluded for both)"
+    )
+    print(
+        table(
+            ["dtype", "experts", "tokens", "our path", "ours (ms)", "PEFT (ms)", "PEFT / ours", "max rel. difference"],
+            rows(),
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,180 @@
+"""Merging K rank-16 adapters into a 16-layer model (q, k, v, o 1024x1024; gate, up 1024->2816;
+down 2816->1024), fp32 and bf16: ours (one addmm per module; restore = copy back) vs PEFT
+(merge_adapter; sequential merge of 8; add_weighted_adapter("cat") + merge; unmerge) vs the bound
+max(bytes of W read and written / in-place bandwidth, FLOPs / GEMM rate), both measured here.
+
+    python bench/bench_merge.py
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.common import median_time, table  # noqa: E402
+from client import Adapter, merge, unmerge  # noqa: E402
+from registry import lora  # noqa: E402
+
+SHAPES = {
+    "q_proj": (1024, 1024),
+    "k_proj": (1024, 1024),
+    "v_proj": (1024, 1024),
+    "o_proj": (1024, 1024),
+    "gate_proj": (1024, 2816),
+    "up_proj": (1024, 2816),
+    "down_proj": (2816, 1024),
+}  # (in, out)
+LAYERS, RANK, REPEAT = 16, 16, 5
+
+
+class Model(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(
+            nn.ModuleDict({n: nn.Linear(i, o, bias=False) for n, (i, o) in SHAPES.items()}) for _ in range(LAYERS)
+        )
+
+
+def model(dtype: torch.dtype) -> Model:
+    torch.manual_seed(0)
+    return Model().to(dtype).eval()
+
+
+def adapters(k: int) -> list[Adapter]:
+    g = torch.Generator().manual_seed(1)
+    out = []
+    for i in range(k):
+        factors = {
+            f"layers.{layer}.{n}": lora.Factors(
+                torch.randn(RANK, fi, generator=g) * 0.01, torch.randn(fo, RANK, generator=g) * 0.01, 2.0
+            )
+            for layer in range(LAYERS)
+            for n, (fi, fo) in SHAPES.items()
+        }
+        out.append(Adapter(f"a{i}", {"r": RANK, "lora_alpha": 2 * RANK}, factors))
+    return out
+
+
+def peft_model(dtype: torch.dtype, adapters: list[Adapter]):  # noqa: ANN201
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(r=RANK, lora_alpha=2 * RANK, target_modules=list(SHAPES), init_lora_weights=False)
+    pm = get_peft_model(model(dtype), config, adapter_name=adapters[0].name)
+    for a in adapters[1:]:
+        pm.add_adapter(a.name, config)
+    with torch.no_grad():
+        for name, mod in pm.named_modules():
+            if hasattr(mod, "lora_A") and adapters[0].name in mod.lora_A:
+                key = name.removeprefix("base_model.model.")
+                for a in adapters:
+                    mod.lora_A[a.name].weight.copy_(a.factors[key].A)
+                    mod.lora_B[a.name].weight.copy_(a.factors[key].B)
+    return pm
+
+
+def bound(dtype: torch.dtype, k: int) -> float:
+    """max(bytes of W read and written / in-place bandwidth, FLOPs / GEMM rate) for the whole model,
+    measured here. The GEMM rate is fp32's: the fastest this CPU has (it has no native bf16 GEMM)."""
+    params = LAYERS * sum(i * o for i, o in SHAPES.values())
+    big = torch.zeros(64 * 1024 * 1024, dtype=dtype)
+    bandwidth = 2 * big.numel() * big.element_size() / median_time(lambda: big.add_(1), repeat=5)
+    W = torch.zeros(2816, 1024)
+    B, A = torch.randn(2816, k * RANK), torch.randn(k * RANK, 1024)
+    rate = 2 * W.numel() * k * RANK / median_time(lambda: W.addmm_(B, A), repeat=20)
+    element = torch.tensor([], dtype=dtype).element_size()
+    return max(2 * params * element / bandwidth, 2 * params * k * RANK / rate)
+
+
+def rows() -> list[list[str]]:
+    out = []
+    for dtype in (torch.float32, torch.bfloat16):
+        for k in (1, 8):
+            ads = adapters(k)
+            ours_model = model(dtype)
+            merge(ours_model, ads)  # warm-up
+            unmerge(ours_model)
+            merges, restores = [], []
+            for _ in range(REPEAT):
+                t = time.perf_counter()
+                merge(ours_model, ads)
+                merges.append(time.perf_counter() - t)
+                t = time.perf_counter()
+                unmerge(ours_model)
+                restores.append(time.perf_counter() - t)
+            t_merge, t_restore = sorted(merges)[REPEAT // 2], sorted(restores)[REPEAT // 2]
+
+            pm = peft_model(dtype, ads)
+            names = [a.name for a in ads]
+            pm.merge_adapter(names)  # warm-up
+            pm.unmerge_adapter()
+            peft_merges, peft_unmerges = [], []
+            for _ in range(REPEAT):
+                t = time.perf_counter()
+                pm.merge_adapter(names)
+                peft_merges.append(time.perf_counter() - t)
+                t = time.perf_counter()
+                pm.unmerge_adapter()
+                peft_unmerges.append(time.perf_counter() - t)
+            t_peft, t_peft_unmerge = sorted(peft_merges)[REPEAT // 2], sorted(peft_unmerges)[REPEAT // 2]
+            if k > 1:
+                cats = []
+                for _ in range(3):
+                    t = time.perf_counter()
+                    pm.add_weighted_adapter(names, [1.0] * k, "cat", combination_type="cat")
+                    pm.merge_adapter(["cat"])
+                    cats.append(time.perf_counter() - t)
+                    pm.unmerge_adapter()
+                    pm.delete_adapter("cat")
+                t_cat = sorted(cats)[1]
+            b = bound(dtype, k)
+            label = f"{str(dtype).removeprefix('torch.')} K={k}"
+            out.append(
+                [
+                    label,
+                    f"{t_merge:.3f}",
+                    f"{t_merge / b:.2f}x",
+                    f"{t_peft:.3f}",
+                    f"{t_peft / t_merge:.1f}x",
+                    f"{t_cat:.3f}" if k > 1 else "-",
+                    f"{t_cat / t_merge:.1f}x" if k > 1 else "-",
+                    f"{b:.3f}",
+                    f"{t_restore:.3f}",
+                    f"{t_peft_unmerge:.3f}",
+                    f"{t_peft_unmerge / t_restore:.1f}x",
+                ]
+            )
+    return out
+
+
+def main() -> None:
+    print(
+        f"Merge of K rank-{RANK} adapters into a {LAYERS}-layer model ({LAYERS * len(SHAPES)} modules), "
+        f"{torch.get_num_threads()} threads; median of {REPEAT} (cat: 3) in one process"
+    )
+    print(
+        table(
+            [
+                "dtype, K",
+                "ours (s)",
+                "ours / bound",
+                "PEFT merge_adapter (s)",
+                "PEFT / ours",
+                "PEFT cat + merge (s)",
+                "cat / ours",
+                "bound (s)",
+                "ours restore (s)",
+                "PEFT unmerge (s)",
+                "unmerge / restore",
+            ],
+            rows(),
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

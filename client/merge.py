@@ -1,9 +1,14 @@
 """Merging adapters into a torch model's weights, and restoring them bitwise.
 
-W += sum_i w_i s_i B_i A_i is ONE GEMM per module with B_cat = [w_1 s_1 B_1 | ... | w_K s_K B_K]
-(out x sum r) and A_cat = [A_1; ...; A_K] (sum r x in): W.addmm_(B_cat, A_cat) in fp32; in bf16/fp16
-on a CPU the same product in fp32, a block of rows at a time, added in place (see add_product). No
-dense delta is ever formed and each weight is rounded once. Unmerging copies back the
+W + sum_i w_i s_i B_i A_i is ONE GEMM per module with B_cat = [w_1 s_1 B_1 | ... | w_K s_K B_K]
+(out x sum r) and A_cat = [A_1; ...; A_K] (sum r x in): addmm(W, B_cat, A_cat) in fp32; in bf16/fp16
+on a CPU the same product in fp32, a block of rows at a time (see add_product). No dense delta is
+ever formed and each weight is rounded once.
+
+The result is written into a buffer that becomes the layer's weight, and the original tensor is kept
+aside: the same memory traffic as an in-place update (read W, write W once), no copy to save the
+original, and unmerging swaps the original back, bitwise and without copying. Buffers are reused by
+the next merge (fresh memory costs page faults); unmerge(model, free=True) releases them. Unmerging copies back the
 weights saved before the merge: subtracting a delta cannot give the original back in low precision.
 """
 
@@ -36,7 +41,7 @@ def merge(
     weights = [1.0] * len(adapters) if weights is None else list(weights)
     if len(weights) != len(adapters):
         raise ValueError(f"{len(weights)} weights for {len(adapters)} adapters")
-    if getattr(model, _SAVED, None):
+    if _state(model)["saved"]:
         raise ValueError("the model already has merged adapters: unmerge(model) first")
     plan: dict[str, tuple[nn.Module, list[tuple[Adapter, float]]]] = {}
     for adapter, w in zip(adapters, weights, strict=True):
@@ -44,45 +49,60 @@ def merge(
             layer = target_layer(model, module, adapter)
             plan.setdefault(module, (layer, []))[1].append((adapter, w))
 
-    saved: dict[str, torch.Tensor] = {}
+    state = _state(model)
     for module, (layer, members) in plan.items():
-        weight = layer.weight
-        saved[module] = weight.detach().clone()
+        original = layer.weight.data
+        buffer = state["spare"].pop(module, None)
+        if buffer is None or buffer.shape != original.shape or buffer.dtype != original.dtype:
+            buffer = torch.empty_like(original)
         A = torch.cat([a.factors[module].A.float() for a, _ in members], dim=0)
         B = torch.cat([a.factors[module].B.float() * (w * a.factors[module].scaling) for a, w in members], dim=1)
         if type(layer).__name__ == "Conv1D":  # weight is in x out: add (B A)^T = A^T B^T
             A, B = B.T, A.T
-        add_product(weight, B, A)
-    setattr(model, _SAVED, saved)
+        add_product(original, B, A, out=buffer)
+        layer.weight.data = buffer
+        state["saved"][module] = original
 
 
 BLOCK_ROWS = 512
 
 
-def add_product(weight: torch.Tensor, B: torch.Tensor, A: torch.Tensor) -> None:
-    """weight += B @ A in place, rounding each weight once.
+def add_product(weight: torch.Tensor, B: torch.Tensor, A: torch.Tensor, out: torch.Tensor) -> None:
+    """out = weight + B @ A, each element rounded once; `weight` is left untouched.
 
-    fp32 (and any dtype on a GPU, whose low-precision GEMMs accumulate in fp32): one addmm_. bf16 and
+    fp32 (and any dtype on a GPU, whose low-precision GEMMs accumulate in fp32): one addmm. bf16 and
     fp16 on a CPU: their GEMMs are slow where the CPU lacks native support (44x slower than fp32 on
-    this project's machines), so the product is computed in fp32, a block of rows at a time (a few MB,
-    never the whole dense delta), and added in place: W + (B @ A) exact in fp32, rounded once.
+    this project's machines), so the product is computed in fp32 a block of rows at a time (a few MB,
+    never the whole dense delta) and added: W + (B @ A) exact in fp32, rounded once.
     """
     if weight.dtype == torch.float32 or weight.is_cuda:
-        weight.addmm_(B.to(weight.dtype), A.to(weight.dtype))
+        torch.addmm(weight, B.to(weight.dtype), A.to(weight.dtype), out=out)
         return
     for start in range(0, weight.shape[0], BLOCK_ROWS):
         rows = slice(start, start + BLOCK_ROWS)
-        weight[rows].add_(B[rows] @ A)
+        torch.add(weight[rows], B[rows] @ A, out=out[rows])
+
+
+def _state(model: nn.Module) -> dict[str, dict[str, torch.Tensor]]:
+    """Per model: the original weights of merged modules ("saved") and, between merges, the buffers
+    that held merged weights ("spare"), reused by the next merge (fresh memory costs page faults)."""
+    if _SAVED not in model.__dict__:
+        model.__dict__[_SAVED] = {"saved": {}, "spare": {}}
+    return model.__dict__[_SAVED]
 
 
 @torch.no_grad()
-def unmerge(model: nn.Module) -> None:
-    """Put back, bit for bit, every weight merge() changed."""
-    saved: dict[str, torch.Tensor] = getattr(model, _SAVED, None) or {}
-    for module, original in saved.items():
-        model.get_submodule(module).weight.copy_(original)
-    if hasattr(model, _SAVED):
-        delattr(model, _SAVED)
+def unmerge(model: nn.Module, free: bool = False) -> None:
+    """Put back every weight merge() changed: the original tensors themselves, so bit for bit and
+    without copying. The merged buffers are kept for the next merge unless `free`."""
+    state = _state(model)
+    for module, original in state["saved"].items():
+        layer = model.get_submodule(module)
+        state["spare"][module] = layer.weight.data
+        layer.weight.data = original
+    state["saved"].clear()
+    if free:
+        state["spare"].clear()
 
 
 @contextmanager

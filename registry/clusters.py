@@ -172,7 +172,7 @@ def identity(v: Version) -> dict:
 
 
 def version_factors(store: BlobStore, v: Version) -> dict[str, lora.Factors]:
-    weights = next(f for f in v.files if f.path == lora.WEIGHTS_FILE)
+    weights = v.file(lora.WEIGHTS_FILE)
     return lora.load_factors(store.path(weights.sha256), v.adapter_config)
 
 

@@ -141,6 +141,10 @@ class Version(Base):
     )
     embeddings: Mapped[list[Embedding]] = relationship(cascade="all, delete-orphan", passive_deletes=True)
 
+    def file(self, path: str) -> File | None:
+        """The version's file at `path`, if it has one."""
+        return next((f for f in self.files if f.path == path), None)
+
 
 class Blob(Base):
     """A stored file's content, by sha256 (the blob store's key)."""

@@ -86,6 +86,12 @@ def text_embedding(embedder: TextEmbedder, adapter: Adapter, card: str | None) -
     return to_bytes(embedder.embed_one(describe(adapter.description or "", adapter.task, adapter.tags or [], card)))
 
 
+def version_card(store: BlobStore, version: Version | None) -> str | None:
+    """The model card (README.md) of a stored version, if it has one."""
+    readme = version.file(README_FILE) if version else None
+    return store.path(readme.sha256).read_text(encoding="utf-8") if readme else None
+
+
 def parse_tags(raw: str | None) -> list[str] | None:
     if raw is None:
         return None
@@ -227,9 +233,7 @@ def update_adapter(
         require_write(session, principal, namespace)
         adapter = get_adapter(session, principal, namespace, name)
         meta.apply(adapter)
-        latest = adapter.versions[-1] if adapter.versions else None
-        readme = next((f for f in latest.files if f.path == README_FILE), None) if latest else None
-        card = store.path(readme.sha256).read_text(encoding="utf-8") if readme else None
+        card = version_card(store, adapter.versions[-1] if adapter.versions else None)
         adapter.text_embedding = text_embedding(embedder, adapter, card)
         record_change(session, adapter.id)
         session.commit()

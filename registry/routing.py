@@ -88,11 +88,21 @@ def route(
         return ranked(indexes, scores, limit, keep=lambda s: s > 0)
 
 
+def visible_modules(
+    indexes: IndexSet, principal: Principal, base_model: str, filters: Filters = Filters()
+) -> dict[str, int]:
+    """The modules that adapters of base_model the caller may see (and the filters pass) adapt, with
+    their in_features: what a route request may name."""
+    return {
+        m: index.dim
+        for (b, m), index in sorted(indexes.prototypes.items())
+        if b == base_model and indexes.candidates(index, principal, filters)
+    }
+
+
 def unknown(indexes: IndexSet, principal: Principal, within: Filters, base: str, module: str) -> InvalidRequest:
     """The error for a module without candidates: is the whole base model unknown to the caller?"""
-    known = sorted(
-        m for (b, m), index in indexes.prototypes.items() if b == base and indexes.candidates(index, principal, within)
-    )
+    known = list(visible_modules(indexes, principal, base, within))
     if not known:
         return InvalidRequest(f"no adapters you can see for base model {base!r}", code="unknown_base_model")
     sample = ", ".join(known[:5]) + (", ..." if len(known) > 5 else "")

@@ -124,7 +124,7 @@ def download_file(
     """A file of a version, streamed; ETag is its sha256; Range requests are honoured."""
     adapter = catalog.get_adapter(session, principal, namespace, name)
     version = catalog.get_version(session, adapter, rev)
-    entry = next((f for f in version.files if f.path == path), None)
+    entry = version.file(path)
     if entry is None:
         raise NotFound(f"{adapter.repo_id} version {version.number} has no file {path!r}", code="entry_not_found")
     blob = state.store.path(entry.sha256)

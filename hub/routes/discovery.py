@@ -94,12 +94,8 @@ def route_modules(base_model: str, state: StateDep, principal: PrincipalDep) -> 
     """The modules adapters of this base model that you can see adapt: what /v1/route accepts."""
     indexes = state.fresh_indexes()
     with indexes.lock:
-        modules = {
-            m: index.dim
-            for (b, m), index in indexes.prototypes.items()
-            if b == base_model and indexes.candidates(index, principal, Filters())
-        }
-    return RouteModules(base_model=base_model, modules=dict(sorted(modules.items())))
+        modules = routing.visible_modules(indexes, principal, base_model)
+    return RouteModules(base_model=base_model, modules=modules)
 
 
 @router.post("/search", response_model=Ranked)

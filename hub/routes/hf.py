@@ -32,7 +32,6 @@ from registry.cards import front_matter, yaml_errors
 from registry.errors import Conflict, InvalidRequest, NotFound, RegistryError, Unauthorized
 from registry.models import Adapter, File, Namespace, Version
 from registry.names import check_file_path, check_repo_id
-from registry.validation import README_FILE
 
 router = APIRouter(tags=[HF_TAG])
 MAX_LIST = 1000
@@ -56,11 +55,6 @@ def version_for(session: Session, adapter: Adapter, revision: str) -> Version:
 
 def is_lfs(path: str) -> bool:
     return path.endswith(".safetensors")
-
-
-def card_of(state: HubState, version: Version | None) -> str | None:
-    readme = next((f for f in version.files if f.path == README_FILE), None) if version else None
-    return state.store.path(readme.sha256).read_text(encoding="utf-8") if readme else None
 
 
 def model_json(request: Request, state: HubState, adapter: Adapter, version: Version | None, full: bool) -> dict:
@@ -87,7 +81,7 @@ def model_json(request: Request, state: HubState, adapter: Adapter, version: Ver
         "pipeline_tag": adapter.task,
     }
     if full:
-        card = {**front_matter(card_of(state, version))}
+        card = {**front_matter(publishing.version_card(state.store, version))}
         if base:
             card.setdefault("base_model", base)
         data["cardData"] = card
@@ -133,7 +127,7 @@ def resolve(
     if not adapter.versions and revision == "main":  # a created, still empty repo: main exists, no file does
         return entry_not_found(f"{adapter.repo_id} has no files yet", EMPTY_COMMIT)
     version = version_for(session, adapter, revision)
-    entry = next((f for f in version.files if f.path == path), None)
+    entry = version.file(path)
     if entry is None:
         return entry_not_found(f"{path} not found in {adapter.repo_id} at {version.revision}", version.revision)
     etag = f'"{entry.sha256}"'

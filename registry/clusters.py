@@ -200,11 +200,11 @@ def get_run(session: Session, principal: Principal, run_id: int) -> ClusterRun:
 
 
 def list_runs(session: Session, principal: Principal) -> list[ClusterRun]:
-    owners = [None] if principal.user_id is None else [principal.user_id]
-    query = select(ClusterRun).where(
-        ClusterRun.owner_id.is_(None) | (ClusterRun.owner_id.in_([o for o in owners if o is not None]))
-    )
-    return list(session.scalars(query.order_by(ClusterRun.id.desc()).limit(100)))
+    """The newest 100 runs the caller may see (get_run's rule: anonymous runs, and the caller's own)."""
+    readable = ClusterRun.owner_id.is_(None)
+    if principal.user_id is not None:
+        readable = readable | (ClusterRun.owner_id == principal.user_id)
+    return list(session.scalars(select(ClusterRun).where(readable).order_by(ClusterRun.id.desc()).limit(100)))
 
 
 # -- cluster adapters ---------------------------------------------------------------------------------

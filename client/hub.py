@@ -54,12 +54,16 @@ class Hub:
         self.close()
 
     def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        return self._request(method, path, **kwargs).json()
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """The hub's successful response; a hub error as its exception, an unreachable hub as HubError."""
         try:
             response = self._http.request(method, path, **kwargs)
         except httpx.TransportError as e:
             raise HubError(0, "unreachable", f"cannot reach the hub at {self.endpoint}: {e}") from None
         if response.is_success:
-            return response.json()
+            return response
         try:
             error = response.json()["error"]
             code, message = error["code"], error["message"]
@@ -133,13 +137,7 @@ class Hub:
     def prototypes(self, spec: str) -> dict[str, torch.Tensor]:
         """The version's Arrow prototypes as the hub computed them at publish (module -> unit vector)."""
         repo, rev = split_repo(spec)
-        try:
-            response = self._http.get(f"/v1/adapters/{repo}/versions/{rev or 'latest'}/prototypes")
-        except httpx.TransportError as e:
-            raise HubError(0, "unreachable", f"cannot reach the hub at {self.endpoint}: {e}") from None
-        if not response.is_success:
-            raise error_for(response.status_code, "not_found", response.text)
-        return load(response.content)
+        return load(self._request("GET", f"/v1/adapters/{repo}/versions/{rev or 'latest'}/prototypes").content)
 
     def pull(self, spec: str, progress: Callable[[str, int, int], None] | None = None) -> Path:
         """A local folder with the version's files. A pinned revision (id or number) already in the cache

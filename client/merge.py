@@ -1,15 +1,16 @@
 """Merging adapters into a torch model's weights, and restoring them bitwise.
 
-W + sum_i w_i s_i B_i A_i is ONE GEMM per module with B_cat = [w_1 s_1 B_1 | ... | w_K s_K B_K]
-(out x sum r) and A_cat = [A_1; ...; A_K] (sum r x in): addmm(W, B_cat, A_cat) in fp32; in bf16/fp16
-on a CPU the same product in fp32, a block of rows at a time (see add_product). No dense delta is
-ever formed and each weight is rounded once.
+W + sum_i w_i s_i B_i A_i is ONE fused product per module with B_cat = [w_1 s_1 B_1 | ... | w_K s_K B_K]
+(out x sum r) and A_cat = [A_1; ...; A_K] (sum r x in): out = W + B_cat A_cat, each weight rounded
+once, no dense delta ever formed. On a CPU that is the one-pass kernel of client/fused.py (W read
+once, the product added from registers) unless torch's own GEMM is faster (see add_products);
+on a GPU, addmm.
 
 The result is written into a buffer that becomes the layer's weight, and the original tensor is kept
 aside: the same memory traffic as an in-place update (read W, write W once), no copy to save the
 original, and unmerging swaps the original back, bitwise and without copying. Buffers are reused by
-the next merge (fresh memory costs page faults); unmerge(model, free=True) releases them. Unmerging copies back the
-weights saved before the merge: subtracting a delta cannot give the original back in low precision.
+the next merge (fresh memory costs page faults); unmerge(model, free=True) releases them. Every
+product is computed before any layer changes, so a failure half-way leaves the model as it was.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from client import fused as fused_kernel
 from client.adapter import Adapter, as_adapters, target_layer
 
 _SAVED = "_quiver_saved_weights"
@@ -50,37 +52,106 @@ def merge(
             plan.setdefault(module, (layer, []))[1].append((adapter, w))
 
     state = _state(model)
+    jobs, layers = [], []
     for module, (layer, members) in plan.items():
         original = layer.weight.data
         buffer = state["spare"].pop(module, None)
         if buffer is None or buffer.shape != original.shape or buffer.dtype != original.dtype:
             buffer = torch.empty_like(original)
-        A = torch.cat([a.factors[module].A.float() for a, _ in members], dim=0)
-        B = torch.cat([a.factors[module].B.float() * (w * a.factors[module].scaling) for a, w in members], dim=1)
-        if type(layer).__name__ == "Conv1D":  # weight is in x out: add (B A)^T = A^T B^T
-            A, B = B.T, A.T
-        add_product(original, B, A, out=buffer)
+        terms = []
+        for adapter, w in members:
+            f = adapter.factors[module]
+            B, A = (f.A.T, f.B.T) if type(layer).__name__ == "Conv1D" else (f.B, f.A)  # Conv1D: W is in x out
+            terms.append((B, A, w * f.scaling))
+        jobs.append((original, terms, buffer))
+        layers.append((module, layer))
+    try:
+        add_products(jobs)
+    except BaseException:
+        for (module, _), (_, _, buffer) in zip(layers, jobs, strict=True):
+            state["spare"][module] = buffer
+        raise
+    for (module, layer), (original, _, buffer) in zip(layers, jobs, strict=True):
         layer.weight.data = buffer
         state["saved"][module] = original
+
+
+# Above this total rank, a CPU with native low-precision GEMMs (AMX, AVX512-BF16) computes the product
+# faster with torch's GEMM than the one-pass kernel does with fp32 FMAs (measured: bench/bench_merge.py).
+NATIVE_GEMM_MIN_RANK = 48
+
+
+def native_gemm(dtype: torch.dtype) -> bool:
+    """Whether this CPU runs GEMMs in `dtype` natively (fp32 always; bf16 and fp16 where the CPU has the
+    instructions, else torch's kernels for them are many times slower than fp32's)."""
+    probes = {
+        torch.float32: [],
+        torch.bfloat16: ["_is_avx512_bf16_supported", "_is_amx_tile_supported"],
+        torch.float16: ["_is_amx_fp16_supported"],
+    }.get(dtype)
+    if probes is None:
+        return False
+    return not probes or any(getattr(torch.cpu, p, lambda: False)() for p in probes)
+
+
+def add_products(jobs: Sequence[fused_kernel.Job]) -> None:
+    """out = weight + sum_t s_t B_t A_t for every (weight, terms, out), each element rounded once; the
+    weights are left untouched.
+
+    On a CPU the one-pass kernel (client/fused.py) takes every job it can, in one call, reading the
+    adapters' factors where they lie; but where the CPU has a native GEMM for a low-precision dtype
+    and the total rank is large, torch's GEMM is faster. Those jobs, and all jobs on a GPU or without
+    the kernel, go through add_product.
+    """
+    fused, rest = [], []
+    for job in jobs:
+        weight, terms, _ = job
+        rank = sum(A.shape[0] for _, A, _ in terms)
+        big = rank >= NATIVE_GEMM_MIN_RANK and weight.dtype != torch.float32 and native_gemm(weight.dtype)
+        fits = weight.device.type == "cpu" and weight.is_contiguous() and fused_kernel.supports(weight.dtype)
+        (fused if fits and not big else rest).append(job)
+    if fused:
+        fused_kernel.add_products(fused)
+    for weight, terms, out in rest:
+        add_product(weight, terms, out)
 
 
 BLOCK_ROWS = 512
 
 
-def add_product(weight: torch.Tensor, B: torch.Tensor, A: torch.Tensor, out: torch.Tensor) -> None:
-    """out = weight + B @ A, each element rounded once; `weight` is left untouched.
+def add_product(weight: torch.Tensor, terms: Sequence[fused_kernel.Term], out: torch.Tensor) -> None:
+    """out = weight + B_cat @ A_cat with torch alone, each element rounded once; `weight` is left untouched.
 
-    fp32 (and any dtype on a GPU, whose low-precision GEMMs accumulate in fp32): one addmm. bf16 and
-    fp16 on a CPU: their GEMMs are slow where the CPU lacks native support (44x slower than fp32 on
-    this project's machines), so the product is computed in fp32 a block of rows at a time (a few MB,
-    never the whole dense delta) and added: W + (B @ A) exact in fp32, rounded once.
+    One addmm in the weight's dtype where that GEMM is native (fp32; bf16/fp16 on a GPU or on a CPU
+    with the instructions; these GEMMs accumulate in fp32 and add W before rounding), on factors
+    rounded once to that dtype. Otherwise bf16 and fp16 GEMMs are slow (44x slower than fp32 on an
+    AVX2 CPU), so the product is computed in fp32 a block of rows at a time (a few MB, never the whole
+    dense delta) and added, rounded once.
     """
-    if weight.dtype == torch.float32 or weight.is_cuda:
-        torch.addmm(weight, B.to(weight.dtype), A.to(weight.dtype), out=out)
+    native = weight.is_cuda or native_gemm(weight.dtype)
+    B, A = concatenated(terms, weight.dtype if native else torch.float32)
+    if native:
+        torch.addmm(weight, B, A, out=out)
         return
     for start in range(0, weight.shape[0], BLOCK_ROWS):
         rows = slice(start, start + BLOCK_ROWS)
         torch.add(weight[rows], B[rows] @ A, out=out[rows])
+
+
+def concatenated(terms: Sequence[fused_kernel.Term], dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """B_cat = [s_1 B_1 | ... | s_K B_K] and A_cat = [A_1; ...; A_K] in `dtype`, written straight into
+    their place (s_t B_t computed in fp32, then rounded once)."""
+    device = terms[0][0].device
+    m, n, rank = terms[0][0].shape[0], terms[0][1].shape[1], sum(A.shape[0] for _, A, _ in terms)
+    B_cat = torch.empty(m, rank, dtype=dtype, device=device)
+    A_cat = torch.empty(rank, n, dtype=dtype, device=device)
+    start = 0
+    for B, A, scale in terms:
+        cols = slice(start, start + A.shape[0])
+        torch.mul(B.float(), scale, out=B_cat[:, cols])
+        A_cat[cols].copy_(A)
+        start = cols.stop
+    return B_cat, A_cat
 
 
 def _state(model: nn.Module) -> dict[str, dict[str, torch.Tensor]]:

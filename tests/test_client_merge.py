@@ -11,8 +11,19 @@ import pytest
 import torch
 import transformers
 
-from client import Adapter, merge, merged, unmerge
+from client import Adapter, fused, merge, merged, unmerge
 from examples.make_adapter import tiny_llama
+
+
+@pytest.fixture(autouse=True, params=["fused kernel", "torch alone"])
+def merge_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test here runs both ways a CPU merge is computed: the one-pass kernel, and torch alone
+    (as where no C compiler is to be had)."""
+    if request.param == "torch alone":
+        monkeypatch.setenv("QUIVER_FUSED_KERNEL", "0")
+    else:
+        assert fused.supports(torch.float32), "the fused merge kernel must build on this machine"
+    return request.param
 
 
 def save_lora(model: torch.nn.Module, folder: Path, seed: int, **config) -> Path:

@@ -1,0 +1,172 @@
+"""The one-pass merge kernel (client/fused.py, client/fused_add.c) and every other way a merge's product
+is computed on a CPU, against exact float64 arithmetic."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from client import fused
+
+merge_module = importlib.import_module("client.merge")  # the module (client.merge is also the function)
+ROOT = Path(__file__).resolve().parents[1]
+DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+
+
+def exact(weight: torch.Tensor, terms: list) -> torch.Tensor:
+    total = weight.double().clone()
+    for B, A, scale in terms:
+        total += scale * B.double() @ A.double()
+    return total
+
+
+def ulp(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The spacing of `dtype` numbers at |x| (its normal range)."""
+    mantissa = {torch.float32: 23, torch.bfloat16: 7, torch.float16: 10}[dtype]
+    smallest = torch.finfo(dtype).tiny
+    exponent = torch.floor(torch.log2(x.abs().clamp_min(smallest)))
+    return torch.pow(2.0, exponent - mantissa)
+
+
+def assert_rounded_once(out: torch.Tensor, weight: torch.Tensor, terms: list) -> None:
+    """Every element within half a unit of the exact sum (plus fp32 accumulation error), and in low
+    precision almost always (fp32 accumulation aside) exactly the correctly rounded value: a product
+    rounded to the dtype before being added (two roundings) misses it for 5-30% of these elements."""
+    truth = exact(weight, terms)
+    error = (out.double() - truth).abs()
+    slack = 0.5 * ulp(truth, out.dtype) + 1e-6 * (weight.double().abs() + 1)
+    assert bool((error <= slack).all()), f"max error {float((error - slack).max())} above half an ulp"
+    if out.dtype != torch.float32:
+        wrong = int((out != truth.to(out.dtype)).sum())
+        assert wrong <= max(2, out.numel() // 500), f"{wrong} of {out.numel()} not correctly rounded"
+
+
+def make_terms(m: int, n: int, ranks: list[int], seed: int, transposed: bool = False) -> list:
+    g = torch.Generator().manual_seed(seed)
+    terms = []
+    for i, r in enumerate(ranks):
+        B = torch.randn(m, r, generator=g) * 0.05
+        A = torch.randn(r, n, generator=g) * 0.05
+        if transposed and i % 2:  # B as a transposed view, as a GPT-2 Conv1D merge passes it
+            B = torch.randn(r, m, generator=g).T * 0.05
+        terms.append((B, A, 0.5 + i))
+    return terms
+
+
+@pytest.fixture
+def kernel() -> None:
+    assert fused.library() is not None, "the fused merge kernel must build on this machine (a C compiler is here)"
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(
+    ("m", "n", "ranks"),
+    [(7, 37, [1]), (64, 64, [16]), (130, 200, [3, 16, 5]), (1, 129, [2, 2]), (300, 1024, [16] * 8)],
+)
+def test_kernel_rounds_the_exact_sum_once(kernel: None, dtype: torch.dtype, m: int, n: int, ranks: list[int]) -> None:
+    weight = (torch.randn(m, n, generator=torch.Generator().manual_seed(3)) * 0.1).to(dtype)
+    before = weight.clone()
+    terms = make_terms(m, n, ranks, seed=m + n, transposed=True)
+    out = torch.full_like(weight, float("nan"))  # every element must be written
+    fused.add_products([(weight, terms, out)])
+    assert torch.equal(weight, before)
+    assert not out.isnan().any()
+    assert_rounded_once(out, weight, terms)
+
+
+def test_kernel_passes_nan_and_inf_through(kernel: None) -> None:
+    for dtype in DTYPES:
+        weight = torch.zeros(8, 70, dtype=dtype)
+        weight[1, 3], weight[5, 69], weight[6, 0] = float("nan"), float("inf"), -float("inf")
+        out = torch.empty_like(weight)
+        fused.add_products([(weight, make_terms(8, 70, [4], seed=1), out)])
+        assert out[1, 3].isnan() and out[5, 69] == float("inf") and out[6, 0] == -float("inf")
+        assert int(out.isnan().sum()) == 1 and int(out.isinf().sum()) == 2
+
+
+def test_kernel_refuses_what_it_cannot_compute(kernel: None) -> None:
+    weight = torch.zeros(8, 16)
+    with pytest.raises(ValueError, match="does not fit"):
+        fused.add_products([(weight, make_terms(8, 15, [2], seed=1), torch.empty_like(weight))])
+    with pytest.raises(ValueError, match="contiguous"):
+        fused.add_products([(torch.zeros(16, 8).T, make_terms(8, 16, [2], seed=1), torch.empty(8, 16))])
+    with pytest.raises(ValueError, match="one shape and dtype"):
+        fused.add_products([(weight, make_terms(8, 16, [2], seed=1), torch.empty(8, 16, dtype=torch.bfloat16))])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("native", [True, False])
+def test_torch_paths_round_the_exact_sum_once(
+    monkeypatch: pytest.MonkeyPatch, dtype: torch.dtype, native: bool
+) -> None:
+    """Without the kernel: one addmm in the weight's dtype where the CPU has that GEMM natively (its
+    factors rounded to the dtype first), else fp32 products in row blocks (a block smaller than the
+    weight here, so several are added)."""
+    if native and not merge_module.native_gemm(dtype):
+        pytest.skip(f"this CPU has no native {dtype} GEMM")
+    monkeypatch.setattr(merge_module, "native_gemm", lambda d: native)
+    monkeypatch.setattr(merge_module, "BLOCK_ROWS", 48)
+    m, n = 130, 96
+    weight = (torch.randn(m, n, generator=torch.Generator().manual_seed(5)) * 0.1).to(dtype)
+    terms = make_terms(m, n, [16, 16, 16], seed=2, transposed=True)
+    out = torch.full_like(weight, float("nan"))
+    merge_module.add_product(weight, terms, out)
+    if native and dtype != torch.float32:  # the factors were rounded to the dtype: judge against that
+        terms = [((B * s).to(dtype).float(), A.to(dtype).float(), 1.0) for B, A, s in terms]
+    assert_rounded_once(out, weight, terms)
+
+
+def run_merge(cache: Path, env: dict[str, str]) -> subprocess.Popen:
+    script = textwrap.dedent(
+        """
+        import warnings, torch
+        from client import Adapter, merge
+        from registry import lora
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(64, 96, bias=False)).to(torch.bfloat16)
+        factors = {"0": lora.Factors(torch.randn(8, 64), torch.randn(96, 8), 0.5)}
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            merge(model, Adapter("a", {"r": 8}, factors))
+        print([str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)])
+        print(model[0].weight.float().sum().item())
+        """
+    )
+    return subprocess.Popen(
+        [sys.executable, "-c", script],
+        cwd=ROOT,
+        env={**os.environ, "QUIVER_CACHE": str(cache), **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_processes_building_the_kernel_at_once_share_one_build(tmp_path: Path) -> None:
+    procs = [run_merge(tmp_path, {}) for _ in range(3)]
+    outputs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [err for _, err in outputs]
+    assert {out for out, _ in outputs} == {outputs[0][0]} and outputs[0][0].startswith("[]")
+    built = list((tmp_path / "kernels").iterdir())
+    assert len(built) == 1 and built[0].name.endswith(".so")  # no half-written temporaries left
+
+
+def test_without_a_compiler_merges_still_work_and_say_why_they_are_slower(tmp_path: Path) -> None:
+    good = run_merge(tmp_path / "good", {})
+    bad = run_merge(tmp_path / "bad", {"CC": "/nonexistent/cc"})
+    off = run_merge(tmp_path / "off", {"QUIVER_FUSED_KERNEL": "0"})
+    (good_out, _), (bad_out, bad_err), (off_out, _) = (p.communicate(timeout=300) for p in (good, bad, off))
+    assert good.returncode == bad.returncode == off.returncode == 0, bad_err
+    warning, total = bad_out.splitlines()
+    assert "could not build the fused merge kernel" in warning and "torch alone" in warning
+    assert off_out.startswith("[]")  # turned off on purpose: nothing to warn about
+    # bf16 on this CPU without the kernel: native GEMM or fp32 blocks; either way within rounding
+    assert abs(float(total) - float(good_out.splitlines()[1])) < 1.0
+    assert not (tmp_path / "bad" / "kernels").exists() or not any((tmp_path / "bad" / "kernels").glob("*.so"))

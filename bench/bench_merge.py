@@ -1,5 +1,5 @@
 """Merging K rank-16 adapters into a 16-layer model (q, k, v, o 1024x1024; gate, up 1024->2816;
-down 2816->1024), fp32 and bf16: ours (one addmm per module; restore = copy back) vs PEFT
+down 2816->1024), fp32 and bf16: ours (one fused product per module; restore = pointer swap) vs PEFT
 (merge_adapter; sequential merge of 8; add_weighted_adapter("cat") + merge; unmerge) vs the bound
 max(bytes of W read and written / in-place bandwidth, FLOPs / GEMM rate), both measured here.
 
@@ -79,15 +79,21 @@ def peft_model(dtype: torch.dtype, adapters: list[Adapter]):  # noqa: ANN201
 
 def bound(dtype: torch.dtype, k: int) -> float:
     """max(bytes of W read and written / in-place bandwidth, FLOPs / GEMM rate) for the whole model,
-    measured here. The GEMM rate is fp32's: the fastest this CPU has (it has no native bf16 GEMM)."""
+    measured here. Bandwidth: an in-place fp32 add over as many bytes as the model's weights (bytes are
+    bytes; torch's bf16 add is bound by its conversions, not by memory). GEMM rate: the faster of this
+    CPU's fp32 GEMM and its GEMM in the weights' dtype (native bf16 on AMX/AVX512-BF16 CPUs, far slower
+    without), on one 2816 x 1024 module with rank K x 16, in place."""
     params = LAYERS * sum(i * o for i, o in SHAPES.values())
-    big = torch.zeros(64 * 1024 * 1024, dtype=dtype)
-    bandwidth = 2 * big.numel() * big.element_size() / median_time(lambda: big.add_(1), repeat=5)
-    W = torch.zeros(2816, 1024)
-    B, A = torch.randn(2816, k * RANK), torch.randn(k * RANK, 1024)
-    rate = 2 * W.numel() * k * RANK / median_time(lambda: W.addmm_(B, A), repeat=20)
     element = torch.tensor([], dtype=dtype).element_size()
-    return max(2 * params * element / bandwidth, 2 * params * k * RANK / rate)
+    big = torch.zeros(params * element // 4)
+    bandwidth = 2 * big.numel() * 4 / median_time(lambda: big.add_(1), repeat=5)
+    rates = []
+    for gemm_dtype in {torch.float32, dtype}:
+        W = torch.zeros(2816, 1024, dtype=gemm_dtype)
+        B = torch.randn(2816, k * RANK).to(gemm_dtype)
+        A = torch.randn(k * RANK, 1024).to(gemm_dtype)
+        rates.append(2 * W.numel() * k * RANK / median_time(lambda: W.addmm_(B, A), repeat=20))  # noqa: B023
+    return max(2 * params * element / bandwidth, 2 * params * k * RANK / max(rates))
 
 
 def rows() -> list[list[str]]:

@@ -13,6 +13,7 @@
  */
 #include <pthread.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 /* VL floats per vector: one register of the widest vector unit (AVX-512: 16, AVX2 and NEON: 8). */
@@ -133,26 +134,31 @@ static inline void add_tail(int dt, const void *w, void *out, int64_t n, const q
 #endif
 #define TN (VL * TV)
 
-/* Rows [r0, r1) of out = W + sum_t s_t B_t A_t. */
+/* Rows [r0, r1) of out = W + sum_t s_t B_t A_t. For each tile of rows the scaled rows of every B_t are
+ * first gathered side by side into bs (TR x rank): the innermost loop then only loads A, broadcasts
+ * from L1 and does FMAs, whatever the strides of B and however many terms. */
 static inline __attribute__((always_inline)) void add_rows(int dt, const void *w, void *out, int64_t n,
-                                                           const quiver_term *terms, int64_t nterms, int64_t r0,
-                                                           int64_t r1) {
+                                                           const quiver_term *terms, int64_t nterms, int64_t rank,
+                                                           float *bs, int64_t r0, int64_t r1) {
     const int64_t nt = n - n % TN;
     int64_t i = r0;
     for (; i + TR <= r1; i += TR) {
+        for (int q = 0; q < TR; q++) {
+            float *row = bs + q * rank;
+            for (const quiver_term *t = terms; t < terms + nterms; row += t->r, t++)
+                for (int64_t k = 0; k < t->r; k++) row[k] = t->scale * t->b[(i + q) * t->b_row + k * t->b_col];
+        }
         for (int64_t j = 0; j < nt; j += TN) {
             vf c[TR][TV];
             for (int q = 0; q < TR; q++)
                 for (int v = 0; v < TV; v++) c[q][v] = loadv(dt, w, (i + q) * n + j + VL * v);
+            const float *bk = bs;
             for (const quiver_term *t = terms; t < terms + nterms; t++) {
-                const float *bi = t->b + i * t->b_row;
-                for (int64_t k = 0; k < t->r; k++) {
+                for (int64_t k = 0; k < t->r; k++, bk++) {
                     vf ak[TV];
                     for (int v = 0; v < TV; v++) ak[v] = *(const vf_u *)(t->a + k * n + j + VL * v);
-                    for (int q = 0; q < TR; q++) {
-                        const float s = t->scale * bi[q * t->b_row + k * t->b_col];
-                        for (int v = 0; v < TV; v++) c[q][v] += s * ak[v];
-                    }
+                    for (int q = 0; q < TR; q++)
+                        for (int v = 0; v < TV; v++) c[q][v] += bk[q * rank] * ak[v];
                 }
             }
             for (int q = 0; q < TR; q++)
@@ -178,6 +184,8 @@ typedef struct {
 
 static void *run_slice(void *arg) {
     const slice *s = arg;
+    float *bs = 0;
+    int64_t room = 0;
     for (int64_t J = 0; J < s->njobs; J++) {
         const quiver_job *jb = s->jobs + J;
         const int64_t tiles = (jb->m + TR - 1) / TR;
@@ -185,14 +193,27 @@ static void *run_slice(void *arg) {
         int64_t r1 = tiles * (s->t + 1) / s->nthreads * TR;
         if (r1 > jb->m) r1 = jb->m;
         if (r0 >= r1) continue;
+        int64_t rank = 0;
+        for (int64_t t = 0; t < jb->nterms; t++) rank += jb->terms[t].r;
+        if (TR * rank > room) {
+            free(bs);
+            room = TR * rank;
+            bs = malloc(sizeof(float) * room);
+            if (!bs) room = 0;
+        }
+        if (!bs) { /* no memory for the gathered rows: the plain loop needs none */
+            for (int64_t i = r0; i < r1; i++) add_tail(jb->dtype, jb->w, jb->out, jb->n, jb->terms, jb->nterms, i, 0);
+            continue;
+        }
         switch (jb->dtype) {
-        case BF16: add_rows(BF16, jb->w, jb->out, jb->n, jb->terms, jb->nterms, r0, r1); break;
+        case BF16: add_rows(BF16, jb->w, jb->out, jb->n, jb->terms, jb->nterms, rank, bs, r0, r1); break;
 #if HAVE_F16
-        case F16: add_rows(F16, jb->w, jb->out, jb->n, jb->terms, jb->nterms, r0, r1); break;
+        case F16: add_rows(F16, jb->w, jb->out, jb->n, jb->terms, jb->nterms, rank, bs, r0, r1); break;
 #endif
-        default: add_rows(F32, jb->w, jb->out, jb->n, jb->terms, jb->nterms, r0, r1); break;
+        default: add_rows(F32, jb->w, jb->out, jb->n, jb->terms, jb->nterms, rank, bs, r0, r1); break;
         }
     }
+    free(bs);
     return 0;
 }
 

@@ -78,7 +78,7 @@ def merge(
 
 # Above this total rank, a CPU with native low-precision GEMMs (AMX, AVX512-BF16) computes the product
 # faster with torch's GEMM than the one-pass kernel does with fp32 FMAs (measured: bench/bench_merge.py).
-NATIVE_GEMM_MIN_RANK = 48
+NATIVE_GEMM_MIN_RANK = 64
 
 
 def native_gemm(dtype: torch.dtype) -> bool:

@@ -7,16 +7,26 @@ import time
 from collections.abc import Callable
 
 
-def median_time(fn: Callable[[], object], repeat: int = 5, warmup: int = 1) -> float:
-    """Median wall time of fn() in seconds over `repeat` runs, after `warmup` untimed runs."""
+def times(fn: Callable[[], object], repeat: int = 5, warmup: int = 1) -> list[float]:
+    """Wall times of fn() in seconds over `repeat` runs, after `warmup` untimed runs."""
     for _ in range(warmup):
         fn()
-    times = []
+    out = []
     for _ in range(repeat):
         t = time.perf_counter()
         fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+        out.append(time.perf_counter() - t)
+    return out
+
+
+def median_time(fn: Callable[[], object], repeat: int = 5, warmup: int = 1) -> float:
+    """Median wall time of fn() in seconds over `repeat` runs, after `warmup` untimed runs."""
+    return statistics.median(times(fn, repeat, warmup))
+
+
+def best_time(fn: Callable[[], object], repeat: int = 5, warmup: int = 1) -> float:
+    """Shortest wall time of fn() over `repeat` runs: for a bound, what the hardware was seen to do."""
+    return min(times(fn, repeat, warmup))
 
 
 def table(headers: list[str], rows: list[list[object]]) -> str:

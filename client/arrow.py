@@ -39,7 +39,7 @@ class ArrowRouter:
         self.top_k, self.temperature = min(top_k, len(experts)), temperature
         self.P = torch.stack([p.float() for _, _, _, p in experts])  # E x in, routing in fp32
         self.ranks = [a.shape[0] for a, _, _, _ in experts]
-        # Mixing runs in the layer's dtype on a GPU, in fp32 on a CPU (bf16/fp16 GEMMs are slow there).
+        # Mixing runs in the layer's dtype on a GPU, in fp32 on a CPU (bf16/fp16 GEMMs are slow on most CPUs).
         self.dtype = dtype if experts[0][0].is_cuda else torch.float32
         self.A = torch.cat([a for a, _, _, _ in experts]).to(self.dtype)  # sum r x in
         self.B = torch.cat([b * s for _, b, s, _ in experts], dim=1).to(self.dtype)  # out x sum r, scaled

@@ -129,8 +129,8 @@ def add_product(weight: torch.Tensor, terms: Sequence[fused_kernel.Term], out: t
     AVX2 CPU), so the product is computed in fp32 a block of rows at a time (a few MB, never the whole
     dense delta) and added, rounded once.
     """
-    native = weight.is_cuda or native_gemm(weight.dtype)
-    B, A = concatenated(terms, weight.dtype if native else torch.float32)
+    native = weight.device.type != "cpu" or native_gemm(weight.dtype)
+    B, A = concatenated(terms, weight.dtype if native else torch.float32, weight.device)
     if native:
         torch.addmm(weight, B, A, out=out)
         return
@@ -139,17 +139,19 @@ def add_product(weight: torch.Tensor, terms: Sequence[fused_kernel.Term], out: t
         torch.add(weight[rows], B[rows] @ A, out=out[rows])
 
 
-def concatenated(terms: Sequence[fused_kernel.Term], dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """B_cat = [s_1 B_1 | ... | s_K B_K] and A_cat = [A_1; ...; A_K] in `dtype`, written straight into
-    their place (s_t B_t computed in fp32, then rounded once)."""
-    device = terms[0][0].device
+def concatenated(
+    terms: Sequence[fused_kernel.Term], dtype: torch.dtype, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """B_cat = [s_1 B_1 | ... | s_K B_K] and A_cat = [A_1; ...; A_K] in `dtype` on `device` (the weight's,
+    wherever the adapter was loaded), written straight into their place (s_t B_t computed in fp32,
+    then rounded once)."""
     m, n, rank = terms[0][0].shape[0], terms[0][1].shape[1], sum(A.shape[0] for _, A, _ in terms)
     B_cat = torch.empty(m, rank, dtype=dtype, device=device)
     A_cat = torch.empty(rank, n, dtype=dtype, device=device)
     start = 0
     for B, A, scale in terms:
         cols = slice(start, start + A.shape[0])
-        torch.mul(B.float(), scale, out=B_cat[:, cols])
+        torch.mul(B.to(device, torch.float32), scale, out=B_cat[:, cols])
         A_cat[cols].copy_(A)
         start = cols.stop
     return B_cat, A_cat

@@ -58,6 +58,18 @@ class _Job(ctypes.Structure):
     ]
 
 
+class _ConcatJob(ctypes.Structure):
+    _fields_ = [
+        ("b_out", ctypes.c_void_p),
+        ("a_out", ctypes.c_void_p),
+        ("m", ctypes.c_int64),
+        ("n", ctypes.c_int64),
+        ("dtype", ctypes.c_int64),
+        ("nterms", ctypes.c_int64),
+        ("terms", ctypes.POINTER(_Term)),
+    ]
+
+
 Term = tuple[torch.Tensor, torch.Tensor, float]  # (B: m x r, A: r x n, scale s): adds s B A
 Job = tuple[torch.Tensor, Sequence[Term], torch.Tensor]  # (weight, terms, out)
 
@@ -122,6 +134,8 @@ def _load() -> ctypes.CDLL | None:
         return None
     lib.quiver_add_products.restype = None
     lib.quiver_add_products.argtypes = [ctypes.POINTER(_Job), ctypes.c_int64, ctypes.c_int]
+    lib.quiver_concat.restype = None
+    lib.quiver_concat.argtypes = [ctypes.POINTER(_ConcatJob), ctypes.c_int64, ctypes.c_int]
     lib.quiver_fused_dtypes.restype = ctypes.c_int
     lib.quiver_fused_dtypes.argtypes = []
     return lib
@@ -143,6 +157,27 @@ def supports(dtype: torch.dtype) -> bool:
     return lib is not None and dtype in _CODES and bool(lib.quiver_fused_dtypes() >> _CODES[dtype] & 1)
 
 
+def _library_or_raise() -> ctypes.CDLL:
+    lib = library()
+    if lib is None:
+        raise RuntimeError("the fused merge kernel is not available (see supports())")
+    return lib
+
+
+def _term_table(terms: Sequence[Term], m: int, n: int, keep: list) -> ctypes.Array:
+    """The C view of the terms of an m x n weight; `keep` holds what it points into."""
+    table = (_Term * len(terms))()
+    for cterm, (B, A, scale) in zip(table, terms, strict=True):
+        B, A = B.to(device="cpu", dtype=torch.float32), A.to(device="cpu", dtype=torch.float32).contiguous()
+        if B.shape != (m, A.shape[0]) or A.shape[1] != n:
+            raise ValueError(f"a term B {tuple(B.shape)} @ A {tuple(A.shape)} does not fit a {m} x {n} weight")
+        keep += [B, A]
+        cterm.b, cterm.a, cterm.r, cterm.scale = B.data_ptr(), A.data_ptr(), A.shape[0], scale
+        cterm.b_row, cterm.b_col = B.stride()
+    keep.append(table)
+    return table
+
+
 def add_products(jobs: Sequence[Job]) -> None:
     """out = weight + sum_t s_t B_t A_t for every (weight, terms, out), in one call to the kernel.
 
@@ -150,26 +185,33 @@ def add_products(jobs: Sequence[Job]) -> None:
     (m x r, any strides) and A (r x n) are read in place when they are fp32 and A's rows are
     contiguous, else converted first. Each element is rounded once to the weight's dtype.
     """
-    lib = library()
-    if lib is None:
-        raise RuntimeError("the fused merge kernel is not available (see supports())")
+    lib = _library_or_raise()
     table = (_Job * len(jobs))()
-    keep = []  # what the C structures point into must outlive the call
+    keep: list = []
     for slot, (weight, terms, out) in zip(table, jobs, strict=True):
         if out.shape != weight.shape or out.dtype != weight.dtype or weight.dim() != 2:
             raise ValueError("weight and out must be matrices of one shape and dtype")
         if not (weight.is_contiguous() and out.is_contiguous()) or {weight.device.type, out.device.type} != {"cpu"}:
             raise ValueError("weight and out must be contiguous CPU tensors")
         m, n = weight.shape
-        cterms = (_Term * len(terms))()
-        for cterm, (B, A, scale) in zip(cterms, terms, strict=True):
-            B, A = B.to(device="cpu", dtype=torch.float32), A.to(device="cpu", dtype=torch.float32).contiguous()
-            if B.shape != (m, A.shape[0]) or A.shape[1] != n:
-                raise ValueError(f"a term B {tuple(B.shape)} @ A {tuple(A.shape)} does not fit a {m} x {n} weight")
-            keep += [B, A]
-            cterm.b, cterm.a, cterm.r, cterm.scale = B.data_ptr(), A.data_ptr(), A.shape[0], scale
-            cterm.b_row, cterm.b_col = B.stride()
-        keep.append(cterms)
         slot.w, slot.out, slot.m, slot.n = weight.data_ptr(), out.data_ptr(), m, n
-        slot.dtype, slot.nterms, slot.terms = _CODES[weight.dtype], len(terms), cterms
+        slot.dtype, slot.nterms, slot.terms = _CODES[weight.dtype], len(terms), _term_table(terms, m, n, keep)
     lib.quiver_add_products(table, len(jobs), torch.get_num_threads())
+
+
+def concatenated(jobs: Sequence[tuple[Sequence[Term], torch.dtype]]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """For each (terms, dtype): B_cat = [s_1 B_1 | ... | s_K B_K] and A_cat = [A_1; ...; A_K] in `dtype` (one
+    that supports() accepts), each element computed in fp32 and rounded once: the factors of one GEMM
+    that does the product instead of the kernel. One call, every thread."""
+    lib = _library_or_raise()
+    table = (_ConcatJob * len(jobs))()
+    keep: list = []
+    out = []
+    for slot, (terms, dtype) in zip(table, jobs, strict=True):
+        m, n, rank = terms[0][0].shape[0], terms[0][1].shape[1], sum(A.shape[0] for _, A, _ in terms)
+        B_cat, A_cat = torch.empty(m, rank, dtype=dtype), torch.empty(rank, n, dtype=dtype)
+        slot.b_out, slot.a_out, slot.m, slot.n = B_cat.data_ptr(), A_cat.data_ptr(), m, n
+        slot.dtype, slot.nterms, slot.terms = _CODES[dtype], len(terms), _term_table(terms, m, n, keep)
+        out.append((B_cat, A_cat))
+    lib.quiver_concat(table, len(jobs), torch.get_num_threads())
+    return out

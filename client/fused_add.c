@@ -176,22 +176,28 @@ typedef struct {
     const quiver_term *terms;
 } quiver_job;
 
+/* What one thread does of a call: its share of the rows of every job. */
 typedef struct {
-    const quiver_job *jobs;
+    const void *jobs;
     int64_t njobs;
     int t, nthreads;
 } slice;
 
-static void *run_slice(void *arg) {
+static inline void share(int64_t rows, int64_t unit, const slice *s, int64_t *r0, int64_t *r1) {
+    const int64_t units = (rows + unit - 1) / unit;
+    *r0 = units * s->t / s->nthreads * unit;
+    *r1 = units * (s->t + 1) / s->nthreads * unit;
+    if (*r1 > rows) *r1 = rows;
+}
+
+static void *add_slice(void *arg) {
     const slice *s = arg;
     float *bs = 0;
     int64_t room = 0;
     for (int64_t J = 0; J < s->njobs; J++) {
-        const quiver_job *jb = s->jobs + J;
-        const int64_t tiles = (jb->m + TR - 1) / TR;
-        const int64_t r0 = tiles * s->t / s->nthreads * TR;
-        int64_t r1 = tiles * (s->t + 1) / s->nthreads * TR;
-        if (r1 > jb->m) r1 = jb->m;
+        const quiver_job *jb = (const quiver_job *)s->jobs + J;
+        int64_t r0, r1;
+        share(jb->m, TR, s, &r0, &r1);
         if (r0 >= r1) continue;
         int64_t rank = 0;
         for (int64_t t = 0; t < jb->nterms; t++) rank += jb->terms[t].r;
@@ -217,22 +223,69 @@ static void *run_slice(void *arg) {
     return 0;
 }
 
+/* For a GEMM library to do the product instead: the terms concatenated in the weight's dtype,
+ * b_out = [s_1 B_1 | ... | s_K B_K] (m x rank) and a_out = [A_1; ...; A_K] (rank x n), each element
+ * computed in fp32 and rounded once. */
+typedef struct {
+    void *b_out;
+    void *a_out;
+    int64_t m, n, dtype, nterms;
+    const quiver_term *terms;
+} quiver_concat_job;
+
+static void *concat_slice(void *arg) {
+    const slice *s = arg;
+    for (int64_t J = 0; J < s->njobs; J++) {
+        const quiver_concat_job *jb = (const quiver_concat_job *)s->jobs + J;
+        const int dt = (int)jb->dtype;
+        int64_t rank = 0, r0, r1;
+        for (int64_t t = 0; t < jb->nterms; t++) rank += jb->terms[t].r;
+        share(jb->m, 1, s, &r0, &r1);
+        for (int64_t i = r0; i < r1; i++) {
+            int64_t col = i * rank;
+            for (const quiver_term *t = jb->terms; t < jb->terms + jb->nterms; t++)
+                for (int64_t k = 0; k < t->r; k++) store1(dt, jb->b_out, col++, t->scale * t->b[i * t->b_row + k * t->b_col]);
+        }
+        share(rank, 1, s, &r0, &r1);
+        const int64_t nv = jb->n - jb->n % VL;
+        int64_t k0 = 0;
+        for (const quiver_term *t = jb->terms; t < jb->terms + jb->nterms; k0 += t->r, t++)
+            for (int64_t k = 0; k < t->r; k++) {
+                if (k0 + k < r0 || k0 + k >= r1) continue;
+                const float *src = t->a + k * jb->n;
+                const int64_t row = (k0 + k) * jb->n;
+                for (int64_t j = 0; j < nv; j += VL) storev(dt, jb->a_out, row + j, *(const vf_u *)(src + j));
+                for (int64_t j = nv; j < jb->n; j++) store1(dt, jb->a_out, row + j, src[j]);
+            }
+    }
+    return 0;
+}
+
 #define MAX_THREADS 256
 
-/* Every job, rows split evenly between nthreads threads (the caller's thread is one of them). */
-void quiver_add_products(const quiver_job *jobs, int64_t njobs, int nthreads) {
+/* worker over every job, each job's rows split evenly between nthreads threads (the caller's thread is
+ * one of them). */
+static void run(void *(*worker)(void *), const void *jobs, int64_t njobs, int nthreads) {
     pthread_t threads[MAX_THREADS];
     slice slices[MAX_THREADS];
     int started[MAX_THREADS] = {0};
     if (nthreads < 1) nthreads = 1;
     if (nthreads > MAX_THREADS) nthreads = MAX_THREADS;
     for (int t = 0; t < nthreads; t++) slices[t] = (slice){jobs, njobs, t, nthreads};
-    for (int t = 1; t < nthreads; t++) started[t] = pthread_create(&threads[t], 0, run_slice, &slices[t]) == 0;
-    run_slice(&slices[0]);
+    for (int t = 1; t < nthreads; t++) started[t] = pthread_create(&threads[t], 0, worker, &slices[t]) == 0;
+    worker(&slices[0]);
     for (int t = 1; t < nthreads; t++) {
         if (started[t])
             pthread_join(threads[t], 0);
         else
-            run_slice(&slices[t]); /* no thread to be had: do its share here */
+            worker(&slices[t]); /* no thread to be had: do its share here */
     }
+}
+
+void quiver_add_products(const quiver_job *jobs, int64_t njobs, int nthreads) {
+    run(add_slice, jobs, njobs, nthreads);
+}
+
+void quiver_concat(const quiver_concat_job *jobs, int64_t njobs, int nthreads) {
+    run(concat_slice, jobs, njobs, nthreads);
 }

@@ -102,7 +102,7 @@ def add_products(jobs: Sequence[fused_kernel.Job]) -> None:
     On a CPU the one-pass kernel (client/fused.py) takes every job it can, in one call, reading the
     adapters' factors where they lie; but where the CPU has a native GEMM for a low-precision dtype
     and the total rank is large, torch's GEMM is faster. Those jobs, and all jobs on a GPU or without
-    the kernel, go through add_product.
+    the kernel, concatenate their terms (CONCAT_CHUNK modules at a time) for add_product.
     """
     fused, rest = [], []
     for job in jobs:
@@ -113,25 +113,34 @@ def add_products(jobs: Sequence[fused_kernel.Job]) -> None:
         (fused if fits and not big else rest).append(job)
     if fused:
         fused_kernel.add_products(fused)
-    for weight, terms, out in rest:
-        add_product(weight, terms, out)
+    for start in range(0, len(rest), CONCAT_CHUNK):
+        chunk = rest[start : start + CONCAT_CHUNK]
+        factors = concatenated([(terms, product_dtype(weight), weight.device) for weight, terms, _ in chunk])
+        for (weight, _, out), (B, A) in zip(chunk, factors, strict=True):
+            add_product(weight, B, A, out)
 
 
+# Modules whose concatenated factors are built in one go (and held together): few kernel calls, and
+# torch's threads and the kernel's do not take turns spinning on the same cores.
+CONCAT_CHUNK = 32
 BLOCK_ROWS = 512
 
 
-def add_product(weight: torch.Tensor, terms: Sequence[fused_kernel.Term], out: torch.Tensor) -> None:
-    """out = weight + B_cat @ A_cat with torch alone, each element rounded once; `weight` is left untouched.
+def product_dtype(weight: torch.Tensor) -> torch.dtype:
+    """The dtype torch computes a merge's product in: the weight's own where that GEMM is native (fp32;
+    bf16/fp16 on a GPU, or on a CPU with the instructions), else fp32."""
+    return weight.dtype if weight.device.type != "cpu" or native_gemm(weight.dtype) else torch.float32
 
-    One addmm in the weight's dtype where that GEMM is native (fp32; bf16/fp16 on a GPU or on a CPU
-    with the instructions; these GEMMs accumulate in fp32 and add W before rounding), on factors
-    rounded once to that dtype. Otherwise bf16 and fp16 GEMMs are slow (44x slower than fp32 on an
-    AVX2 CPU), so the product is computed in fp32 a block of rows at a time (a few MB, never the whole
-    dense delta) and added, rounded once.
+
+def add_product(weight: torch.Tensor, B: torch.Tensor, A: torch.Tensor, out: torch.Tensor) -> None:
+    """out = weight + B @ A with torch alone, each element rounded once; `weight` is left untouched.
+
+    B and A in product_dtype(weight). In the weight's dtype: one addmm (these GEMMs accumulate in fp32
+    and add W before rounding). In fp32 for a bf16/fp16 weight, whose GEMMs are slow on this CPU (44x
+    slower than fp32 on an AVX2 CPU): the product a block of rows at a time (a few MB, never the whole
+    dense delta), added and rounded once.
     """
-    native = weight.device.type != "cpu" or native_gemm(weight.dtype)
-    B, A = concatenated(terms, weight.dtype if native else torch.float32, weight.device)
-    if native:
+    if B.dtype == weight.dtype:
         torch.addmm(weight, B, A, out=out)
         return
     for start in range(0, weight.shape[0], BLOCK_ROWS):
@@ -140,21 +149,30 @@ def add_product(weight: torch.Tensor, terms: Sequence[fused_kernel.Term], out: t
 
 
 def concatenated(
-    terms: Sequence[fused_kernel.Term], dtype: torch.dtype, device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """B_cat = [s_1 B_1 | ... | s_K B_K] and A_cat = [A_1; ...; A_K] in `dtype` on `device` (the weight's,
-    wherever the adapter was loaded), written straight into their place (s_t B_t computed in fp32,
-    then rounded once)."""
-    m, n, rank = terms[0][0].shape[0], terms[0][1].shape[1], sum(A.shape[0] for _, A, _ in terms)
-    B_cat = torch.empty(m, rank, dtype=dtype, device=device)
-    A_cat = torch.empty(rank, n, dtype=dtype, device=device)
-    start = 0
-    for B, A, scale in terms:
-        cols = slice(start, start + A.shape[0])
-        torch.mul(B.to(device, torch.float32), scale, out=B_cat[:, cols])
-        A_cat[cols].copy_(A)
-        start = cols.stop
-    return B_cat, A_cat
+    items: Sequence[tuple[Sequence[fused_kernel.Term], torch.dtype, torch.device]],
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """For each (terms, dtype, device): B_cat = [s_1 B_1 | ... | s_K B_K] and A_cat = [A_1; ...; A_K] in
+    `dtype` on `device` (the weight's, wherever the adapters were loaded), s_t B_t computed in fp32 and
+    rounded once. On a CPU the kernel builds them all in one pass; torch takes one per term."""
+    out: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * len(items)
+    native = [i for i, (_, dtype, device) in enumerate(items) if device.type == "cpu" and fused_kernel.supports(dtype)]
+    if native:
+        for i, factors in zip(native, fused_kernel.concatenated([items[i][:2] for i in native]), strict=True):
+            out[i] = factors
+    for i, (terms, dtype, device) in enumerate(items):
+        if out[i] is not None:
+            continue
+        m, n, rank = terms[0][0].shape[0], terms[0][1].shape[1], sum(A.shape[0] for _, A, _ in terms)
+        B_cat = torch.empty(m, rank, dtype=dtype, device=device)
+        A_cat = torch.empty(rank, n, dtype=dtype, device=device)
+        start = 0
+        for B, A, scale in terms:
+            cols = slice(start, start + A.shape[0])
+            torch.mul(B.to(device, torch.float32), scale, out=B_cat[:, cols])
+            A_cat[cols].copy_(A)
+            start = cols.stop
+        out[i] = (B_cat, A_cat)
+    return out
 
 
 def _state(model: nn.Module) -> dict[str, dict[str, torch.Tensor]]:

@@ -101,6 +101,25 @@ def test_kernel_refuses_what_it_cannot_compute(kernel: None) -> None:
         fused.add_products([(weight, make_terms(8, 16, [2], seed=1), torch.empty(8, 16, dtype=torch.bfloat16))])
 
 
+def test_kernel_concatenates_factors_as_torch_does(kernel: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The factors handed to a GEMM instead of the kernel (B_cat = [s_t B_t], A_cat = [A_t]): built by
+    the kernel in one pass or by torch term by term, bitwise the same, in the order asked, also when
+    some dtypes are the kernel's and some (float64) are not."""
+    cpu = torch.device("cpu")
+    items = [
+        (make_terms(130, 200, [3, 16, 5], seed=4, transposed=True), dtype, cpu)
+        for dtype in [torch.bfloat16, torch.float64, torch.float32, torch.float16]
+    ]
+    with_kernel = merge_module.concatenated(items)
+    monkeypatch.setenv("QUIVER_FUSED_KERNEL", "0")
+    with_torch = merge_module.concatenated(items)
+    for (terms, dtype, _), (B, A), (B_t, A_t) in zip(items, with_kernel, with_torch, strict=True):
+        assert B.dtype == A.dtype == dtype and B.shape == (130, 24) and A.shape == (24, 200)
+        assert torch.equal(B, B_t) and torch.equal(A, A_t)
+        assert torch.equal(B[:, 3:19], (terms[1][0].double() * terms[1][2]).float().to(dtype))
+        assert torch.equal(A[19:], terms[2][1].to(dtype))
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("native", [True, False])
 def test_torch_paths_round_the_exact_sum_once(
@@ -117,7 +136,8 @@ def test_torch_paths_round_the_exact_sum_once(
     weight = (torch.randn(m, n, generator=torch.Generator().manual_seed(5)) * 0.1).to(dtype)
     terms = make_terms(m, n, [16, 16, 16], seed=2, transposed=True)
     out = torch.full_like(weight, float("nan"))
-    merge_module.add_product(weight, terms, out)
+    [(B, A)] = merge_module.concatenated([(terms, merge_module.product_dtype(weight), weight.device)])
+    merge_module.add_product(weight, B, A, out)
     if native and dtype != torch.float32:  # the factors were rounded to the dtype: judge against that
         terms = [((B * s).to(dtype).float(), A.to(dtype).float(), 1.0) for B, A, s in terms]
     assert_rounded_once(out, weight, terms)

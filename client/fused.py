@@ -10,6 +10,8 @@ into QUIVER_CACHE/kernels, under a name that hashes the source, the compiler and
 and loaded with ctypes: nothing is built at install time and a wheel stays pure Python. Where it
 cannot be built (no compiler), merges use torch alone and a RuntimeWarning says so once.
 QUIVER_FUSED_KERNEL=0 turns it off.
+
+It also concatenates the factors of the merges that go to torch's GEMM instead (concatenated()).
 """
 
 from __future__ import annotations

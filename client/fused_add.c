@@ -1,15 +1,19 @@
-/* out = W + sum_t s_t B_t A_t in one pass over W, for many weights in one call (client/fused.py builds and calls it).
+/* The merge kernel (client/fused.py builds and calls it). Two entry points, each over many weights in
+ * one call, rows split between threads (pthreads):
  *
- * W and out: m x n, fp32, bf16 or fp16, row-major. The product is a sum of terms s_t B_t A_t, each
- * B_t (m x r_t, any strides) and A_t (r_t x n, rows contiguous) in fp32, read where they lie: the
- * adapters' own factors, never concatenated or scaled copies. Each element of out is
- * W[i, j] + sum_t sum_k s_t B_t[i, k] A_t[k, j], accumulated in fp32 registers and rounded once to
- * W's dtype (round to nearest even, as torch rounds). W is read once and out written once: no product matrix is
- * ever stored, which is what makes a low-rank merge run at the speed of memory rather than at the
- * speed of a GEMM that writes its result and then adds it.
+ * quiver_add_products: out = W + sum_t s_t B_t A_t in one pass over W. W and out: m x n, fp32, bf16
+ * or fp16, row-major. Each B_t (m x r_t, any strides) and A_t (r_t x n, rows contiguous) is fp32 and
+ * read where it lies: the adapters' own factors, never concatenated or scaled copies. Each element of
+ * out is W[i, j] + sum_t sum_k s_t B_t[i, k] A_t[k, j], accumulated in fp32 registers and rounded
+ * once to W's dtype (round to nearest even, as torch rounds). W is read once and out written once:
+ * no product matrix is ever stored, so a low-rank merge runs at the speed of memory rather than at
+ * the speed of a GEMM that writes its result and then adds it.
  *
- * Written with GCC/Clang vector extensions (16 floats per vector), so the same source compiles to
- * AVX-512, AVX2 or NEON under -march=native. Rows are split between threads (pthreads).
+ * quiver_concat: for the weights a GEMM library multiplies instead, the terms concatenated in the
+ * weight's dtype, [s_1 B_1 | ... | s_K B_K] and [A_1; ...; A_K], in one pass.
+ *
+ * Written with GCC/Clang vector extensions (one vector = one register of the widest unit), so the
+ * same source compiles to AVX-512, AVX2 or NEON under -march=native.
  */
 #include <pthread.h>
 #include <stdint.h>

@@ -159,6 +159,11 @@ def supports(dtype: torch.dtype) -> bool:
     return lib is not None and dtype in _CODES and bool(lib.quiver_fused_dtypes() >> _CODES[dtype] & 1)
 
 
+def term_shape(terms: Sequence[Term]) -> tuple[int, int, int]:
+    """(m, n, rank) of a sum of terms s_t B_t A_t: the weight's shape and the total rank."""
+    return terms[0][0].shape[0], terms[0][1].shape[1], sum(A.shape[0] for _, A, _ in terms)
+
+
 def _library_or_raise() -> ctypes.CDLL:
     lib = library()
     if lib is None:
@@ -210,7 +215,7 @@ def concatenated(jobs: Sequence[tuple[Sequence[Term], torch.dtype]]) -> list[tup
     keep: list = []
     out = []
     for slot, (terms, dtype) in zip(table, jobs, strict=True):
-        m, n, rank = terms[0][0].shape[0], terms[0][1].shape[1], sum(A.shape[0] for _, A, _ in terms)
+        m, n, rank = term_shape(terms)
         B_cat, A_cat = torch.empty(m, rank, dtype=dtype), torch.empty(rank, n, dtype=dtype)
         slot.b_out, slot.a_out, slot.m, slot.n = B_cat.data_ptr(), A_cat.data_ptr(), m, n
         slot.dtype, slot.nterms, slot.terms = _CODES[dtype], len(terms), _term_table(terms, m, n, keep)

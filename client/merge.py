@@ -107,7 +107,7 @@ def add_products(jobs: Sequence[fused_kernel.Job]) -> None:
     fused, rest = [], []
     for job in jobs:
         weight, terms, _ = job
-        rank = sum(A.shape[0] for _, A, _ in terms)
+        _, _, rank = fused_kernel.term_shape(terms)
         big = rank >= NATIVE_GEMM_MIN_RANK and weight.dtype != torch.float32 and native_gemm(weight.dtype)
         fits = weight.device.type == "cpu" and weight.is_contiguous() and fused_kernel.supports(weight.dtype)
         (fused if fits and not big else rest).append(job)
@@ -155,14 +155,14 @@ def concatenated(
     `dtype` on `device` (the weight's, wherever the adapters were loaded), s_t B_t computed in fp32 and
     rounded once. On a CPU the kernel builds them all in one pass; torch takes one per term."""
     out: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * len(items)
-    native = [i for i, (_, dtype, device) in enumerate(items) if device.type == "cpu" and fused_kernel.supports(dtype)]
-    if native:
-        for i, factors in zip(native, fused_kernel.concatenated([items[i][:2] for i in native]), strict=True):
+    by_kernel = [i for i, (_, dt, device) in enumerate(items) if device.type == "cpu" and fused_kernel.supports(dt)]
+    if by_kernel:
+        for i, factors in zip(by_kernel, fused_kernel.concatenated([items[i][:2] for i in by_kernel]), strict=True):
             out[i] = factors
     for i, (terms, dtype, device) in enumerate(items):
         if out[i] is not None:
             continue
-        m, n, rank = terms[0][0].shape[0], terms[0][1].shape[1], sum(A.shape[0] for _, A, _ in terms)
+        m, n, rank = fused_kernel.term_shape(terms)
         B_cat = torch.empty(m, rank, dtype=dtype, device=device)
         A_cat = torch.empty(rank, n, dtype=dtype, device=device)
         start = 0

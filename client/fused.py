@@ -103,19 +103,30 @@ def kernel_path() -> Path:
     return default_cache_dir() / "kernels" / f"fused_add-{key[:20]}.so"
 
 
-def _build(target: Path) -> None:
+def _build(target: Path, flags: Sequence[str] = FLAGS) -> None:
     """Compile into a temporary name and rename: processes building at once never see half a file."""
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         built = Path(tmp) / target.name
         subprocess.run(
-            [*_compiler(), *FLAGS, "-o", str(built), str(SOURCE)],
+            [*_compiler(), *flags, "-o", str(built), str(SOURCE)],
             check=True,
             capture_output=True,
             text=True,
             timeout=300,
         )
         os.replace(built, target)
+
+
+def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
+    """Declare the kernel's entry points to ctypes."""
+    lib.quiver_add_products.restype = ctypes.c_int
+    lib.quiver_add_products.argtypes = [ctypes.POINTER(_Job), ctypes.c_int64, ctypes.c_int]
+    lib.quiver_concat.restype = None
+    lib.quiver_concat.argtypes = [ctypes.POINTER(_ConcatJob), ctypes.c_int64, ctypes.c_int]
+    lib.quiver_fused_dtypes.restype = ctypes.c_int
+    lib.quiver_fused_dtypes.argtypes = []
+    return lib
 
 
 def _load() -> ctypes.CDLL | None:
@@ -134,13 +145,7 @@ def _load() -> ctypes.CDLL | None:
             stacklevel=4,
         )
         return None
-    lib.quiver_add_products.restype = None
-    lib.quiver_add_products.argtypes = [ctypes.POINTER(_Job), ctypes.c_int64, ctypes.c_int]
-    lib.quiver_concat.restype = None
-    lib.quiver_concat.argtypes = [ctypes.POINTER(_ConcatJob), ctypes.c_int64, ctypes.c_int]
-    lib.quiver_fused_dtypes.restype = ctypes.c_int
-    lib.quiver_fused_dtypes.argtypes = []
-    return lib
+    return _bind(lib)
 
 
 def library() -> ctypes.CDLL | None:
@@ -190,7 +195,9 @@ def add_products(jobs: Sequence[Job]) -> None:
 
     weight and out: contiguous m x n CPU tensors of one dtype that supports() accepts. Each term's B
     (m x r, any strides) and A (r x n) are read in place when they are fp32 and A's rows are
-    contiguous, else converted first. Each element is rounded once to the weight's dtype.
+    contiguous, else converted first. Each element is rounded once to the weight's dtype. MemoryError
+    when the kernel cannot allocate its packing buffers (a few MB): `out` may then be partly written,
+    `weight` never.
     """
     lib = _library_or_raise()
     table = (_Job * len(jobs))()
@@ -203,7 +210,8 @@ def add_products(jobs: Sequence[Job]) -> None:
         m, n = weight.shape
         slot.w, slot.out, slot.m, slot.n = weight.data_ptr(), out.data_ptr(), m, n
         slot.dtype, slot.nterms, slot.terms = _CODES[weight.dtype], len(terms), _term_table(terms, m, n, keep)
-    lib.quiver_add_products(table, len(jobs), torch.get_num_threads())
+    if lib.quiver_add_products(table, len(jobs), torch.get_num_threads()):
+        raise MemoryError("the fused merge kernel could not allocate its packing buffers")
 
 
 def concatenated(jobs: Sequence[tuple[Sequence[Term], torch.dtype]]) -> list[tuple[torch.Tensor, torch.Tensor]]:

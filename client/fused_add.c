@@ -2,23 +2,27 @@
  * one call, rows split between threads (pthreads):
  *
  * quiver_add_products: out = W + sum_t s_t B_t A_t in one pass over W. W and out: m x n, fp32, bf16
- * or fp16, row-major. Each B_t (m x r_t, any strides) and A_t (r_t x n, rows contiguous) is fp32 and
- * read where it lies: the adapters' own factors, never concatenated or scaled copies. Each element of
- * out is W[i, j] + sum_t sum_k s_t B_t[i, k] A_t[k, j], accumulated in fp32 registers and rounded
- * once to W's dtype (round to nearest even, as torch rounds). W is read once and out written once:
- * no product matrix is ever stored, so a low-rank merge runs at the speed of memory rather than at
- * the speed of a GEMM that writes its result and then adds it.
+ * or fp16, row-major. Each B_t (m x r_t, any strides) and A_t (r_t x n, rows contiguous) is fp32.
+ * Each element of out is W[i, j] + sum_t sum_k s_t B_t[i, k] A_t[k, j], accumulated in fp32 registers
+ * and rounded once to W's dtype (round to nearest even, as torch rounds). W is read once and out
+ * written once: no product matrix is ever stored. The product is computed as BLIS computes a GEMM: A's
+ * columns packed into panels, the rows of B for a tile packed side by side, and a register tile of
+ * MR x NR accumulators fed from them (see products()).
  *
  * quiver_concat: for the weights a GEMM library multiplies instead, the terms concatenated in the
  * weight's dtype, [s_1 B_1 | ... | s_K B_K] and [A_1; ...; A_K], in one pass.
  *
  * Written with GCC/Clang vector extensions (one vector = one register of the widest unit), so the
- * same source compiles to AVX-512, AVX2 or NEON under -march=native.
+ * same source compiles to AVX-512, AVX2 or NEON under -march=native; bf16 on AVX2 has a few
+ * instructions of its own (add_row).
  */
 #include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#if defined(__AVX2__) && !defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 
 /* VL floats per vector: one register of the widest vector unit (AVX-512: 16, AVX2 and NEON: 8). */
 #if defined(__AVX512F__)
@@ -90,13 +94,16 @@ static inline vf loadv(int dt, const void *p, int64_t i) {
     return *(const vf_u *)((const float *)p + i);
 }
 
+/* f rounded to bf16 in the high half of each 32-bit lane: to nearest, ties to even (as torch rounds);
+ * a NaN keeps its sign and payload and becomes quiet. */
+static inline vu bf16_high(vf f) {
+    const vu u = (vu)f, nan = (vu)(f != f);
+    return ((u + 0x7fffu + ((u >> 16) & 1u)) & ~nan) | ((u | 0x400000u) & nan);
+}
+
 static inline void storev(int dt, void *p, int64_t i, vf f) {
     if (dt == BF16) {
-        vu u = (vu)f;
-        vu rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
-        vu nan = (vu)((u & 0x7fffffffu) > 0x7f800000u);
-        rounded = (rounded & ~nan) | (((u >> 16) | 0x40u) & nan);
-        *(vh_u *)((uint16_t *)p + i) = __builtin_convertvector(rounded, vh);
+        *(vh_u *)((uint16_t *)p + i) = __builtin_convertvector(bf16_high(f) >> 16, vh);
         return;
     }
 #if HAVE_F16
@@ -108,6 +115,62 @@ static inline void storev(int dt, void *p, int64_t i, vf f) {
     *(vf_u *)((float *)p + i) = f;
 }
 
+/* The register tile, as in BLIS's sgemm micro-kernels: MR rows by NV vectors (NR = NV * VL columns).
+ * MR * NV accumulators, NV vectors of A and one broadcast of B stay in registers through the whole
+ * rank: AVX2 has 16 vector registers (6 x 2 uses 15), AVX-512 32 (6 x 4 uses 29), NEON 32 of half
+ * our vector width (6 x 2 uses 29). On a 2-core AMD EPYC (AVX2) this tile runs at ~90 GFLOP/s per
+ * core hot; 4 x 3 (fewer broadcasts) and 8 x 1 were slower, and more accumulators do not fit. */
+#ifndef MR
+#define MR 6
+#endif
+#ifndef NV
+#if defined(__AVX512F__)
+#define NV 4
+#else
+#define NV 2
+#endif
+#endif
+#define NR (VL * NV)
+/* Packed A per block of columns: all of A for most modules (2 MB is rank 128 over 4096 columns). It is
+ * read once per tile of rows, sequentially, which streams as fast from L3 as from L1; blocking only
+ * bounds the buffer (B's rows are packed again for every block). */
+#ifndef A_BLOCK_BYTES
+#define A_BLOCK_BYTES (2 * 1024 * 1024)
+#endif
+
+#if defined(__AVX2__) && !defined(__AVX512F__)
+/* bf16 on AVX2, which has neither bf16 conversions nor an 8-lane narrowing store: loads widen in one
+ * instruction, and rounding is the same integer arithmetic as bf16_high with the NaN lanes blended in. */
+static inline vf bf16_load8(const uint16_t *p) {
+    return (vf)_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p)), 16);
+}
+
+static inline __m256i bf16_round8(vf f) {
+    const __m256i u = (__m256i)f;
+    const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
+    const __m256i rounded = _mm256_add_epi32(_mm256_add_epi32(u, _mm256_set1_epi32(0x7fff)), lsb);
+    const __m256i quiet = _mm256_or_si256(u, _mm256_set1_epi32(0x400000));
+    const __m256 nan = _mm256_cmp_ps((__m256)f, (__m256)f, _CMP_UNORD_Q);
+    return _mm256_srli_epi32((__m256i)_mm256_blendv_ps((__m256)rounded, (__m256)quiet, nan), 16);
+}
+#endif
+
+/* One row of a tile: out[i ...] = w[i ...] + f[0 .. NV), each element rounded once to the dtype. */
+static inline void add_row(int dt, const void *w, void *out, int64_t i, const vf *f) {
+#if defined(__AVX2__) && !defined(__AVX512F__)
+    if (dt == BF16 && NV % 2 == 0) {
+        for (int v = 0; v < NV; v += 2) {
+            const uint16_t *src = (const uint16_t *)w + i + VL * v;
+            const __m256i lo = bf16_round8(bf16_load8(src) + f[v]), hi = bf16_round8(bf16_load8(src + VL) + f[v + 1]);
+            _mm256_storeu_si256((__m256i *)((uint16_t *)out + i + VL * v),
+                                _mm256_permute4x64_epi64(_mm256_packus_epi32(lo, hi), 0xd8));
+        }
+        return;
+    }
+#endif
+    for (int v = 0; v < NV; v++) storev(dt, out, i + VL * v, loadv(dt, w, i + VL * v) + f[v]);
+}
+
 typedef struct {
     const float *b; /* B[i, k] = b[i * b_row + k * b_col] */
     const float *a; /* A[k, j] = a[k * n + j] */
@@ -115,62 +178,84 @@ typedef struct {
     float scale;
 } quiver_term;
 
-/* Columns [j0, n) of row i, one element at a time. */
-static inline void add_tail(int dt, const void *w, void *out, int64_t n, const quiver_term *terms, int64_t nterms,
-                            int64_t i, int64_t j0) {
-    for (int64_t j = j0; j < n; j++) {
-        float acc = load1(dt, w, i * n + j);
-        for (const quiver_term *t = terms; t < terms + nterms; t++)
-            for (int64_t k = 0; k < t->r; k++) acc += t->scale * t->b[i * t->b_row + k * t->b_col] * t->a[k * n + j];
-        store1(dt, out, i * n + j, acc);
+/* Columns [j0, j0 + nc) of A_cat = [A_1; ...; A_K] (rank x n) packed as ceil(nc / NR) panels: panel p
+ * holds, for k = 0 .. rank-1 in turn, the NR values A_cat[k, j0 + p NR ...], zero past column j0 + nc.
+ * The tile's loop then reads A sequentially from one small block (A's rows themselves lie n floats
+ * apart: with n = 1024 every one maps to the same L1 set). */
+static void pack_a(const quiver_term *terms, int64_t nterms, int64_t rank, int64_t n, int64_t j0, int64_t nc,
+                   float *ap) {
+    int64_t k = 0;
+    for (const quiver_term *t = terms; t < terms + nterms; t++)
+        for (int64_t kt = 0; kt < t->r; kt++, k++) {
+            const float *src = t->a + kt * n + j0;
+            for (int64_t p = 0; p * NR < nc; p++) {
+                float *dst = ap + (p * rank + k) * NR;
+                const int64_t cols = nc - p * NR < NR ? nc - p * NR : NR;
+                if (cols == NR) {
+                    for (int v = 0; v < NV; v++) *(vf *)(dst + v * VL) = *(const vf_u *)(src + p * NR + v * VL);
+                } else {
+                    memcpy(dst, src + p * NR, sizeof(float) * cols);
+                    memset(dst + cols, 0, sizeof(float) * (NR - cols));
+                }
+            }
+        }
+}
+
+/* Rows [i, i + mr) of B_cat = [s_1 B_1 | ... | s_K B_K], k-major (MR values per k), zero past row i + mr:
+ * the tile's broadcasts read it sequentially, whatever the strides of the B_t. */
+static void pack_b(const quiver_term *terms, int64_t nterms, int64_t i, int mr, float *bp) {
+    for (const quiver_term *t = terms; t < terms + nterms; bp += t->r * MR, t++)
+        for (int q = 0; q < MR; q++) {
+            const float *row = t->b + (i + q) * t->b_row;
+            for (int64_t k = 0; k < t->r; k++) bp[k * MR + q] = q < mr ? t->scale * row[k * t->b_col] : 0.0f;
+        }
+}
+
+/* The MR x NR block of B_cat A_cat from packed slivers, in fp32 registers. */
+static inline __attribute__((always_inline)) void products(const float *restrict ap, const float *restrict bp,
+                                                           int64_t rank, vf c[MR][NV]) {
+    for (int q = 0; q < MR; q++)
+        for (int v = 0; v < NV; v++) c[q][v] = (vf){0};
+#pragma GCC unroll 4
+    for (int64_t k = 0; k < rank; k++, ap += NR, bp += MR) {
+        vf a[NV];
+        for (int v = 0; v < NV; v++) a[v] = *(const vf *)(ap + v * VL);
+        for (int q = 0; q < MR; q++)
+            for (int v = 0; v < NV; v++) c[q][v] += bp[q] * a[v];
     }
 }
 
-/* The register tile: TR rows by TV vectors of VL columns, TR * TV accumulators kept in registers while
- * the r rank-one updates stream through them (AVX-512 has 32 vector registers, AVX2 16). */
-#ifndef TR
-#define TR 4
-#if defined(__AVX512F__)
-#define TV 4
-#else
-#define TV 2
-#endif
-#endif
-#define TN (VL * TV)
-
-/* Rows [r0, r1) of out = W + sum_t s_t B_t A_t. For each tile of rows the scaled rows of every B_t are
- * first gathered side by side into bs (TR x rank): the innermost loop then only loads A, broadcasts
- * from L1 and does FMAs, whatever the strides of B and however many terms. */
-static inline __attribute__((always_inline)) void add_rows(int dt, const void *w, void *out, int64_t n,
-                                                           const quiver_term *terms, int64_t nterms, int64_t rank,
-                                                           float *bs, int64_t r0, int64_t r1) {
-    const int64_t nt = n - n % TN;
-    int64_t i = r0;
-    for (; i + TR <= r1; i += TR) {
-        for (int q = 0; q < TR; q++) {
-            float *row = bs + q * rank;
-            for (const quiver_term *t = terms; t < terms + nterms; row += t->r, t++)
-                for (int64_t k = 0; k < t->r; k++) row[k] = t->scale * t->b[(i + q) * t->b_row + k * t->b_col];
-        }
-        for (int64_t j = 0; j < nt; j += TN) {
-            vf c[TR][TV];
-            for (int q = 0; q < TR; q++)
-                for (int v = 0; v < TV; v++) c[q][v] = loadv(dt, w, (i + q) * n + j + VL * v);
-            const float *bk = bs;
-            for (const quiver_term *t = terms; t < terms + nterms; t++) {
-                for (int64_t k = 0; k < t->r; k++, bk++) {
-                    vf ak[TV];
-                    for (int v = 0; v < TV; v++) ak[v] = *(const vf_u *)(t->a + k * n + j + VL * v);
-                    for (int q = 0; q < TR; q++)
-                        for (int v = 0; v < TV; v++) c[q][v] += bk[q * rank] * ak[v];
-                }
+/* Rows [r0, r1) and columns [j0, j0 + nc) of out = W + B_cat A_cat, with A's columns packed in ap. The
+ * products are summed first and W added last, so W's loads overlap the arithmetic; the next tile's
+ * rows of W are fetched ahead. Each element is rounded once, when it is stored. */
+static inline __attribute__((always_inline)) void add_block(int dt, const void *w, void *out, int64_t n,
+                                                            const quiver_term *terms, int64_t nterms, int64_t rank,
+                                                            const float *ap, float *bp, int64_t j0, int64_t nc,
+                                                            int64_t r0, int64_t r1) {
+    const int64_t size = dt == F32 ? 4 : 2;
+    for (int64_t i = r0; i < r1; i += MR) {
+        const int mr = r1 - i < MR ? (int)(r1 - i) : MR;
+        pack_b(terms, nterms, i, mr, bp);
+        for (int64_t j = j0, p = 0; j < j0 + nc; j += NR, p++) {
+            vf c[MR][NV];
+            products(ap + p * rank * NR, bp, rank, c);
+            for (int q = 0; q < MR && i + MR + q < r1; q++) /* the next tile's rows of W, while this one computes */
+                for (int64_t b = 0; b < NR * size; b += 64) __builtin_prefetch((const char *)w + ((i + MR + q) * n + j) * size + b);
+            const int64_t nr = j0 + nc - j < NR ? j0 + nc - j : NR;
+            if (mr == MR && nr == NR) {
+                for (int q = 0; q < MR; q++) add_row(dt, w, out, (i + q) * n + j, c[q]);
+            } else { /* an edge of the matrix: the tile was computed whole (zero padded), only part is kept */
+                float tile[MR][NR];
+                for (int q = 0; q < MR; q++)
+                    for (int v = 0; v < NV; v++) *(vf_u *)&tile[q][VL * v] = c[q][v];
+                for (int q = 0; q < mr; q++)
+                    for (int64_t jj = 0; jj < nr; jj++) {
+                        const int64_t at = (i + q) * n + j + jj;
+                        store1(dt, out, at, load1(dt, w, at) + tile[q][jj]);
+                    }
             }
-            for (int q = 0; q < TR; q++)
-                for (int v = 0; v < TV; v++) storev(dt, out, (i + q) * n + j + VL * v, c[q][v]);
         }
-        for (int q = 0; q < TR; q++) add_tail(dt, w, out, n, terms, nterms, i + q, nt);
     }
-    for (; i < r1; i++) add_tail(dt, w, out, n, terms, nterms, i, 0);
 }
 
 typedef struct {
@@ -180,11 +265,11 @@ typedef struct {
     const quiver_term *terms;
 } quiver_job;
 
-/* What one thread does of a call: its share of the rows of every job. */
+/* What one thread does of a call: its share of the rows of every job; `failed` when it could not. */
 typedef struct {
     const void *jobs;
     int64_t njobs;
-    int t, nthreads;
+    int t, nthreads, failed;
 } slice;
 
 static inline void share(int64_t rows, int64_t unit, const slice *s, int64_t *r0, int64_t *r1) {
@@ -194,36 +279,49 @@ static inline void share(int64_t rows, int64_t unit, const slice *s, int64_t *r0
     if (*r1 > rows) *r1 = rows;
 }
 
+/* A buffer of at least `floats` floats, 64-byte aligned, grown as needed; 0 when memory is short. */
+static float *room_for(float **buf, int64_t *room, int64_t floats) {
+    if (floats > *room) {
+        free(*buf);
+        *room = (floats + 15) / 16 * 16;
+        *buf = aligned_alloc(64, sizeof(float) * *room);
+        if (!*buf) *room = 0;
+    }
+    return *buf;
+}
+
 static void *add_slice(void *arg) {
-    const slice *s = arg;
-    float *bs = 0;
-    int64_t room = 0;
+    slice *s = arg;
+    float *ap = 0, *bp = 0;
+    int64_t a_room = 0, b_room = 0;
     for (int64_t J = 0; J < s->njobs; J++) {
         const quiver_job *jb = (const quiver_job *)s->jobs + J;
-        int64_t r0, r1;
-        share(jb->m, TR, s, &r0, &r1);
+        int64_t r0, r1, rank = 0;
+        share(jb->m, MR, s, &r0, &r1);
         if (r0 >= r1) continue;
-        int64_t rank = 0;
         for (int64_t t = 0; t < jb->nterms; t++) rank += jb->terms[t].r;
-        if (TR * rank > room) {
-            free(bs);
-            room = TR * rank;
-            bs = malloc(sizeof(float) * room);
-            if (!bs) room = 0;
+        /* columns a block: as many whole panels as A_BLOCK_BYTES holds (one at least), all of n if fewer */
+        int64_t cols = A_BLOCK_BYTES / (int64_t)sizeof(float) / (rank > 0 ? rank : 1) / NR * NR;
+        if (cols < NR) cols = NR;
+        if (cols > (jb->n + NR - 1) / NR * NR) cols = (jb->n + NR - 1) / NR * NR;
+        if (!room_for(&ap, &a_room, rank * cols + 1) || !room_for(&bp, &b_room, rank * MR + 1)) {
+            s->failed = 1; /* no memory for the packed factors (a few MB at most) */
+            break;
         }
-        if (!bs) { /* no memory for the gathered rows: the plain loop needs none */
-            for (int64_t i = r0; i < r1; i++) add_tail(jb->dtype, jb->w, jb->out, jb->n, jb->terms, jb->nterms, i, 0);
-            continue;
-        }
-        switch (jb->dtype) {
-        case BF16: add_rows(BF16, jb->w, jb->out, jb->n, jb->terms, jb->nterms, rank, bs, r0, r1); break;
+        for (int64_t j0 = 0; j0 < jb->n; j0 += cols) {
+            const int64_t nc = jb->n - j0 < cols ? jb->n - j0 : cols;
+            pack_a(jb->terms, jb->nterms, rank, jb->n, j0, nc, ap);
+            switch (jb->dtype) {
+            case BF16: add_block(BF16, jb->w, jb->out, jb->n, jb->terms, jb->nterms, rank, ap, bp, j0, nc, r0, r1); break;
 #if HAVE_F16
-        case F16: add_rows(F16, jb->w, jb->out, jb->n, jb->terms, jb->nterms, rank, bs, r0, r1); break;
+            case F16: add_block(F16, jb->w, jb->out, jb->n, jb->terms, jb->nterms, rank, ap, bp, j0, nc, r0, r1); break;
 #endif
-        default: add_rows(F32, jb->w, jb->out, jb->n, jb->terms, jb->nterms, rank, bs, r0, r1); break;
+            default: add_block(F32, jb->w, jb->out, jb->n, jb->terms, jb->nterms, rank, ap, bp, j0, nc, r0, r1); break;
+            }
         }
     }
-    free(bs);
+    free(ap);
+    free(bp);
     return 0;
 }
 
@@ -269,13 +367,13 @@ static void *concat_slice(void *arg) {
 
 /* worker over every job, each job's rows split evenly between nthreads threads (the caller's thread is
  * one of them). */
-static void run(void *(*worker)(void *), const void *jobs, int64_t njobs, int nthreads) {
+static int run(void *(*worker)(void *), const void *jobs, int64_t njobs, int nthreads) {
     pthread_t threads[MAX_THREADS];
     slice slices[MAX_THREADS];
     int started[MAX_THREADS] = {0};
     if (nthreads < 1) nthreads = 1;
     if (nthreads > MAX_THREADS) nthreads = MAX_THREADS;
-    for (int t = 0; t < nthreads; t++) slices[t] = (slice){jobs, njobs, t, nthreads};
+    for (int t = 0; t < nthreads; t++) slices[t] = (slice){jobs, njobs, t, nthreads, 0};
     for (int t = 1; t < nthreads; t++) started[t] = pthread_create(&threads[t], 0, worker, &slices[t]) == 0;
     worker(&slices[0]);
     for (int t = 1; t < nthreads; t++) {
@@ -284,12 +382,17 @@ static void run(void *(*worker)(void *), const void *jobs, int64_t njobs, int nt
         else
             worker(&slices[t]); /* no thread to be had: do its share here */
     }
+    int failed = 0;
+    for (int t = 0; t < nthreads; t++) failed |= slices[t].failed;
+    return failed;
 }
 
-void quiver_add_products(const quiver_job *jobs, int64_t njobs, int nthreads) {
-    run(add_slice, jobs, njobs, nthreads);
+/* 0 when every job is done; nonzero when memory for the packed factors could not be had (some of
+ * `out` may then be written, never W). */
+int quiver_add_products(const quiver_job *jobs, int64_t njobs, int nthreads) {
+    return run(add_slice, jobs, njobs, nthreads);
 }
 
 void quiver_concat(const quiver_concat_job *jobs, int64_t njobs, int nthreads) {
-    run(concat_slice, jobs, njobs, nthreads);
+    (void)run(concat_slice, jobs, njobs, nthreads);
 }

@@ -3,8 +3,10 @@ is computed on a CPU, against exact float64 arithmetic."""
 
 from __future__ import annotations
 
+import ctypes
 import importlib
 import os
+import platform
 import subprocess
 import sys
 import textwrap
@@ -65,12 +67,17 @@ def kernel() -> None:
     assert fused.library() is not None, "the fused merge kernel must build on this machine (a C compiler is here)"
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize(
-    ("m", "n", "ranks"),
-    [(7, 37, [1]), (64, 64, [16]), (130, 200, [3, 16, 5]), (1, 129, [2, 2]), (300, 1024, [16] * 8)],
-)
-def test_kernel_rounds_the_exact_sum_once(kernel: None, dtype: torch.dtype, m: int, n: int, ranks: list[int]) -> None:
+SHAPES = [
+    (7, 37, [1]),  # one tile of rows and a partial one; two panels of columns and a partial one
+    (64, 64, [16]),
+    (130, 200, [3, 16, 5]),
+    (1, 129, [2, 2]),
+    (300, 1024, [16] * 8),
+    (14, 4100, [100, 60]),  # A (rank 160 x 4100, 2.6 MB) packed in two blocks of columns, the last one partial
+]
+
+
+def check_rounds_once(m: int, n: int, ranks: list[int], dtype: torch.dtype) -> None:
     weight = (torch.randn(m, n, generator=torch.Generator().manual_seed(3)) * 0.1).to(dtype)
     before = weight.clone()
     terms = make_terms(m, n, ranks, seed=m + n, transposed=True)
@@ -81,14 +88,80 @@ def test_kernel_rounds_the_exact_sum_once(kernel: None, dtype: torch.dtype, m: i
     assert_rounded_once(out, weight, terms)
 
 
+def check_nan_and_inf_pass_through(dtype: torch.dtype) -> None:
+    weight = torch.zeros(8, 70, dtype=dtype)  # NaN in a whole tile, inf at the edges of rows and of columns
+    weight[1, 3], weight[5, 69], weight[6, 0] = float("nan"), float("inf"), -float("inf")
+    out = torch.empty_like(weight)
+    fused.add_products([(weight, make_terms(8, 70, [4], seed=1), out)])
+    assert out[1, 3].isnan() and out[5, 69] == float("inf") and out[6, 0] == -float("inf")
+    assert int(out.isnan().sum()) == 1 and int(out.isinf().sum()) == 2
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(("m", "n", "ranks"), SHAPES)
+def test_kernel_rounds_the_exact_sum_once(kernel: None, dtype: torch.dtype, m: int, n: int, ranks: list[int]) -> None:
+    check_rounds_once(m, n, ranks, dtype)
+
+
 def test_kernel_passes_nan_and_inf_through(kernel: None) -> None:
     for dtype in DTYPES:
-        weight = torch.zeros(8, 70, dtype=dtype)
-        weight[1, 3], weight[5, 69], weight[6, 0] = float("nan"), float("inf"), -float("inf")
-        out = torch.empty_like(weight)
-        fused.add_products([(weight, make_terms(8, 70, [4], seed=1), out)])
-        assert out[1, 3].isnan() and out[5, 69] == float("inf") and out[6, 0] == -float("inf")
-        assert int(out.isnan().sum()) == 1 and int(out.isinf().sum()) == 2
+        check_nan_and_inf_pass_through(dtype)
+
+
+# x86-64 levels and the CPU flags each needs: v2 builds the source's generic vector code (what NEON
+# compiles), v3 AVX2 with its own bf16 instructions, v4 AVX-512.
+LEVELS = {"x86-64-v2": set(), "x86-64-v3": {"avx2", "fma", "f16c"}, "x86-64-v4": {"avx512f", "avx512bw", "avx512vl"}}
+
+
+@pytest.mark.parametrize("level", LEVELS)
+def test_every_vector_width_of_the_kernel_computes_the_same(
+    kernel: None, level: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """-march=native builds one of the source's paths; build it for each x86-64 level this CPU runs and
+    check the same arithmetic, so the paths other CPUs take are tested here too."""
+    if platform.machine() not in ("x86_64", "AMD64"):
+        pytest.skip("x86-64 levels only")
+    if not LEVELS[level] <= set(fused._cpu().split()):
+        pytest.skip(f"this CPU cannot run {level}")
+    target = tmp_path / f"fused_add-{level}.so"
+    fused._build(target, [f for f in fused.FLAGS if f != "-march=native"] + [f"-march={level}"])
+    monkeypatch.setattr(fused, "_library", [fused._bind(ctypes.CDLL(str(target)))])
+    for dtype in filter(fused.supports, DTYPES):
+        for m, n, ranks in [SHAPES[0], SHAPES[2], SHAPES[5]]:
+            check_rounds_once(m, n, ranks, dtype)
+        check_nan_and_inf_pass_through(dtype)
+
+
+def test_kernel_out_of_memory_is_an_error_and_the_model_is_unchanged() -> None:
+    """Where the kernel cannot allocate its packing buffers (address space capped here), merge() raises
+    MemoryError and leaves every weight as it was."""
+    script = textwrap.dedent(
+        """
+        import re, resource, torch
+        from client import Adapter, fused, merge, unmerge
+        from registry import lora
+        model = torch.nn.Sequential(torch.nn.Linear(4096, 64, bias=False)).to(torch.bfloat16)
+        factors = {"0": lora.Factors(torch.randn(64, 4096), torch.randn(64, 64), 0.5)}
+        adapter = Adapter("a", {"r": 64}, factors)
+        merge(model, adapter)  # builds the kernel, and leaves a spare buffer for the next merge
+        unmerge(model)
+        before = model[0].weight.clone()
+        size = int(re.search(r"VmSize:\\s+(\\d+) kB", open("/proc/self/status").read()).group(1)) * 1024
+        resource.setrlimit(resource.RLIMIT_AS, (size + (1 << 19), resource.RLIM_INFINITY))
+        try:
+            merge(model, adapter)
+        except MemoryError as exc:
+            print("MemoryError:", exc)
+        resource.setrlimit(resource.RLIMIT_AS, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+        print("unchanged" if torch.equal(model[0].weight, before) else "changed")
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        "MemoryError: the fused merge kernel could not allocate its packing buffers",
+        "unchanged",
+    ]
 
 
 def test_kernel_refuses_what_it_cannot_compute(kernel: None) -> None:

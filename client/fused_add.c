@@ -265,10 +265,12 @@ typedef struct {
     const quiver_term *terms;
 } quiver_job;
 
-/* What one thread does of a call: its share of the rows of every job; `failed` when it could not. */
+/* What one thread does of a call. Concatenation: its share of the rows of every job. Products: chunks of
+ * rows taken in turn from the shared counter `next`, so that a core running slower (another tenant on
+ * it, say) simply takes fewer; `failed` when it could not. */
 typedef struct {
     const void *jobs;
-    int64_t njobs;
+    int64_t njobs, *next;
     int t, nthreads, failed;
 } slice;
 
@@ -278,6 +280,9 @@ static inline void share(int64_t rows, int64_t unit, const slice *s, int64_t *r0
     *r1 = units * (s->t + 1) / s->nthreads * unit;
     if (*r1 > rows) *r1 = rows;
 }
+
+/* Rows a thread takes at a time: 8 tiles (a fraction of a millisecond of work). */
+#define CHUNK_ROWS (8 * MR)
 
 /* A buffer of at least `floats` floats, 64-byte aligned, grown as needed; 0 when memory is short. */
 static float *room_for(float **buf, int64_t *room, int64_t floats) {
@@ -292,13 +297,19 @@ static float *room_for(float **buf, int64_t *room, int64_t floats) {
 
 static void *add_slice(void *arg) {
     slice *s = arg;
+    const quiver_job *jobs = s->jobs;
     float *ap = 0, *bp = 0;
     int64_t a_room = 0, b_room = 0;
-    for (int64_t J = 0; J < s->njobs; J++) {
-        const quiver_job *jb = (const quiver_job *)s->jobs + J;
-        int64_t r0, r1, rank = 0;
-        share(jb->m, MR, s, &r0, &r1);
-        if (r0 >= r1) continue;
+    int64_t J = 0, before = 0; /* the job of the chunk taken last, and the number of chunks of the jobs before it */
+    int64_t packed = -1;       /* the job whose A is packed whole in ap */
+    for (;;) {
+        const int64_t chunk = __atomic_fetch_add(s->next, 1, __ATOMIC_RELAXED); /* increasing: jobs in order */
+        while (J < s->njobs && chunk >= before + (jobs[J].m + CHUNK_ROWS - 1) / CHUNK_ROWS)
+            before += (jobs[J++].m + CHUNK_ROWS - 1) / CHUNK_ROWS;
+        if (J >= s->njobs) break;
+        const quiver_job *jb = jobs + J;
+        const int64_t r0 = (chunk - before) * CHUNK_ROWS, r1 = r0 + CHUNK_ROWS < jb->m ? r0 + CHUNK_ROWS : jb->m;
+        int64_t rank = 0;
         for (int64_t t = 0; t < jb->nterms; t++) rank += jb->terms[t].r;
         /* columns a block: as many whole panels as A_BLOCK_BYTES holds (one at least), all of n if fewer */
         int64_t cols = A_BLOCK_BYTES / (int64_t)sizeof(float) / (rank > 0 ? rank : 1) / NR * NR;
@@ -308,9 +319,11 @@ static void *add_slice(void *arg) {
             s->failed = 1; /* no memory for the packed factors (a few MB at most) */
             break;
         }
+        const int whole = cols >= jb->n; /* then A is packed once per job, else each block for each chunk */
         for (int64_t j0 = 0; j0 < jb->n; j0 += cols) {
             const int64_t nc = jb->n - j0 < cols ? jb->n - j0 : cols;
-            pack_a(jb->terms, jb->nterms, rank, jb->n, j0, nc, ap);
+            if (!whole || packed != J) pack_a(jb->terms, jb->nterms, rank, jb->n, j0, nc, ap);
+            packed = whole ? J : -1;
             switch (jb->dtype) {
             case BF16: add_block(BF16, jb->w, jb->out, jb->n, jb->terms, jb->nterms, rank, ap, bp, j0, nc, r0, r1); break;
 #if HAVE_F16
@@ -365,15 +378,15 @@ static void *concat_slice(void *arg) {
 
 #define MAX_THREADS 256
 
-/* worker over every job, each job's rows split evenly between nthreads threads (the caller's thread is
- * one of them). */
+/* worker over every job on nthreads threads (the caller's thread is one of them). */
 static int run(void *(*worker)(void *), const void *jobs, int64_t njobs, int nthreads) {
     pthread_t threads[MAX_THREADS];
     slice slices[MAX_THREADS];
     int started[MAX_THREADS] = {0};
     if (nthreads < 1) nthreads = 1;
     if (nthreads > MAX_THREADS) nthreads = MAX_THREADS;
-    for (int t = 0; t < nthreads; t++) slices[t] = (slice){jobs, njobs, t, nthreads, 0};
+    int64_t next = 0;
+    for (int t = 0; t < nthreads; t++) slices[t] = (slice){jobs, njobs, &next, t, nthreads, 0};
     for (int t = 1; t < nthreads; t++) started[t] = pthread_create(&threads[t], 0, worker, &slices[t]) == 0;
     worker(&slices[0]);
     for (int t = 1; t < nthreads; t++) {

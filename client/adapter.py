@@ -48,18 +48,18 @@ class Adapter:
 
 
 def as_adapters(adapters: Adapter | str | Path | Sequence[Adapter | str | Path]) -> list[Adapter]:
+    """Adapter objects or PEFT adapter folders -> Adapter objects."""
     if isinstance(adapters, Adapter | str | Path):
         adapters = [adapters]
-    """Adapter objects or PEFT adapter folders -> Adapter objects."""
     return [a if isinstance(a, Adapter) else Adapter.load(a) for a in adapters]
 
 
-def target_layer(model: nn.Module, module: str, adapter: Adapter) -> nn.Module:
-    """The Linear (or transformers Conv1D) an adapter module names, checked against its factors."""
-    try:
-        layer = model.get_submodule(module)
-    except AttributeError:
-        raise ValueError(f"adapter {adapter.name!r} adapts {module!r}, which the model does not have") from None
+def target_layer(layers: dict[str, nn.Module], module: str, adapter: Adapter) -> nn.Module:
+    """The Linear (or transformers Conv1D) an adapter module names, checked against its factors.
+    `layers`: the model's dict(named_modules()), built once for all the modules of all the adapters."""
+    layer = layers.get(module)
+    if layer is None:
+        raise ValueError(f"adapter {adapter.name!r} adapts {module!r}, which the model does not have")
     conv1d = type(layer).__name__ == "Conv1D"
     if not (isinstance(layer, nn.Linear) or conv1d):
         raise ValueError(f"{module} is a {type(layer).__name__}; only Linear and Conv1D layers can be merged")

@@ -97,9 +97,10 @@ def apply_arrow(
         raise ValueError("Arrow is already applied to this model: remove_arrow(model) first")
     given = list(prototypes) if prototypes is not None else [None] * len(adapters)
     per_module: dict[str, tuple[nn.Module, list]] = {}
+    named = dict(model.named_modules())
     for adapter, protos in zip(adapters, given, strict=True):
         for module, f in adapter.factors.items():
-            layer = target_layer(model, module, adapter)
+            layer = target_layer(named, module, adapter)
             if type(layer).__name__ == "Conv1D":
                 raise ValueError(f"{module}: Arrow routing supports Linear layers only")
             v = protos[module] if protos and module in protos else prototype(f.A, f.B)[0]

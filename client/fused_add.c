@@ -226,21 +226,19 @@ static inline __attribute__((always_inline)) void products(const float *restrict
 }
 
 /* Rows [r0, r1) and columns [j0, j0 + nc) of out = W + B_cat A_cat, with A's columns packed in ap. The
- * products are summed first and W added last, so W's loads overlap the arithmetic; the next tile's
- * rows of W are fetched ahead. Each element is rounded once, when it is stored. */
+ * products are summed first and W added last, so W's loads can overlap the arithmetic (software
+ * prefetching of W and out, at several distances, measured no faster). Each element is rounded once,
+ * when it is stored. */
 static inline __attribute__((always_inline)) void add_block(int dt, const void *w, void *out, int64_t n,
                                                             const quiver_term *terms, int64_t nterms, int64_t rank,
                                                             const float *ap, float *bp, int64_t j0, int64_t nc,
                                                             int64_t r0, int64_t r1) {
-    const int64_t size = dt == F32 ? 4 : 2;
     for (int64_t i = r0; i < r1; i += MR) {
         const int mr = r1 - i < MR ? (int)(r1 - i) : MR;
         pack_b(terms, nterms, i, mr, bp);
         for (int64_t j = j0, p = 0; j < j0 + nc; j += NR, p++) {
             vf c[MR][NV];
             products(ap + p * rank * NR, bp, rank, c);
-            for (int q = 0; q < MR && i + MR + q < r1; q++) /* the next tile's rows of W, while this one computes */
-                for (int64_t b = 0; b < NR * size; b += 64) __builtin_prefetch((const char *)w + ((i + MR + q) * n + j) * size + b);
             const int64_t nr = j0 + nc - j < NR ? j0 + nc - j : NR;
             if (mr == MR && nr == NR) {
                 for (int q = 0; q < MR; q++) add_row(dt, w, out, (i + q) * n + j, c[q]);

@@ -46,9 +46,10 @@ def merge(
     if _state(model)["saved"]:
         raise ValueError("the model already has merged adapters: unmerge(model) first")
     plan: dict[str, tuple[nn.Module, list[tuple[Adapter, float]]]] = {}
+    named = dict(model.named_modules())
     for adapter, w in zip(adapters, weights, strict=True):
         for module in adapter.factors:
-            layer = target_layer(model, module, adapter)
+            layer = target_layer(named, module, adapter)
             plan.setdefault(module, (layer, []))[1].append((adapter, w))
 
     state = _state(model)
@@ -188,8 +189,9 @@ def unmerge(model: nn.Module, free: bool = False) -> None:
     """Put back every weight merge() changed: the original tensors themselves, so bit for bit and
     without copying. The merged buffers are kept for the next merge unless `free`."""
     state = _state(model)
+    named = dict(model.named_modules()) if state["saved"] else {}
     for module, original in state["saved"].items():
-        layer = model.get_submodule(module)
+        layer = named[module]
         state["spare"][module] = layer.weight.data
         layer.weight.data = original
     state["saved"].clear()

@@ -8,6 +8,7 @@ max(bytes of W read and written / in-place bandwidth, FLOPs / GEMM rate), both m
 
 from __future__ import annotations
 
+import functools
 import sys
 import time
 from pathlib import Path
@@ -77,24 +78,33 @@ def peft_model(dtype: torch.dtype, adapters: list[Adapter]):  # noqa: ANN201
     return pm
 
 
+@functools.cache
+def bandwidth() -> float:
+    """Bytes per second of an in-place fp32 add over as many bytes as the fp32 model's weights (bytes are
+    bytes; torch's bf16 add is bound by its conversions, not by memory)."""
+    big = torch.zeros(LAYERS * sum(i * o for i, o in SHAPES.values()))
+    return 2 * big.numel() * 4 / best_time(lambda: big.add_(1), repeat=5)
+
+
+@functools.cache
+def gemm_rate(dtype: torch.dtype, k: int) -> float:
+    """FLOP/s of an in-place addmm in `dtype` on one 2816 x 1024 module with rank K x 16, hot in cache."""
+    W = torch.zeros(2816, 1024, dtype=dtype)
+    B = torch.randn(2816, k * RANK).to(dtype)
+    A = torch.randn(k * RANK, 1024).to(dtype)
+    return 2 * W.numel() * k * RANK / best_time(lambda: W.addmm_(B, A), repeat=20)
+
+
 def bound(dtype: torch.dtype, k: int) -> float:
-    """max(bytes of W read and written / in-place bandwidth, FLOPs / GEMM rate) for the whole model,
-    measured here. Bandwidth: an in-place fp32 add over as many bytes as the model's weights (bytes are
-    bytes; torch's bf16 add is bound by its conversions, not by memory). GEMM rate: the faster of this
-    CPU's fp32 GEMM and its GEMM in the weights' dtype (native bf16 on AMX/AVX512-BF16 CPUs, far slower
-    without), on one 2816 x 1024 module with rank K x 16, in place. Both the best of their repeats: a
-    bound is what the hardware was seen to do, and on 2 shared cores medians wander."""
+    """max(bytes of W read and written / bandwidth(), FLOPs / GEMM rate) for the whole model, measured
+    here: the faster of this CPU's fp32 GEMM and its GEMM in the weights' dtype (native bf16 on
+    AMX/AVX512-BF16 CPUs, far slower without). Each measured once a run and the best of its repeats (a
+    bound is what the hardware was seen to do, and on 2 shared cores medians wander), so rows with the
+    same FLOPs share one rate."""
     params = LAYERS * sum(i * o for i, o in SHAPES.values())
     element = torch.tensor([], dtype=dtype).element_size()
-    big = torch.zeros(params * element // 4)
-    bandwidth = 2 * big.numel() * 4 / best_time(lambda: big.add_(1), repeat=5)
-    rates = []
-    for gemm_dtype in {torch.float32, dtype}:
-        W = torch.zeros(2816, 1024, dtype=gemm_dtype)
-        B = torch.randn(2816, k * RANK).to(gemm_dtype)
-        A = torch.randn(k * RANK, 1024).to(gemm_dtype)
-        rates.append(2 * W.numel() * k * RANK / best_time(lambda: W.addmm_(B, A), repeat=20))  # noqa: B023
-    return max(2 * params * element / bandwidth, 2 * params * k * RANK / max(rates))
+    rate = max(gemm_rate(d, k) for d in {torch.float32, dtype})
+    return max(2 * params * element / bandwidth(), 2 * params * k * RANK / rate)
 
 
 def rows() -> list[list[str]]:

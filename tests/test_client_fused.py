@@ -108,7 +108,7 @@ def test_kernel_passes_nan_and_inf_through(kernel: None) -> None:
         check_nan_and_inf_pass_through(dtype)
 
 
-# x86-64 levels and the CPU flags each adds (as /proc/cpuinfo names them): v2 builds the source's generic
+# x86-64 levels and every CPU flag each needs (as /proc/cpuinfo names them): v2 builds the source's generic
 # vector code (what NEON compiles), v3 AVX2 with its own bf16 instructions, v4 AVX-512.
 V2 = {"cx16", "lahf_lm", "popcnt", "sse4_1", "sse4_2", "ssse3"}
 V3 = V2 | {"avx", "avx2", "bmi1", "bmi2", "f16c", "fma", "abm", "movbe", "xsave"}

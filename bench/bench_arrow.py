@@ -3,7 +3,7 @@ fp32 and bf16: ours (client.arrow) vs PEFT's ArrowLoraLinearLayer.forward, on th
 prototypes and inputs (fp32 outputs checked equal before timing; in bf16 PEFT routes on bf16
 logits, ours on fp32, so the difference is reported, not asserted).
 
-    python bench/bench_arrow.py
+    python bench/bench_arrow.py [--device cuda]
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from peft.tuners.lora.arrow import ArrowLoraLinearLayer
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.common import median_time, table  # noqa: E402
+from bench.common import DEVICE, median_time, table  # noqa: E402
 from client.arrow import ArrowRouter  # noqa: E402
 
 IN, OUT, RANK, TOP_K, REPEAT = 1024, 2816, 16, 3, 5
@@ -27,8 +27,8 @@ IN, OUT, RANK, TOP_K, REPEAT = 1024, 2816, 16, 3, 5
 def experts(e: int, dtype: torch.dtype) -> tuple[nn.ModuleDict, nn.ModuleDict, dict[str, float]]:
     torch.manual_seed(e)
     names = [f"task_{i}" for i in range(e)]
-    lora_A = nn.ModuleDict({n: nn.Linear(IN, RANK, bias=False) for n in names}).to(dtype)
-    lora_B = nn.ModuleDict({n: nn.Linear(RANK, OUT, bias=False) for n in names}).to(dtype)
+    lora_A = nn.ModuleDict({n: nn.Linear(IN, RANK, bias=False) for n in names}).to(DEVICE, dtype)
+    lora_B = nn.ModuleDict({n: nn.Linear(RANK, OUT, bias=False) for n in names}).to(DEVICE, dtype)
     with torch.no_grad():
         for n in names:
             lora_B[n].weight.normal_(0, 0.02)
@@ -57,9 +57,10 @@ def rows() -> list[list[str]]:
                 TOP_K,
                 1.0,
                 dtype,
+                DEVICE,
             )
             for tokens in (256, 2048):
-                x = torch.randn(1, tokens, IN).to(dtype)
+                x = torch.randn(1, tokens, IN).to(DEVICE, dtype)
                 with torch.no_grad():
                     expected = peft_layer(x, lora_A, lora_B, nn.Identity(), scaling).float()
                     got = ours.delta(x).float()
@@ -70,7 +71,7 @@ def rows() -> list[list[str]]:
                         error = float((got - expected).abs().mean() / expected.abs().mean())
                     t_peft = median_time(partial(peft_layer, x, lora_A, lora_B, nn.Identity(), scaling), REPEAT)
                     t_ours = median_time(partial(ours.delta, x), REPEAT)
-                path = "dense low-rank" if ours.A.shape[0] <= 256 else "grouped by expert"
+                path = "dense low-rank" if ours.dense else "grouped by expert"
                 out.append(
                     [
                         str(dtype).removeprefix("torch."),
@@ -89,7 +90,8 @@ def rows() -> list[list[str]]:
 def main() -> None:
     print(
         f"Arrow routing + mixing of one {IN}->{OUT} layer, rank-{RANK} experts, top_k={TOP_K}, "
-        f"{torch.get_num_threads()} threads; median of {REPEAT} (the base layer's own GEMM excluded for both)"
+        f"{torch.cuda.get_device_name(DEVICE) if DEVICE.type == 'cuda' else f'{torch.get_num_threads()} threads'}; "
+        f"median of {REPEAT} (the base layer's own GEMM excluded for both)"
     )
     print(
         table(

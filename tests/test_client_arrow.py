@@ -38,49 +38,61 @@ def experts(tmp_path: Path) -> list[Path]:
 IDS = torch.randint(0, 128, (2, 11), generator=torch.Generator().manual_seed(3))
 
 
+@pytest.fixture(params=["cpu", "cuda"])
+def device(request: pytest.FixtureRequest) -> torch.device:
+    """The model's device (the adapters are loaded on the CPU either way)."""
+    if request.param == "cuda" and not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    return torch.device(request.param)
+
+
 @pytest.mark.parametrize("top_k, temperature", [(2, 1.0), (3, 0.5), (1, 1.0)])
-def test_apply_arrow_matches_peft(experts: list[Path], top_k: int, temperature: float) -> None:
+def test_apply_arrow_matches_peft(experts: list[Path], top_k: int, temperature: float, device: torch.device) -> None:
     reference = peft.create_arrow_model(
-        tiny_llama(),
+        tiny_llama().to(device),
         task_specific_adapter_paths=[str(e) for e in experts],
         arrow_config=peft.ArrowConfig(top_k=top_k, router_temperature=temperature),
     )
-    model = tiny_llama()
+    model = tiny_llama().to(device)
     apply_arrow(model, experts, top_k=top_k, temperature=temperature)
+    ids = IDS.to(device)
     with torch.no_grad():
-        expected, got = reference(IDS).logits, model(IDS).logits
-        base = tiny_llama()(IDS).logits
+        expected, got = reference(ids).logits, model(ids).logits
+        base = tiny_llama().to(device)(ids).logits
     assert not torch.allclose(got, base, atol=1e-3)
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-4)
 
 
-def test_grouped_mixing_equals_dense_and_removal_restores(experts: list[Path], monkeypatch: pytest.MonkeyPatch) -> None:
-    model = tiny_llama()
+def test_grouped_mixing_equals_dense_and_removal_restores(
+    experts: list[Path], monkeypatch: pytest.MonkeyPatch, device: torch.device
+) -> None:
+    model, ids = tiny_llama().to(device), IDS.to(device)
     with torch.no_grad():
-        base = model(IDS).logits
+        base = model(ids).logits
     apply_arrow(model, experts, top_k=2)
     with torch.no_grad():
-        dense = model(IDS).logits
+        dense = model(ids).logits
     remove_arrow(model)
-    monkeypatch.setattr(client.arrow, "DENSE_RANKS", 0)  # force the grouped-by-expert path
+    monkeypatch.setattr(client.arrow, "DENSE_RANKS", 0)  # force the grouped-by-expert path (a CPU's only)
     apply_arrow(model, experts, top_k=2)
     with torch.no_grad():
-        grouped = model(IDS).logits
+        grouped = model(ids).logits
     torch.testing.assert_close(grouped, dense, rtol=0, atol=1e-5)
     with pytest.raises(ValueError, match="already applied"):
         apply_arrow(model, experts)
     remove_arrow(model)
     with torch.no_grad():
-        assert torch.equal(model(IDS).logits, base)
+        assert torch.equal(model(ids).logits, base)
 
 
-def test_bf16_model(experts: list[Path]) -> None:
-    model = tiny_llama().to(torch.bfloat16)
+def test_bf16_model(experts: list[Path], device: torch.device) -> None:
+    """Mixed in fp32 on a CPU, in bf16 on a GPU: close to the fp32 model either way."""
+    model = tiny_llama().to(device, torch.bfloat16)
     apply_arrow(model, experts, top_k=2)
     reference = tiny_llama()
     apply_arrow(reference, experts, top_k=2)
     with torch.no_grad():
-        got, expected = model(IDS).logits.float(), reference(IDS).logits
+        got, expected = model(IDS.to(device)).logits.float().cpu(), reference(IDS).logits
     assert got.dtype == torch.float32 and torch.isfinite(got).all()
     assert float((got - expected).abs().mean()) < 0.05 * float(expected.abs().mean())
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,44 @@ from client.credentials import default_endpoint, default_token
 from client.errors import HubError, error_for
 
 UPLOADED = ("adapter_config.json", "adapter_model.safetensors", "README.md", "examples.jsonl")
+
+
+def capture_inputs(
+    model: torch.nn.Module, tokenizer: Any, text: str | Sequence[str], modules: Collection[str]
+) -> dict[str, torch.Tensor]:
+    """The inputs (tokens x in_features) of the named modules while the model reads `text`, captured with
+    forward pre-hooks, on the model's device (the tokens are moved there)."""
+    present = {name: module for name, module in model.named_modules() if name in modules}
+    if not present:
+        raise ValueError(f"the model has none of the modules {sorted(modules)}")
+    captured: dict[str, list[torch.Tensor]] = {}
+    hooks = [
+        module.register_forward_pre_hook(
+            lambda _m, args, name=name: captured.setdefault(name, []).append(
+                args[0].detach().reshape(-1, args[0].shape[-1])
+            )
+        )
+        for name, module in present.items()
+    ]
+    inputs = tokenizer(text, return_tensors="pt", padding=not isinstance(text, str))
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    try:
+        with torch.no_grad():
+            model(**inputs.to(device))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return {name: torch.cat(rows) for name, rows in captured.items()}
+
+
+def routing_payload(hidden_states: dict[str, Any]) -> bytes:
+    """What POST /v1/route reads: safetensors of fp32 tokens x in_features per module, from tensors of
+    any shape (..., in_features), device and dtype, or numpy arrays."""
+    arrays = {}
+    for module, h in hidden_states.items():
+        h = torch.as_tensor(h).detach().to("cpu", torch.float32)
+        arrays[module] = np.ascontiguousarray(h.reshape(-1, h.shape[-1]).numpy())
+    return save(arrays)
 
 
 def split_repo(spec: str) -> tuple[str, str | None]:
@@ -217,18 +255,12 @@ class Hub:
             hidden_states = self.capture(model, tokenizer, text, base_model)
         if not base_model:
             raise ValueError("base_model is required")
-        arrays = {
-            m: np.ascontiguousarray(
-                torch.as_tensor(h).float().reshape(-1, torch.as_tensor(h).shape[-1]), dtype=np.float32
-            )
-            for m, h in hidden_states.items()
-        }
         params = {"base_model": base_model, "top_k": top_k, "temperature": temperature, "limit": limit}
         return self._call(
             "POST",
             "/v1/route",
             params=params,
-            content=save(arrays),
+            content=routing_payload(hidden_states),
             headers={"Content-Type": "application/octet-stream"},
         )["results"]
 
@@ -237,25 +269,9 @@ class Hub:
     ) -> dict[str, torch.Tensor]:
         """Inputs of the modules the hub can route on for base_model, captured with forward pre-hooks."""
         known = self._call("GET", "/v1/route/modules", params={"base_model": base_model})["modules"]
-        present = {name: module for name, module in model.named_modules() if name in known}
-        if not present:
-            raise ValueError(f"the model has none of the modules adapters of {base_model} adapt")
-        captured: dict[str, list[torch.Tensor]] = {}
-        hooks = [
-            module.register_forward_pre_hook(
-                lambda _m, args, name=name: captured.setdefault(name, []).append(
-                    args[0].detach().reshape(-1, args[0].shape[-1])
-                )
-            )
-            for name, module in present.items()
-        ]
-        try:
-            with torch.no_grad():
-                model(**tokenizer(text, return_tensors="pt", padding=not isinstance(text, str)))
-        finally:
-            for hook in hooks:
-                hook.remove()
-        return {name: torch.cat(rows) for name, rows in captured.items()}
+        if not known:
+            raise ValueError(f"no adapter of {base_model} is on the hub to route to")
+        return capture_inputs(model, tokenizer, text, known)
 
     # -- clustering (MBC) --
 

@@ -7,13 +7,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import peft
 import pytest
 import torch
 import transformers
+from safetensors.numpy import load
 from tokenizers import Tokenizer, models, pre_tokenizers
 
 from client import Hub, InvalidAdapter, NotFound, Unauthorized, merge, unmerge
+from client.hub import capture_inputs, routing_payload
 from examples.make_adapter import BASE_MODEL, tiny_llama
 from tests.adapters import write_adapter
 from tests.conftest import LiveHub
@@ -161,3 +164,26 @@ def test_end_to_end_push_route_pull_merge_generate(hub: LiveHub, tmp_path: Path)
         assert torch.equal(model(ids).logits, base_logits)
         assert torch.equal(model.generate(ids, max_new_tokens=5, do_sample=False), base_generation)
     assert BASE_MODEL == model.name_or_path
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_routing_inputs_are_captured_on_the_models_device_and_sent_as_fp32(device: str) -> None:
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    tok = tokenizer()
+    texts = ["write a python function", "add two numbers"]  # two lengths: padded
+    modules = ["model.layers.0.self_attn.q_proj", "model.layers.1.mlp.down_proj", "lm_head"]
+    expected = capture_inputs(tiny_llama(), tok, texts, modules)
+    got = capture_inputs(tiny_llama().to(device), tok, texts, modules)
+    assert set(got) == set(modules)
+    tokens = tok(texts, return_tensors="pt", padding=True)["input_ids"].numel()
+    assert got["model.layers.1.mlp.down_proj"].shape == (tokens, 64)
+    for module in modules:
+        assert got[module].device.type == device
+        torch.testing.assert_close(got[module].cpu(), expected[module], rtol=0, atol=1e-5)
+    sent = load(routing_payload({m: h.to(torch.bfloat16).reshape(2, -1, h.shape[-1]) for m, h in got.items()}))
+    for module in modules:
+        assert sent[module].dtype == np.float32 and sent[module].shape == tuple(got[module].shape)
+        assert np.array_equal(sent[module], got[module].to(torch.bfloat16).float().cpu().numpy())
+    with pytest.raises(ValueError, match="none of the modules"):
+        capture_inputs(tiny_llama(), tok, texts, ["transformer.h.0.attn.c_attn"])

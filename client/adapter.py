@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from registry import lora
@@ -45,6 +46,12 @@ class Adapter:
             origin = (f"{parts[-3]}/{parts[-2]}", parts[-1])
         name = origin[0] if origin else folder.name
         return cls(name, config, lora.load_factors(weights_path, config), origin)
+
+    def to(self, device: str | torch.device) -> Adapter:
+        """This adapter with its factors on `device` (merges and Arrow take factors from anywhere; on a
+        GPU model, factors already there save a copy each time)."""
+        factors = {m: lora.Factors(f.A.to(device), f.B.to(device), f.scaling) for m, f in self.factors.items()}
+        return Adapter(self.name, self.config, factors, self.origin)
 
 
 def as_adapters(adapters: Adapter | str | Path | Sequence[Adapter | str | Path]) -> list[Adapter]:

@@ -4,13 +4,17 @@ W + sum_i w_i s_i B_i A_i is ONE fused product per module with B_cat = [w_1 s_1 
 (out x sum r) and A_cat = [A_1; ...; A_K] (sum r x in): out = W + B_cat A_cat, each weight rounded
 once, no dense delta ever formed. On a CPU that is the one-pass kernel of client/fused.py (W read
 once, the product added from registers) unless torch's own GEMM is faster (see add_products);
-on a GPU, addmm.
+on a GPU, torch's GEMM (in fp32 for bf16/fp16 weights, whose GPU addmm rounds more than once).
 
 The result is written into a buffer that becomes the layer's weight, and the original tensor is kept
 aside: the same memory traffic as an in-place update (read W, write W once), no copy to save the
 original, and unmerging swaps the original back, bitwise and without copying. Buffers are reused by
 the next merge (fresh memory costs page faults); unmerge(model, free=True) releases them. Every
 product is computed before any layer changes, so a failure half-way leaves the model as it was.
+
+A model on a GPU may have no room for both copies: merge(..., offload=True) copies the originals to
+pinned host memory and merges in place; unmerge copies them back, and a failure half-way puts back
+the modules already merged.
 """
 
 from __future__ import annotations
@@ -33,11 +37,18 @@ def merge(
     model: nn.Module,
     adapters: Adapter | str | Path | Sequence[Adapter | str | Path],
     weights: Sequence[float] | None = None,
+    *,
+    offload: bool = False,
 ) -> None:
     """Add sum_i weights[i] * delta_i to the model's weights in place (weights default to 1).
 
     Everything is checked before anything changes: a module the model lacks, a shape mismatch, or a
     model already merged is a ValueError and leaves the model as it was.
+
+    offload: for weights on a GPU, keep the originals in pinned host memory and merge in place, so the
+    merge takes no GPU memory beyond the factors of a few modules; unmerge then copies them back (over
+    PCIe: slower than the swap, still bitwise). Without it a merged model holds both copies on the GPU.
+    Weights on a CPU ignore it.
     """
     adapters = as_adapters(adapters)
     weights = [1.0] * len(adapters) if weights is None else list(weights)
@@ -53,28 +64,50 @@ def merge(
             plan.setdefault(module, (layer, []))[1].append((adapter, w))
 
     state = _state(model)
-    jobs, layers = [], []
-    for module, (layer, members) in plan.items():
-        original = layer.weight.data
-        buffer = state["spare"].pop(module, None)
-        if buffer is None or buffer.shape != original.shape or buffer.dtype != original.dtype:
-            buffer = torch.empty_like(original)
-        terms = []
-        for adapter, w in members:
-            f = adapter.factors[module]
-            B, A = (f.A.T, f.B.T) if type(layer).__name__ == "Conv1D" else (f.B, f.A)  # Conv1D: W is in x out
-            terms.append((B, A, w * f.scaling))
-        jobs.append((original, terms, buffer))
-        layers.append((module, layer))
+    jobs, layers, kept = [], [], {}  # kept: module -> where its original is kept until the merge is done
+    changing = False  # no weight changes before add_products (in place, with offload)
     try:
+        for module, (layer, members) in plan.items():
+            original = layer.weight.data
+            in_place = offload and original.device.type != "cpu"
+            kept[module] = _buffer(state, module, original, host=in_place)
+            if in_place:
+                kept[module].copy_(original)
+            terms = []
+            for adapter, w in members:
+                f = adapter.factors[module]
+                B, A = (f.A.T, f.B.T) if type(layer).__name__ == "Conv1D" else (f.B, f.A)  # Conv1D: W is in x out
+                terms.append((B, A, w * f.scaling))
+            jobs.append((original, terms, original if in_place else kept[module]))
+            layers.append((module, layer))
+        changing = True
         add_products(jobs)
     except BaseException:
-        for (module, _), (_, _, buffer) in zip(layers, jobs, strict=True):
+        for module, buffer in kept.items():
+            if changing and buffer.device != plan[module][0].weight.device:  # in place: put the original back
+                plan[module][0].weight.data.copy_(buffer)
             state["spare"][module] = buffer
         raise
-    for (module, layer), (original, _, buffer) in zip(layers, jobs, strict=True):
-        layer.weight.data = buffer
-        state["saved"][module] = original
+    for module, layer in layers:
+        if kept[module].device == layer.weight.device:
+            layer.weight.data, kept[module] = kept[module], layer.weight.data
+        state["saved"][module] = kept[module]
+
+
+def _buffer(state: dict[str, dict[str, torch.Tensor]], module: str, like: torch.Tensor, host: bool) -> torch.Tensor:
+    """A buffer shaped like `like`: on its device, or in pinned host memory (`host`); the last merge's
+    when it fits (fresh memory costs page faults, and pinning is slow)."""
+    device = torch.device("cpu") if host else like.device
+    buffer = state["spare"].pop(module, None)
+    if buffer is not None and (buffer.shape, buffer.dtype, buffer.device) == (like.shape, like.dtype, device):
+        return buffer
+    try:
+        return torch.empty(like.shape, dtype=like.dtype, device=device, pin_memory=host and like.is_cuda)
+    except torch.OutOfMemoryError as e:
+        raise torch.OutOfMemoryError(
+            f"{e}\nA merge keeps the original weights beside the merged ones; merge(..., offload=True) keeps "
+            "them in host memory instead"
+        ) from e
 
 
 # From this total rank on, a CPU with native low-precision GEMMs (AMX, AVX512-BF16) computes the product
@@ -128,24 +161,32 @@ BLOCK_ROWS = 512
 
 
 def product_dtype(weight: torch.Tensor) -> torch.dtype:
-    """The dtype torch computes a merge's product in: the weight's own where that GEMM is native (fp32;
-    bf16/fp16 on a GPU, or on a CPU with the instructions), else fp32."""
-    return weight.dtype if weight.device.type != "cpu" or native_gemm(weight.dtype) else torch.float32
+    """The dtype torch computes a merge's product in: the weight's own where that GEMM is native and
+    rounds once (fp32; bf16/fp16 on a CPU with the instructions), else fp32. Not bf16/fp16 on a GPU:
+    cuBLAS's addmm in them was seen off by more than half a unit (an H100, torch 2.11)."""
+    if weight.dtype == torch.float32 or (weight.device.type == "cpu" and native_gemm(weight.dtype)):
+        return weight.dtype
+    return torch.float32
 
 
 def add_product(weight: torch.Tensor, B: torch.Tensor, A: torch.Tensor, out: torch.Tensor) -> None:
-    """out = weight + B @ A with torch alone, each element rounded once; `weight` is left untouched.
+    """out = weight + B @ A with torch alone, each element rounded once; `weight` is left untouched
+    unless it is `out` (merged in place).
 
     B and A in product_dtype(weight). In the weight's dtype: one addmm (these GEMMs accumulate in fp32
-    and add W before rounding). In fp32 for a bf16/fp16 weight, whose GEMMs are slow on this CPU (44x
-    slower than fp32 on an AVX2 CPU): the product a block of rows at a time (a few MB, never the whole
-    dense delta), added and rounded once.
+    and add W before rounding). In fp32 for a bf16/fp16 weight (whose GEMMs are slow on most CPUs, 44x
+    slower than fp32 on an AVX2 CPU, and on a GPU off by more than half a unit): the fp32 product,
+    added and rounded once; on a CPU a block of rows at a time (a few MB, never the whole dense delta).
     """
     if B.dtype == weight.dtype:
-        torch.addmm(weight, B, A, out=out)
+        if out is weight:  # merged in place (offload)
+            weight.addmm_(B, A)
+        else:
+            torch.addmm(weight, B, A, out=out)
         return
-    for start in range(0, weight.shape[0], BLOCK_ROWS):
-        rows = slice(start, start + BLOCK_ROWS)
+    block = BLOCK_ROWS if weight.device.type == "cpu" else weight.shape[0]
+    for start in range(0, weight.shape[0], block):
+        rows = slice(start, start + block)
         torch.add(weight[rows], B[rows] @ A, out=out[rows])
 
 
@@ -192,8 +233,12 @@ def unmerge(model: nn.Module, free: bool = False) -> None:
     named = dict(model.named_modules()) if state["saved"] else {}
     for module, original in state["saved"].items():
         layer = named[module]
-        state["spare"][module] = layer.weight.data
-        layer.weight.data = original
+        if original.device == layer.weight.device:
+            state["spare"][module] = layer.weight.data
+            layer.weight.data = original
+        else:  # offloaded: merged in place, the original copied back from host memory
+            layer.weight.data.copy_(original)
+            state["spare"][module] = original
     state["saved"].clear()
     if free:
         state["spare"].clear()
@@ -204,9 +249,11 @@ def merged(
     model: nn.Module,
     adapters: Adapter | str | Path | Sequence[Adapter | str | Path],
     weights: Sequence[float] | None = None,
+    *,
+    offload: bool = False,
 ) -> Iterator[nn.Module]:
     """`with merged(model, adapters, weights):` the model with the adapters merged, restored on exit."""
-    merge(model, adapters, weights)
+    merge(model, adapters, weights, offload=offload)
     try:
         yield model
     finally:

@@ -143,11 +143,12 @@ def test_kernel_out_of_memory_is_an_error_and_the_model_is_unchanged() -> None:
     afresh, so no memory it already holds can serve the 1 MB the kernel asks."""
     script = textwrap.dedent(
         """
-        import ctypes, re, resource, torch
+        import ctypes, importlib, re, resource, torch
         ctypes.CDLL(None).mallopt(-3, 65536)  # M_MMAP_THRESHOLD
         torch.set_num_threads(1)
         from client import Adapter, fused, merge, unmerge
         from registry import lora
+        importlib.import_module("client.merge").NATIVE_GEMM_MIN_RANK = 1 << 30  # the kernel, on AMX CPUs too
         model = torch.nn.Sequential(torch.nn.Linear(4096, 64, bias=False)).to(torch.bfloat16)
         factors = {"0": lora.Factors(torch.randn(64, 4096), torch.randn(64, 64), 0.5)}
         adapter = Adapter("a", {"r": 64}, factors)
@@ -202,26 +203,32 @@ def test_kernel_concatenates_factors_as_torch_does(kernel: None, monkeypatch: py
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("native", [True, False])
-def test_torch_paths_round_the_exact_sum_once(
-    monkeypatch: pytest.MonkeyPatch, dtype: torch.dtype, native: bool
-) -> None:
-    """Without the kernel: one addmm in the weight's dtype where the CPU has that GEMM natively (its
-    factors rounded to the dtype first), else fp32 products in row blocks (a block smaller than the
-    weight here, so several are added)."""
-    if native and not merge_module.native_gemm(dtype):
-        pytest.skip(f"this CPU has no native {dtype} GEMM")
-    monkeypatch.setattr(merge_module, "native_gemm", lambda d: native)
+@pytest.mark.parametrize("path", ["cpu native", "cpu fp32", "cuda"])
+def test_torch_paths_round_the_exact_sum_once(monkeypatch: pytest.MonkeyPatch, dtype: torch.dtype, path: str) -> None:
+    """Without the kernel: one addmm in the weight's dtype where that GEMM is native (fp32; bf16 and fp16
+    on a CPU with the instructions, its factors rounded to the dtype first), else fp32 products (on a CPU
+    in row blocks: a block smaller than the weight here, so several are added; on a GPU, whose bf16 and
+    fp16 addmm round more than once, in one)."""
+    if path == "cuda" and not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    if path == "cpu native":
+        if not merge_module.native_gemm(dtype):
+            pytest.skip(f"this CPU has no native {dtype} GEMM")
+        monkeypatch.setattr(merge_module, "native_gemm", lambda d: True)
+    if path == "cpu fp32":
+        monkeypatch.setattr(merge_module, "native_gemm", lambda d: False)
     monkeypatch.setattr(merge_module, "BLOCK_ROWS", 48)
     m, n = 130, 96
-    weight = (torch.randn(m, n, generator=torch.Generator().manual_seed(5)) * 0.1).to(dtype)
+    device = "cuda" if path == "cuda" else "cpu"
+    weight = (torch.randn(m, n, generator=torch.Generator().manual_seed(5)) * 0.1).to(device, dtype)
     terms = make_terms(m, n, [16, 16, 16], seed=2, transposed=True)
     out = torch.full_like(weight, float("nan"))
     [(B, A)] = merge_module.concatenated([(terms, merge_module.product_dtype(weight), weight.device)])
+    assert B.device == A.device == weight.device
     merge_module.add_product(weight, B, A, out)
-    if native and dtype != torch.float32:  # the factors were rounded to the dtype: judge against that
+    if B.dtype == dtype != torch.float32:  # a native GEMM on rounded factors: judge against those
         terms = [((B * s).to(dtype).float(), A.to(dtype).float(), 1.0) for B, A, s in terms]
-    assert_rounded_once(out, weight, terms)
+    assert_rounded_once(out.cpu(), weight.cpu(), terms)
 
 
 def run_merge(cache: Path, env: dict[str, str]) -> subprocess.Popen:

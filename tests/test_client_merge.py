@@ -15,15 +15,19 @@ from client import Adapter, fused, merge, merged, unmerge
 from examples.make_adapter import tiny_llama
 
 
-@pytest.fixture(autouse=True, params=["fused kernel", "torch alone"])
-def merge_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Every test here runs both ways a CPU merge is computed: the one-pass kernel, and torch alone
-    (as where no C compiler is to be had)."""
+@pytest.fixture(autouse=True, params=["fused kernel", "torch alone", "cuda"])
+def device(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> torch.device:
+    """Every test here runs each way a merge is computed: on the CPU by the one-pass kernel and by torch
+    alone (as where no C compiler is to be had), and on a GPU (addmm) where there is one."""
+    if request.param == "cuda":
+        if not torch.cuda.is_available():
+            pytest.skip("needs a CUDA GPU")
+        return torch.device("cuda")
     if request.param == "torch alone":
         monkeypatch.setenv("QUIVER_FUSED_KERNEL", "0")
     else:
         assert fused.supports(torch.float32), "the fused merge kernel must build on this machine"
-    return request.param
+    return torch.device("cpu")
 
 
 def save_lora(model: torch.nn.Module, folder: Path, seed: int, **config) -> Path:
@@ -76,20 +80,21 @@ CASES = {
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_merge_equals_peft_merge_and_unload(tmp_path: Path, case: str) -> None:
+def test_merge_equals_peft_merge_and_unload(tmp_path: Path, case: str, device: torch.device) -> None:
     build, config = CASES[case]
     folder = save_lora(build(), tmp_path / "a", seed=1, **config)
-    expected = peft.PeftModel.from_pretrained(build(), folder).merge_and_unload().state_dict()
-    model = build()
+    expected = peft.PeftModel.from_pretrained(build().to(device), folder).merge_and_unload().state_dict()
+    model = build().to(device)
     merge(model, folder)
     got = model.state_dict()
-    changed = [k for k in expected if not torch.equal(expected[k], build().state_dict()[k])]
+    changed = [k for k in expected if not torch.equal(expected[k].cpu(), build().state_dict()[k])]
     assert changed, "the adapter must change some weights"
     for k in expected:
+        assert got[k].device.type == device.type
         torch.testing.assert_close(got[k], expected[k], rtol=0, atol=1e-5)
 
 
-def test_weighted_merge_is_the_exact_weighted_sum_of_deltas(tmp_path: Path) -> None:
+def test_weighted_merge_is_the_exact_weighted_sum_of_deltas(tmp_path: Path, device: torch.device) -> None:
     adapters = [
         Adapter.load(save_lora(tiny_llama(), tmp_path / f"a{i}", seed=i, r=r, lora_alpha=a, target_modules=targets))
         for i, (r, a, targets) in enumerate(
@@ -97,18 +102,18 @@ def test_weighted_merge_is_the_exact_weighted_sum_of_deltas(tmp_path: Path) -> N
         )
     ]
     weights = [0.5, -1.5, 2.0]
-    model, base = tiny_llama(), tiny_llama().state_dict()
-    merge(model, adapters, weights)
+    model, base = tiny_llama().to(device), tiny_llama().state_dict()
+    merge(model, [adapters[0], adapters[1].to(device), adapters[2]], weights)  # factors on the CPU or the device
     expected = {k: v.double() for k, v in base.items()}
     for adapter, w in zip(adapters, weights, strict=True):
         for module, f in adapter.factors.items():
             expected[f"{module}.weight"] += w * f.scaling * f.B.double() @ f.A.double()
     for k, v in model.state_dict().items():
-        torch.testing.assert_close(v.double(), expected[k], rtol=0, atol=1e-5)
+        torch.testing.assert_close(v.double().cpu(), expected[k], rtol=0, atol=1e-5)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
-def test_unmerge_restores_every_weight_bitwise(tmp_path: Path, dtype: torch.dtype) -> None:
+def test_unmerge_restores_every_weight_bitwise(tmp_path: Path, dtype: torch.dtype, device: torch.device) -> None:
     folders = [
         save_lora(
             tiny_llama(),
@@ -121,9 +126,9 @@ def test_unmerge_restores_every_weight_bitwise(tmp_path: Path, dtype: torch.dtyp
         for i in range(3)
     ]
     adapters = [Adapter.load(f) for f in folders]
-    model = tiny_llama().to(dtype)
+    model = tiny_llama().to(device, dtype)
     before = snapshot(model)
-    ids = torch.randint(0, 128, (1, 6), generator=torch.Generator().manual_seed(0))
+    ids = torch.randint(0, 128, (1, 6), generator=torch.Generator().manual_seed(0)).to(device)
     with torch.no_grad():
         base_logits = model(ids).logits
     for cycle in range(100):
@@ -140,10 +145,58 @@ def test_unmerge_restores_every_weight_bitwise(tmp_path: Path, dtype: torch.dtyp
         assert torch.equal(model(ids).logits, base_logits)
 
 
-def test_bad_merges_change_nothing(tmp_path: Path) -> None:
+def test_offload_merges_the_same_in_place_and_a_failure_puts_back_what_changed(
+    tmp_path: Path, device: torch.device, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """merge(..., offload=True) on a GPU: the same weights as the default merge, the originals in host
+    memory (no GPU memory left allocated beyond the model's own), restored bitwise; a failure after
+    some modules were merged in place puts those back."""
+    if device.type != "cuda":
+        pytest.skip("offload concerns models on a GPU")
+    folders = [
+        save_lora(tiny_llama(), tmp_path / f"a{i}", seed=i, r=4, lora_alpha=8, target_modules=["q_proj", "up_proj"])
+        for i in range(2)
+    ]
+    adapters = [Adapter.load(f) for f in folders]
+    model = tiny_llama().to(device, torch.bfloat16)
+    before = snapshot(model)
+    merge(model, adapters, [1.0, -0.5])
+    expected = snapshot(model)
+    unmerge(model, free=True)
+    torch.cuda.synchronize()
+    allocated = torch.cuda.memory_allocated()
+    merge(model, adapters, [1.0, -0.5], offload=True)
+    assert torch.cuda.memory_allocated() == allocated  # no second copy of the weights on the GPU
+    assert_bitwise(model, expected)
+    unmerge(model)
+    assert_bitwise(model, before)
+
+    merge_module = sys.modules["client.merge"]
+    real, calls = merge_module.add_product, []
+
+    def fails_on_the_third_module(weight, B, A, out):  # noqa: ANN001, ANN202
+        calls.append(weight)
+        if len(calls) == 3:
+            raise RuntimeError("the GPU failed half-way")
+        real(weight, B, A, out)
+
+    monkeypatch.setattr(merge_module, "add_product", fails_on_the_third_module)
+    with pytest.raises(RuntimeError, match="half-way"):
+        merge(model, adapters, offload=True)
+    assert len(calls) == 3
+    assert_bitwise(model, before)
+    monkeypatch.setattr(merge_module, "add_product", real)
+    with merged(model, adapters, offload=True):
+        assert not torch.equal(
+            model.state_dict()["model.layers.0.mlp.up_proj.weight"], before["model.layers.0.mlp.up_proj.weight"]
+        )
+    assert_bitwise(model, before)
+
+
+def test_bad_merges_change_nothing(tmp_path: Path, device: torch.device) -> None:
     folder = save_lora(tiny_llama(), tmp_path / "a", seed=1, r=4, lora_alpha=8, target_modules=["q_proj"])
     adapter = Adapter.load(folder)
-    model = tiny_llama()
+    model = tiny_llama().to(device)
     before = snapshot(model)
     missing = Adapter(
         "missing",
@@ -152,7 +205,7 @@ def test_bad_merges_change_nothing(tmp_path: Path) -> None:
     )
     with pytest.raises(ValueError, match="adapts 'model.layers.9.self_attn.q_proj', which the model does not have"):
         merge(model, missing)
-    wrong = tiny_gpt2()  # a model whose layers have other names and shapes
+    wrong = tiny_gpt2().to(device)  # a model whose layers have other names and shapes
     with pytest.raises(ValueError, match="does not have"):
         merge(wrong, adapter)
     with pytest.raises(ValueError, match="2 weights for 1 adapters"):
@@ -161,7 +214,7 @@ def test_bad_merges_change_nothing(tmp_path: Path) -> None:
     merge(model, adapter)
     with pytest.raises(ValueError, match="already has merged adapters"):
         merge(model, adapter)
-    with pytest.raises(RuntimeError, match="boom"), merged(tiny_llama(), adapter) as m:
+    with pytest.raises(RuntimeError, match="boom"), merged(tiny_llama().to(device), adapter) as m:
         raise RuntimeError("boom")
     merge(m, adapter)  # the context unmerged it on the way out: merging again is allowed
     unmerge(m, free=True)

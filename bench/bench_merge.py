@@ -3,21 +3,23 @@ down 2816->1024), fp32 and bf16: ours (one fused product per module; restore = p
 (merge_adapter; sequential merge of 8; add_weighted_adapter("cat") + merge; unmerge) vs the bound
 max(bytes of W read and written / in-place bandwidth, FLOPs / GEMM rate), both measured here.
 
-    python bench/bench_merge.py
+    python bench/bench_merge.py [--device cuda]
+
+On a GPU both sides have their factors there already; "offload" is merge(..., offload=True) (originals
+in host memory, restored over PCIe).
 """
 
 from __future__ import annotations
 
 import functools
 import sys
-import time
 from pathlib import Path
 
 import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.common import best_time, table  # noqa: E402
+from bench.common import DEVICE, best_time, table, timed  # noqa: E402
 from client import Adapter, merge, unmerge  # noqa: E402
 from registry import lora  # noqa: E402
 
@@ -43,7 +45,7 @@ class Model(nn.Module):
 
 def model(dtype: torch.dtype) -> Model:
     torch.manual_seed(0)
-    return Model().to(dtype).eval()
+    return Model().to(DEVICE, dtype).eval()
 
 
 def adapters(k: int) -> list[Adapter]:
@@ -57,7 +59,7 @@ def adapters(k: int) -> list[Adapter]:
             for layer in range(LAYERS)
             for n, (fi, fo) in SHAPES.items()
         }
-        out.append(Adapter(f"a{i}", {"r": RANK, "lora_alpha": 2 * RANK}, factors))
+        out.append(Adapter(f"a{i}", {"r": RANK, "lora_alpha": 2 * RANK}, factors).to(DEVICE))
     return out
 
 
@@ -82,16 +84,16 @@ def peft_model(dtype: torch.dtype, adapters: list[Adapter]):  # noqa: ANN201
 def bandwidth() -> float:
     """Bytes per second of an in-place fp32 add over as many bytes as the fp32 model's weights (bytes are
     bytes; torch's bf16 add is bound by its conversions, not by memory)."""
-    big = torch.zeros(LAYERS * sum(i * o for i, o in SHAPES.values()))
+    big = torch.zeros(LAYERS * sum(i * o for i, o in SHAPES.values()), device=DEVICE)
     return 2 * big.numel() * 4 / best_time(lambda: big.add_(1), repeat=5)
 
 
 @functools.cache
 def gemm_rate(dtype: torch.dtype, k: int) -> float:
     """FLOP/s of an in-place addmm in `dtype` on one 2816 x 1024 module with rank K x 16, hot in cache."""
-    W = torch.zeros(2816, 1024, dtype=dtype)
-    B = torch.randn(2816, k * RANK).to(dtype)
-    A = torch.randn(k * RANK, 1024).to(dtype)
+    W = torch.zeros(2816, 1024, dtype=dtype, device=DEVICE)
+    B = torch.randn(2816, k * RANK).to(DEVICE, dtype)
+    A = torch.randn(k * RANK, 1024).to(DEVICE, dtype)
     return 2 * W.numel() * k * RANK / best_time(lambda: W.addmm_(B, A), repeat=20)
 
 
@@ -107,23 +109,26 @@ def bound(dtype: torch.dtype, k: int) -> float:
     return max(2 * params * element / bandwidth(), 2 * params * k * RANK / rate)
 
 
+def merge_and_restore(model: nn.Module, ads: list[Adapter], offload: bool = False) -> tuple[float, float]:
+    """Median seconds of our merge and of our restore, after a warm-up cycle."""
+    merge(model, ads, offload=offload)
+    unmerge(model)
+    merges, restores = [], []
+    for _ in range(REPEAT):
+        merges.append(timed(lambda: merge(model, ads, offload=offload)))
+        restores.append(timed(lambda: unmerge(model)))
+    unmerge(model, free=True)
+    return sorted(merges)[REPEAT // 2], sorted(restores)[REPEAT // 2]
+
+
 def rows() -> list[list[str]]:
     out = []
     for dtype in (torch.float32, torch.bfloat16):
         for k in (1, 8):
             ads = adapters(k)
             ours_model = model(dtype)
-            merge(ours_model, ads)  # warm-up
-            unmerge(ours_model)
-            merges, restores = [], []
-            for _ in range(REPEAT):
-                t = time.perf_counter()
-                merge(ours_model, ads)
-                merges.append(time.perf_counter() - t)
-                t = time.perf_counter()
-                unmerge(ours_model)
-                restores.append(time.perf_counter() - t)
-            t_merge, t_restore = sorted(merges)[REPEAT // 2], sorted(restores)[REPEAT // 2]
+            t_merge, t_restore = merge_and_restore(ours_model, ads)
+            offloaded = merge_and_restore(ours_model, ads, offload=True) if DEVICE.type == "cuda" else None
 
             pm = peft_model(dtype, ads)
             names = [a.name for a in ads]
@@ -131,66 +136,62 @@ def rows() -> list[list[str]]:
             pm.unmerge_adapter()
             peft_merges, peft_unmerges = [], []
             for _ in range(REPEAT):
-                t = time.perf_counter()
-                pm.merge_adapter(names)
-                peft_merges.append(time.perf_counter() - t)
-                t = time.perf_counter()
-                pm.unmerge_adapter()
-                peft_unmerges.append(time.perf_counter() - t)
+                peft_merges.append(timed(functools.partial(pm.merge_adapter, names)))
+                peft_unmerges.append(timed(pm.unmerge_adapter))
             t_peft, t_peft_unmerge = sorted(peft_merges)[REPEAT // 2], sorted(peft_unmerges)[REPEAT // 2]
             if k > 1:
                 cats = []
                 for _ in range(3):
-                    t = time.perf_counter()
-                    pm.add_weighted_adapter(names, [1.0] * k, "cat", combination_type="cat")
-                    pm.merge_adapter(["cat"])
-                    cats.append(time.perf_counter() - t)
+                    t = timed(
+                        functools.partial(pm.add_weighted_adapter, names, [1.0] * k, "cat", combination_type="cat")
+                    )
+                    cats.append(t + timed(functools.partial(pm.merge_adapter, ["cat"])))
                     pm.unmerge_adapter()
                     pm.delete_adapter("cat")
                 t_cat = sorted(cats)[1]
             b = bound(dtype, k)
             label = f"{str(dtype).removeprefix('torch.')} K={k}"
-            out.append(
-                [
-                    label,
-                    f"{t_merge:.3f}",
-                    f"{t_merge / b:.2f}x",
-                    f"{t_peft:.3f}",
-                    f"{t_peft / t_merge:.1f}x",
-                    f"{t_cat:.3f}" if k > 1 else "-",
-                    f"{t_cat / t_merge:.1f}x" if k > 1 else "-",
-                    f"{b:.3f}",
-                    f"{t_restore:.3f}",
-                    f"{t_peft_unmerge:.3f}",
-                    f"{t_peft_unmerge / t_restore:.1f}x",
-                ]
-            )
+            row = [
+                label,
+                f"{t_merge:.4f}",
+                f"{t_merge / b:.2f}x",
+                f"{t_peft:.4f}",
+                f"{t_peft / t_merge:.1f}x",
+                f"{t_cat:.4f}" if k > 1 else "-",
+                f"{t_cat / t_merge:.1f}x" if k > 1 else "-",
+                f"{b:.4f}",
+                f"{t_restore:.4f}",
+                f"{t_peft_unmerge:.4f}",
+                f"{t_peft_unmerge / t_restore:.1f}x",
+            ]
+            if offloaded:
+                row += [f"{offloaded[0]:.4f}", f"{offloaded[1]:.4f}"]
+            out.append(row)
     return out
 
 
 def main() -> None:
+    where = torch.cuda.get_device_name(DEVICE) if DEVICE.type == "cuda" else f"{torch.get_num_threads()} threads"
     print(
         f"Merge of K rank-{RANK} adapters into a {LAYERS}-layer model ({LAYERS * len(SHAPES)} modules), "
-        f"{torch.get_num_threads()} threads; median of {REPEAT} (cat: 3) in one process"
+        f"{where}; median of {REPEAT} (cat: 3) in one process"
     )
-    print(
-        table(
-            [
-                "dtype, K",
-                "ours (s)",
-                "ours / bound",
-                "PEFT merge_adapter (s)",
-                "PEFT / ours",
-                "PEFT cat + merge (s)",
-                "cat / ours",
-                "bound (s)",
-                "ours restore (s)",
-                "PEFT unmerge (s)",
-                "unmerge / restore",
-            ],
-            rows(),
-        )
-    )
+    headers = [
+        "dtype, K",
+        "ours (s)",
+        "ours / bound",
+        "PEFT merge_adapter (s)",
+        "PEFT / ours",
+        "PEFT cat + merge (s)",
+        "cat / ours",
+        "bound (s)",
+        "ours restore (s)",
+        "PEFT unmerge (s)",
+        "unmerge / restore",
+    ]
+    if DEVICE.type == "cuda":
+        headers += ["ours offload (s)", "offload restore (s)"]
+    print(table(headers, rows()))
 
 
 if __name__ == "__main__":

@@ -1,22 +1,37 @@
-"""Helpers shared by the benchmarks: timing and table printing."""
+"""Helpers shared by the benchmarks: the device (`--device cuda`), timing and table printing."""
 
 from __future__ import annotations
 
 import statistics
+import sys
 import time
 from collections.abc import Callable
+
+import torch
+
+DEVICE = torch.device(sys.argv[sys.argv.index("--device") + 1] if "--device" in sys.argv else "cpu")
+
+
+def sync() -> None:
+    """Wait for DEVICE's queued work (a GPU runs asynchronously)."""
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize(DEVICE)
+
+
+def timed(fn: Callable[[], object]) -> float:
+    """Seconds of one fn(), its work on DEVICE included."""
+    sync()
+    t = time.perf_counter()
+    fn()
+    sync()
+    return time.perf_counter() - t
 
 
 def times(fn: Callable[[], object], repeat: int = 5, warmup: int = 1) -> list[float]:
     """Wall times of fn() in seconds over `repeat` runs, after `warmup` untimed runs."""
     for _ in range(warmup):
         fn()
-    out = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t)
-    return out
+    return [timed(fn) for _ in range(repeat)]
 
 
 def median_time(fn: Callable[[], object], repeat: int = 5, warmup: int = 1) -> float:

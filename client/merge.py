@@ -82,11 +82,12 @@ def merge(
             layers.append((module, layer))
         changing = True
         add_products(jobs)
-    except BaseException:
+    except BaseException as e:
         for module, buffer in kept.items():
             if changing and buffer.device != plan[module][0].weight.device:  # in place: put the original back
                 plan[module][0].weight.data.copy_(buffer)
-            state["spare"][module] = buffer
+            if not isinstance(e, torch.OutOfMemoryError):  # out of GPU memory: hold none of it
+                state["spare"][module] = buffer
         raise
     for module, layer in layers:
         if kept[module].device == layer.weight.device:

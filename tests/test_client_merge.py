@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ import transformers
 
 from client import Adapter, fused, merge, merged, unmerge
 from examples.make_adapter import tiny_llama
+from registry import lora
 
 
 @pytest.fixture(autouse=True, params=["fused kernel", "torch alone", "cuda"])
@@ -191,6 +193,35 @@ def test_offload_merges_the_same_in_place_and_a_failure_puts_back_what_changed(
             model.state_dict()["model.layers.0.mlp.up_proj.weight"], before["model.layers.0.mlp.up_proj.weight"]
         )
     assert_bitwise(model, before)
+
+
+def test_a_gpu_without_room_for_two_copies_says_to_offload_and_offload_merges(device: torch.device) -> None:
+    if device.type != "cuda":
+        pytest.skip("offload concerns models on a GPU")
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(*(torch.nn.Linear(2048, 2048, bias=False) for _ in range(4))).to(device)  # 64 MB
+    factors = {str(i): lora.Factors(torch.randn(8, 2048), torch.randn(2048, 8) * 0.01, 2.0) for i in range(4)}
+    adapter = Adapter("a", {"r": 8}, factors)
+    before = snapshot(model)
+    torch.cuda.empty_cache()
+    allocated = torch.cuda.memory_allocated()
+    total = torch.cuda.get_device_properties(device).total_memory
+    torch.cuda.set_per_process_memory_fraction((torch.cuda.memory_reserved() + (40 << 20)) / total)
+    try:
+        with pytest.raises(torch.OutOfMemoryError, match=r"offload=True"):
+            merge(model, adapter)
+        assert_bitwise(model, before)
+        gc.collect()  # the exception's traceback is gone: what merge allocated must be too
+        assert torch.cuda.memory_allocated() == allocated  # nothing held for a next merge
+        merge(model, adapter, offload=True)
+    finally:
+        torch.cuda.set_per_process_memory_fraction(1.0)
+    merged_weights = snapshot(model)
+    unmerge(model)
+    assert_bitwise(model, before)
+    merge(model, adapter)  # room again: the same weights the default way
+    assert_bitwise(model, merged_weights)
+    unmerge(model, free=True)
 
 
 def test_bad_merges_change_nothing(tmp_path: Path, device: torch.device) -> None:

@@ -8,8 +8,8 @@ y = W x + sum_e w_e s_e B_e A_e x. Prototypes come from the hub when the adapter
 The mixing never gathers weights per token: on a GPU, and on a CPU with few experts (sum of ranks <=
 DENSE_RANKS), it is two GEMMs through the concatenated low-rank space, (x A_cat^T * expert weights)
 B_cat^T; with many on a CPU, the tokens are grouped by expert and each expert runs one GEMM pair on
-just its tokens (on a GPU that loop waits on the device once per expert: at 32 experts on an H100, 20x
-slower than the dense GEMMs).
+just its tokens (on a GPU that loop waits on the device once per expert: at 32 experts on an H100,
+10-20x slower than the dense GEMMs).
 """
 
 from __future__ import annotations

@@ -64,7 +64,7 @@ def merge(
             plan.setdefault(module, (layer, []))[1].append((adapter, w))
 
     state = _state(model)
-    jobs, layers, kept = [], [], {}  # kept: module -> where its original is kept until the merge is done
+    jobs, kept = [], {}  # kept: module -> where its original is kept until the merge is done
     changing = False  # no weight changes before add_products (in place, with offload)
     try:
         for module, (layer, members) in plan.items():
@@ -79,7 +79,6 @@ def merge(
                 B, A = (f.A.T, f.B.T) if type(layer).__name__ == "Conv1D" else (f.B, f.A)  # Conv1D: W is in x out
                 terms.append((B, A, w * f.scaling))
             jobs.append((original, terms, original if in_place else kept[module]))
-            layers.append((module, layer))
         changing = True
         add_products(jobs)
     except BaseException as e:
@@ -89,8 +88,8 @@ def merge(
             if not isinstance(e, torch.OutOfMemoryError):  # out of GPU memory: hold none of it
                 state["spare"][module] = buffer
         raise
-    for module, layer in layers:
-        if kept[module].device == layer.weight.device:
+    for module, (layer, _) in plan.items():
+        if kept[module].device == layer.weight.device:  # not offloaded: swap the merged buffer in
             layer.weight.data, kept[module] = kept[module], layer.weight.data
         state["saved"][module] = kept[module]
 
@@ -228,8 +227,9 @@ def _state(model: nn.Module) -> dict[str, dict[str, torch.Tensor]]:
 
 @torch.no_grad()
 def unmerge(model: nn.Module, free: bool = False) -> None:
-    """Put back every weight merge() changed: the original tensors themselves, so bit for bit and
-    without copying. The merged buffers are kept for the next merge unless `free`."""
+    """Put back every weight merge() changed, bit for bit: the original tensors themselves, without
+    copying (after merge(..., offload=True), copied back from host memory). The merged buffers are kept
+    for the next merge unless `free`."""
     state = _state(model)
     named = dict(model.named_modules()) if state["saved"] else {}
     for module, original in state["saved"].items():

@@ -17,8 +17,8 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import median_time, table  # noqa: E402
-from registry import lora  # noqa: E402
-from registry.clustering import cluster, params_matrix, sketch_matrix  # noqa: E402
+from quiver_hub.registry import lora  # noqa: E402
+from quiver_hub.registry.mbc import cluster, params_matrix, sketch_matrix  # noqa: E402
 
 MODULES = [f"layers.{i}.{p}" for i in range(8) for p in ("q", "v")]  # 16 modules
 HIDDEN, RANK, K = 64, 4, 10

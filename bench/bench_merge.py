@@ -20,8 +20,8 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import DEVICE, best_time, table, timed  # noqa: E402
-from client import Adapter, merge, unmerge  # noqa: E402
-from registry import lora  # noqa: E402
+from quiver_hub import Adapter, merge, unmerge  # noqa: E402
+from quiver_hub.registry import lora  # noqa: E402
 
 SHAPES = {
     "q_proj": (1024, 1024),

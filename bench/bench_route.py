@@ -23,17 +23,17 @@ from sqlalchemy import insert
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import table  # noqa: E402
-from hub.app import create_app  # noqa: E402
-from hub.settings import Settings  # noqa: E402
-from hub.state import HubState  # noqa: E402
-from registry.models import Adapter, Namespace, Prototype, Version, utcnow  # noqa: E402
+from quiver_hub.hub.app import create_app  # noqa: E402
+from quiver_hub.hub.services import Services  # noqa: E402
+from quiver_hub.hub.settings import Settings  # noqa: E402
+from quiver_hub.registry.models import Adapter, Namespace, Prototype, Version, utcnow  # noqa: E402
 
 BASE = "bench/base"
 MODULES = ["model.layers.0.self_attn.q_proj", "model.layers.0.self_attn.v_proj"]
 DIM, TOKENS, TOP_K, REQUESTS = 512, 16, 3, 100
 
 
-def fill(state: HubState, n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+def fill(state: Services, n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
     """n public adapters with one version and a random unit prototype per module, inserted in bulk."""
     protos = {m: rng.standard_normal((n, DIM), dtype=np.float32) for m in MODULES}
     for v in protos.values():
@@ -94,7 +94,7 @@ def fill(state: HubState, n: int, rng: np.random.Generator) -> dict[str, np.ndar
 
 
 def brute_force(protos: dict[str, np.ndarray], hidden: dict[str, np.ndarray]) -> np.ndarray:
-    """DESIGN.md's formula over every adapter, dense numpy: the baseline."""
+    """the routing formula (docs/architecture.md) over every adapter, dense numpy: the baseline."""
     n = next(iter(protos.values())).shape[0]
     scores = np.zeros(n)
     for m, h in hidden.items():
@@ -122,7 +122,7 @@ def run(n: int, port: int) -> list[object]:
     rng = np.random.default_rng(n)
     with tempfile.TemporaryDirectory() as home:
         settings = Settings(home=Path(home), max_upload_bytes=64 << 20)
-        state = HubState.open(settings)
+        state = Services.open(settings)
         t = time.perf_counter()
         protos = fill(state, n, rng)
         fill_s = time.perf_counter() - t
@@ -162,7 +162,7 @@ def run(n: int, port: int) -> list[object]:
                 t = time.perf_counter()
                 brute_force(protos, queries[i])
                 brute[i] = time.perf_counter() - t
-            memory = server.config.app.state.hub.indexes.memory_bytes()
+            memory = server.config.app.state.services.indexes.memory_bytes()
         finally:
             server.should_exit = True
             thread.join()

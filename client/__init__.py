@@ -1,15 +1,33 @@
 """Quiver's thin client: push, pull, search and route against a hub; load PEFT adapters, merge them into
 local torch models (restored bitwise) or route among them token by token (Arrow).
 
-Imports only torch, safetensors, numpy, httpx and registry.lora (no server dependencies).
+This folder is the `quiver_hub` package; the hub's server (`quiver_hub.hub`), the registry
+(`quiver_hub.registry`) and the migrations are its subpackages (docs/architecture.md, "The layers").
+The names below load on first use, as huggingface_hub's do: `import quiver_hub.registry.lora` (the server
+does) pulls neither httpx nor the merge code, and `import quiver_hub` alone pulls nothing heavy.
 """
 
-from client.adapter import Adapter
-from client.arrow import apply_arrow, remove_arrow
-from client.errors import BadRequest, Conflict, Forbidden, HubError, InvalidAdapter, NotFound, TooLarge, Unauthorized
-from client.hub import Hub
-from client.merge import merge, merged, unmerge
+from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+# name -> the module of quiver_hub that defines it
+_EXPORTS = {
+    "Adapter": "adapter",
+    "apply_arrow": "arrow",
+    "remove_arrow": "arrow",
+    "Hub": "api",
+    "merge": "merging",
+    "merged": "merging",
+    "unmerge": "merging",
+    **dict.fromkeys(
+        ["BadRequest", "Conflict", "Forbidden", "HubError", "InvalidAdapter", "NotFound", "TooLarge", "Unauthorized"],
+        "errors",
+    ),
+}
 __all__ = [
     "Adapter",
     "BadRequest",
@@ -27,3 +45,33 @@ __all__ = [
     "remove_arrow",
     "unmerge",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'quiver_hub' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
+
+
+if TYPE_CHECKING:  # what type checkers and editors see
+    from quiver_hub.adapter import Adapter
+    from quiver_hub.api import Hub
+    from quiver_hub.arrow import apply_arrow, remove_arrow
+    from quiver_hub.errors import (
+        BadRequest,
+        Conflict,
+        Forbidden,
+        HubError,
+        InvalidAdapter,
+        NotFound,
+        TooLarge,
+        Unauthorized,
+    )
+    from quiver_hub.merging import merge, merged, unmerge

@@ -1,5 +1,5 @@
-"""`python -m client` is the `quiver` command."""
+"""`python -m quiver_hub` is the `quiver` command."""
 
-from client.cli import main
+from quiver_hub.cli import main
 
 main()

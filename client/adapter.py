@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from registry import lora
+from quiver_hub.registry import lora
 
 
 @dataclass

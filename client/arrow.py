@@ -20,9 +20,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from client.adapter import Adapter, as_adapters, target_layer
-from client.hub import Hub
-from registry.lora import prototype
+from quiver_hub.adapter import Adapter, as_adapters, target_layer
+from quiver_hub.api import Hub
+from quiver_hub.registry.lora import prototype
 
 _STATE = "_quiver_arrow"
 DENSE_RANKS = 256

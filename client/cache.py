@@ -5,13 +5,14 @@ Hugging Face cache:
     adapters/<ns>/<name>/<revision>/     one folder per version, its files linking to blobs/
     adapters/<ns>/<name>/numbers/<n>     the revision of version n (versions are immutable)
 
-Downloads go to blobs/<sha256>.incomplete and resume from where they stopped; a lock per blob makes
-several processes pulling at once safe; a version folder appears (atomic rename) only when complete.
+Downloads go to blobs/<sha256>.incomplete and resume from where they stopped; a lock per blob (filelock,
+as huggingface_hub uses: it works on every OS) makes several processes pulling at once safe; a version
+folder appears (atomic rename) only when complete. Where symbolic links cannot be made (Windows without
+developer mode), the folder holds copies.
 """
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import os
 import shutil
@@ -19,6 +20,8 @@ import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from filelock import FileLock
 
 CHUNK = 1024 * 1024
 
@@ -50,12 +53,8 @@ class Cache:
     def _lock(self, name: str) -> Iterator[None]:
         locks = self.root / "locks"
         locks.mkdir(exist_ok=True)
-        with open(locks / f"{name}.lock", "w") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+        with FileLock(locks / f"{name}.lock"):
+            yield
 
     def blob(self, sha256: str, size: int, fetch: Callable[[int], Iterator[bytes]]) -> Path:
         """The verified blob, downloading what is missing with fetch(start) (resumed from a partial file)."""
@@ -91,7 +90,10 @@ class Cache:
                 for path, blob in files.items():
                     link = staging / path
                     link.parent.mkdir(parents=True, exist_ok=True)
-                    os.symlink(os.path.relpath(blob, link.parent), link)
+                    try:
+                        os.symlink(os.path.relpath(blob, link.parent), link)
+                    except OSError:  # no symlinks here (Windows without developer mode): a copy
+                        shutil.copyfile(blob, link)
                 try:
                     os.rename(staging, final)
                 except OSError:  # another process made it first

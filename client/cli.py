@@ -1,8 +1,10 @@
 """The `quiver` command. Client commands live here; the hub's operator commands (serve, token, gc,
-migrate) join through the `quiver.commands` entry point when the server extras are installed."""
+migrate) join through the `quiver.commands` entry point when the server extras are installed; without
+them those names answer with the extra to install."""
 
 from __future__ import annotations
 
+import subprocess
 import time
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -10,12 +12,13 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 from rich.table import Table
 
-from client.credentials import default_endpoint, save
-from client.errors import HubError
-from client.hub import UPLOADED, Hub
+from quiver_hub.api import UPLOADED, Hub
+from quiver_hub.credentials import default_endpoint, save
+from quiver_hub.errors import HubError
 
 app = typer.Typer(help="Quiver: a hub for LoRA adapters.", no_args_is_help=True, add_completion=False)
 out = Console(soft_wrap=True)
@@ -236,10 +239,46 @@ def cluster_command(
         fail(e)
 
 
+kernel_app = typer.Typer(help="The fused merge kernel (compiled for this CPU on first use).", no_args_is_help=True)
+app.add_typer(kernel_app, name="kernel")
+
+
+@kernel_app.command("build")
+def kernel_build() -> None:
+    """Compile the merge kernel now (for an image that has no compiler at run time) and print its path."""
+    from quiver_hub import fused
+
+    try:
+        path = fused.build()
+    except (OSError, subprocess.SubprocessError) as e:
+        detail = (getattr(e, "stderr", None) or str(e)).strip()
+        err.print(f"[red]error:[/] could not build the kernel with {' '.join(fused._compiler())!r}: {detail}")
+        raise typer.Exit(1) from None
+    print(path)
+
+
+SERVER_COMMANDS = ("serve", "token", "gc", "migrate")
+
+
+def needs_server(name: str) -> None:
+    def command(ctx: typer.Context) -> None:
+        hint = escape("pip install 'quiver-hub[server]'")
+        err.print(f"[red]error:[/] `quiver {name}` is one of the hub's commands, which need the server extras: {hint}")
+        raise typer.Exit(2)
+
+    command.__doc__ = "(needs the server extras: pip install 'quiver-hub[server]')"
+    app.command(name, context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(command)
+
+
 def main() -> None:
+    loaded = False
     for plugin in entry_points(group="quiver.commands"):
         try:
             plugin.load()(app)
+            loaded = True
         except ImportError:  # the server extras are not installed: client commands only
             pass
+    if not loaded:
+        for name in SERVER_COMMANDS:
+            needs_server(name)
     app()

@@ -7,9 +7,14 @@ once; rows are split between torch.get_num_threads() threads.
 
 It is compiled on first use with the system C compiler ($CC, else cc) for this CPU (-march=native)
 into QUIVER_CACHE/kernels, under a name that hashes the source, the compiler and the CPU's flags,
-and loaded with ctypes: nothing is built at install time and a wheel stays pure Python. Where it
-cannot be built (no compiler), merges use torch alone and a RuntimeWarning says so once.
-QUIVER_FUSED_KERNEL=0 turns it off.
+and loaded with ctypes: nothing is built at install time and a wheel stays pure Python. `quiver kernel
+build` builds it ahead of time (for an image without a compiler at run time). Where it cannot be built
+(no compiler), merges use torch alone and a RuntimeWarning says so once. QUIVER_FUSED_KERNEL=0 turns it
+off.
+
+Loading a shared library runs its code, so it is loaded only from a folder that the current user owns
+and nobody else can write to (and only a file that user owns, writable by nobody else): a kernel folder
+that others could write to is refused with a warning, and merges use torch alone.
 
 It also concatenates the factors of the merges that go to torch's GEMM instead (concatenated()).
 """
@@ -30,7 +35,7 @@ from pathlib import Path
 
 import torch
 
-from client.cache import default_cache_dir
+from quiver_hub.cache import default_cache_dir
 
 SOURCE = Path(__file__).with_name("fused_add.c")
 FLAGS = ["-O3", "-march=native", "-shared", "-fPIC", "-pthread"]
@@ -103,9 +108,34 @@ def kernel_path() -> Path:
     return default_cache_dir() / "kernels" / f"fused_add-{key[:20]}.so"
 
 
+class UnsafeKernel(OSError):
+    """The kernel's folder or file could be written by another user: loading it could run their code."""
+
+
+def check_private(path: Path) -> None:
+    """Raise UnsafeKernel unless `path` belongs to this user and no other user may write to it (POSIX;
+    elsewhere only the user's own profile folders hold the cache)."""
+    if not hasattr(os, "getuid"):
+        return
+    info = path.stat()
+    if info.st_uid != os.getuid():
+        raise UnsafeKernel(f"{path} belongs to another user (uid {info.st_uid})")
+    if info.st_mode & 0o022:
+        raise UnsafeKernel(f"{path} can be written by other users (mode {info.st_mode & 0o777:o})")
+
+
+def build(target: Path | None = None, flags: Sequence[str] = FLAGS) -> Path:
+    """Compile the kernel for this CPU (into kernel_path() by default) and return where it is."""
+    target = target or kernel_path()
+    _build(target, flags)
+    return target
+
+
 def _build(target: Path, flags: Sequence[str] = FLAGS) -> None:
-    """Compile into a temporary name and rename: processes building at once never see half a file."""
-    target.parent.mkdir(parents=True, exist_ok=True)
+    """Compile into a temporary name and rename: processes building at once never see half a file. The
+    folder is made private to the user (0700) when this creates it, and must be private in any case."""
+    target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    check_private(target.parent)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         built = Path(tmp) / target.name
         subprocess.run(
@@ -134,7 +164,16 @@ def _load() -> ctypes.CDLL | None:
     try:
         if not target.exists():
             _build(target)
+        check_private(target.parent)
+        check_private(target)
         lib = ctypes.CDLL(str(target))
+    except UnsafeKernel as exc:
+        warnings.warn(
+            f"quiver: not loading the fused merge kernel: {exc}; merging with torch alone, which is slower",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+        return None
     except (OSError, subprocess.SubprocessError) as exc:
         detail = getattr(exc, "stderr", None) or str(exc)
         warnings.warn(

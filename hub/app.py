@@ -7,12 +7,14 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
+from fastapi_offline import FastAPIOffline
 
-from hub import errors
-from hub.limits import BodyLimit
-from hub.routes import adapters, clusters, discovery, health, hf
-from hub.settings import Settings
-from hub.state import HubState
+import quiver_hub
+from quiver_hub.hub import errors
+from quiver_hub.hub.limits import BodyLimit
+from quiver_hub.hub.routes import adapters, clusters, discovery, health, hf
+from quiver_hub.hub.services import Services
+from quiver_hub.hub.settings import Settings
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -20,18 +22,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.hub = HubState.open(settings, index=True)
+        app.state.services = Services.open(settings, index=True)
         # Load the text embedder now (seconds), not on the first search or publish.
-        await run_in_threadpool(app.state.hub.embedder.embed_one, "warm-up")
+        await run_in_threadpool(app.state.services.embedder.embed_one, "warm-up")
         try:
             yield
         finally:
-            app.state.hub.close()
+            app.state.services.close()
 
-    app = FastAPI(
+    # /docs and /redoc load their scripts and styles from the hub itself, never from a CDN.
+    app = FastAPIOffline(
         title="Quiver",
         summary="A registry and hub for LoRA adapters",
-        version="0.1.0",
+        version=quiver_hub.__version__,
         lifespan=lifespan,
     )
     errors.install(app)

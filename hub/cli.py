@@ -8,8 +8,8 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from hub.settings import Settings
-from hub.state import HubState
+from quiver_hub.hub.services import Services
+from quiver_hub.hub.settings import Settings
 
 token_app = typer.Typer(help="Manage access tokens (operator commands on the hub's database).", no_args_is_help=True)
 err = Console(stderr=True, soft_wrap=True)  # never break a message across lines
@@ -30,10 +30,10 @@ def serve(
     """Apply migrations and start the hub (QUIVER_HOME, QUIVER_DATABASE_URL)."""
     import uvicorn
 
-    from hub.app import create_app
+    from quiver_hub.hub.app import create_app
 
     settings = Settings()
-    HubState.open(settings).close()  # migrate before accepting connections, and fail early if we cannot
+    Services.open(settings).close()  # migrate before accepting connections, and fail early if we cannot
     err.print(f"[bold]quiver[/] database {_redact(settings.db_url)}, files under {settings.home.resolve()}")
     uvicorn.run(create_app(settings), host=host or settings.host, port=port or settings.port)
 
@@ -45,11 +45,11 @@ def token_create(
     scope: Annotated[str, typer.Option(help="read or write")] = "write",
 ) -> None:
     """Create a token; it is printed alone on the last line (it cannot be shown again)."""
-    from registry.accounts import create_token
-    from registry.db import writing
-    from registry.errors import RegistryError
+    from quiver_hub.registry.accounts import create_token
+    from quiver_hub.registry.db import writing
+    from quiver_hub.registry.errors import RegistryError
 
-    state = HubState.open(Settings())
+    state = Services.open(Settings())
     try:
         with writing(state.sessions) as session:
             token = create_token(session, user=user, scope=scope, org=org)
@@ -67,9 +67,9 @@ def gc(
     grace: Annotated[float, typer.Option(help="keep unreferenced files younger than this many seconds")] = 3600.0,
 ) -> None:
     """Remove blobs that no version references, and stale temporary files."""
-    from registry.gc import collect_garbage
+    from quiver_hub.registry.gc import collect_garbage
 
-    state = HubState.open(Settings())
+    state = Services.open(Settings())
     try:
         report = collect_garbage(state.sessions, state.store, grace_s=grace)
     finally:
@@ -82,7 +82,7 @@ def gc(
 
 def migrate() -> None:
     """Apply the database migrations and exit."""
-    HubState.open(Settings()).close()
+    Services.open(Settings()).close()
     print("database is up to date")
 
 

@@ -5,19 +5,20 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Request, Security
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
-from hub.state import HubState
-from registry.accounts import Principal, authenticate
-from registry.errors import Unauthorized
+from quiver_hub.hub.services import Services
+from quiver_hub.registry.accounts import Principal, authenticate
+from quiver_hub.registry.errors import Unauthorized
 
 
-def get_state(request: Request) -> HubState:
-    return request.app.state.hub
+def get_state(request: Request) -> Services:
+    return request.app.state.services
 
 
-def get_session(state: Annotated[HubState, Depends(get_state)]) -> Iterator[Session]:
+def get_session(state: Annotated[Services, Depends(get_state)]) -> Iterator[Session]:
     with state.sessions() as session:
         yield session
 
@@ -32,12 +33,25 @@ def bearer_token(request: Request) -> str | None:
     return token.strip()
 
 
-def get_principal(request: Request, state: Annotated[HubState, Depends(get_state)]) -> Principal:
+# Declares the scheme in the OpenAPI spec (and the Authorize button of /docs); bearer_token reads it.
+BEARER = HTTPBearer(
+    auto_error=False,
+    scheme_name="token",
+    description="A Quiver token (`quiver token create`), sent as `Authorization: Bearer <token>`. "
+    "Without one you read public adapters only.",
+)
+
+
+def get_principal(
+    request: Request,
+    state: Annotated[Services, Depends(get_state)],
+    _declared: Annotated[HTTPAuthorizationCredentials | None, Security(BEARER)],
+) -> Principal:
     token = bearer_token(request)
     with state.sessions() as session:
         return authenticate(session, token)
 
 
-StateDep = Annotated[HubState, Depends(get_state)]
+StateDep = Annotated[Services, Depends(get_state)]
 SessionDep = Annotated[Session, Depends(get_session)]
 PrincipalDep = Annotated[Principal, Depends(get_principal)]

@@ -9,7 +9,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from registry import errors
+from quiver_hub.registry import errors
 
 log = logging.getLogger("quiver.hub")
 HF_TAG = "huggingface"  # routes speaking the Hugging Face Hub protocol answer errors in its shape

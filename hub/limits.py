@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from hub.errors import error_response
-from registry.errors import TooLarge
+from quiver_hub.hub.errors import error_response
+from quiver_hub.registry.errors import TooLarge
 
 
 class BodyLimit:

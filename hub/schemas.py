@@ -1,4 +1,4 @@
-"""The JSON shapes of the /v1 API (the identity fields are fixed in DESIGN.md)."""
+"""The JSON shapes of the /v1 API (docs/architecture.md, "The HTTP surfaces": how versions are named)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from registry.catalog import VersionIdentity
-from registry.models import Adapter, Version
+from quiver_hub.registry.models import Adapter, Version
+from quiver_hub.registry.reads import VersionIdentity
 
 
 class FileOut(BaseModel):

@@ -1,14 +1,14 @@
-"""Turning a multipart upload into staged files in the blob store (DESIGN.md, "Upload")."""
+"""Turning a multipart upload into staged files in the blob store (docs/architecture.md, "Storage")."""
 
 from __future__ import annotations
 
 from fastapi import Request
 from starlette.datastructures import FormData, UploadFile
 
-from registry.blobs import BlobStore, StagedFile
-from registry.errors import InvalidRequest, RegistryError
-from registry.names import check_file_path
-from registry.publishing import AdapterMeta, parse_tags
+from quiver_hub.registry.blobs import BlobStore, StagedFile
+from quiver_hub.registry.errors import InvalidRequest, RegistryError
+from quiver_hub.registry.names import check_file_path
+from quiver_hub.registry.writes import AdapterMeta, parse_tags
 
 MAX_FILES = 16
 MAX_FIELDS = 32

@@ -1,4 +1,4 @@
-"""Alembic environment. The engine comes from registry.db.upgrade (config.attributes["engine"]),
+"""Alembic environment. The engine comes from quiver_hub.migrations.upgrade (config.attributes["engine"]),
 or from QUIVER_DATABASE_URL when alembic is run by hand."""
 
 import os
@@ -6,7 +6,7 @@ import os
 from alembic import context
 from sqlalchemy import create_engine
 
-from registry.models import Base
+from quiver_hub.registry.models import Base
 
 config = context.config
 engine = config.attributes.get("engine")

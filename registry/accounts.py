@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from registry.errors import Forbidden, InvalidRequest, Unauthorized
-from registry.models import Membership, Namespace, Token
-from registry.names import check_part
+from quiver_hub.registry.errors import Forbidden, InvalidRequest, Unauthorized
+from quiver_hub.registry.models import Membership, Namespace, Token
+from quiver_hub.registry.names import check_part
 
 SCOPES = ("read", "write")
 TOKEN_PREFIX = "qv_"
@@ -81,6 +81,12 @@ def authenticate(session: Session, token: str | None) -> Principal:
     return Principal(
         user=row.user.name, user_id=row.user_id, scope=row.scope, namespace_ids=frozenset([row.user_id, *orgs])
     )
+
+
+def user_orgs(session: Session, principal: Principal) -> list[str]:
+    """The organisations the caller belongs to, by name."""
+    query = select(Namespace.name).where(Namespace.id.in_(principal.namespace_ids), Namespace.kind == "org")
+    return sorted(session.scalars(query))
 
 
 def can_read(principal: Principal, namespace_id: int, visibility: str) -> bool:

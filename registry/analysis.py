@@ -1,4 +1,4 @@
-"""What the registry computes once per published version (DESIGN.md, "The algebra"):
+"""What the registry computes once per published version (docs/architecture.md, "The algebra"):
 Arrow prototypes per module, the parameter sketch, and text embeddings.
 """
 
@@ -12,11 +12,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from registry import lora
-from registry.embedder import TextEmbedder
-from registry.errors import InvalidAdapter
-from registry.validation import read_examples
-from registry.vectors import normalised_mean
+from quiver_hub.registry import lora
+from quiver_hub.registry.embedder import TextEmbedder
+from quiver_hub.registry.errors import InvalidAdapter
+from quiver_hub.registry.validation import read_examples
+from quiver_hub.registry.vectors import normalised_mean
 
 MAX_CARD_CHARS = 2000
 MAX_EXAMPLES = 256

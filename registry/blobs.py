@@ -3,7 +3,7 @@
 Layout under the root: `objects/ab/cd/<sha256>` for content, `tmp/` for writes in flight.
 A write streams into tmp/ while hashing, fsyncs, then renames into place, so a blob path
 either holds its complete content or does not exist. The database row that makes a version
-visible is committed after the blobs are in place (registry.publishing).
+visible is committed after the blobs are in place (registry.writes).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from registry.errors import TooLarge
+from quiver_hub.registry.errors import TooLarge
 
 CHUNK = 1024 * 1024
 

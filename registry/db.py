@@ -1,4 +1,4 @@
-"""Engines, sessions and schema migrations, for SQLite and Postgres alike."""
+"""Engines and sessions, for SQLite and Postgres alike (the schema itself comes from quiver_hub.migrations)."""
 
 from __future__ import annotations
 
@@ -6,14 +6,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from alembic import command
-from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
-import migrations
-
-MIGRATIONS_DIR = Path(migrations.__file__).parent
 WRITE_OPTION = "quiver_write"
 
 
@@ -55,15 +50,3 @@ def writing(sessions: sessionmaker[Session]) -> Iterator[Session]:
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
-
-
-def alembic_config(engine: Engine) -> Config:
-    cfg = Config()
-    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
-    cfg.attributes["engine"] = engine
-    return cfg
-
-
-def upgrade(engine: Engine, revision: str = "head") -> None:
-    """Bring the schema to `revision`: the one way tables are created or changed."""
-    command.upgrade(alembic_config(engine), revision)

@@ -10,9 +10,9 @@ from pathlib import Path
 from sqlalchemy import delete, exists, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from registry.blobs import BlobStore
-from registry.db import writing
-from registry.models import Blob, File
+from quiver_hub.registry.blobs import BlobStore
+from quiver_hub.registry.db import writing
+from quiver_hub.registry.models import Blob, File
 
 # A file under objects/ with no row may belong to a publish still in flight: leave young ones.
 ORPHAN_GRACE_S = 3600.0

@@ -24,12 +24,12 @@ import numpy as np
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from registry.accounts import Principal
-from registry.catalog import VersionIdentity
-from registry.changes import changed_since, last_seq
-from registry.embedder import DIM as TEXT_DIM
-from registry.models import Adapter, Embedding, Namespace, Prototype, Version
-from registry.vectors import from_bytes
+from quiver_hub.registry.accounts import Principal
+from quiver_hub.registry.change_feed import changed_since, last_seq
+from quiver_hub.registry.embedder import DIM as TEXT_DIM
+from quiver_hub.registry.models import Adapter, Embedding, Namespace, Prototype, Version
+from quiver_hub.registry.reads import VersionIdentity
+from quiver_hub.registry.vectors import from_bytes
 
 PUBLIC = 0  # the partition of public adapters; private ones live in their namespace id's partition
 # This FAISS build switches flat search to BLAS only from 128k queries; a route request has tens to

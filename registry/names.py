@@ -2,7 +2,7 @@
 
 import re
 
-from registry.errors import InvalidName
+from quiver_hub.registry.errors import InvalidName
 
 _PART = re.compile(r"[\w\-.]{1,96}", re.ASCII)
 

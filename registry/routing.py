@@ -1,9 +1,9 @@
 """Answering "which adapters fit this input?": Arrow retrieval on hidden states, and text search.
 
-Arrow retrieval (DESIGN.md): for each module m and token t, over the candidate adapters e that have
-a prototype v_e,m for m: logit = |<h_t,m, v_e,m>| / T; keep the top k; softmax over those k; the
-others get 0. An adapter's score is its weight averaged over tokens, then over the given modules.
-The top k by |logit| is exact: the union of FAISS inner-product searches with h and with -h.
+Arrow retrieval (docs/architecture.md, "Finding adapters"): for each module m and token t, over the
+candidate adapters e that have a prototype v_e,m for m: logit = |<h_t,m, v_e,m>| / T; keep the top k;
+softmax over those k; the others get 0. An adapter's score is its weight averaged over tokens, then
+over the given modules. The top k by |logit| is exact: the union of FAISS inner-product searches with h and with -h.
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from registry.accounts import Principal
-from registry.errors import InvalidRequest
-from registry.indexes import Candidates, Entry, Filters, IndexSet, PartitionedIndex
+from quiver_hub.registry.accounts import Principal
+from quiver_hub.registry.errors import InvalidRequest
+from quiver_hub.registry.indexes import Candidates, Entry, Filters, IndexSet, PartitionedIndex
 
 MAX_TOKENS = 8192  # over all modules of one request
 MAX_MODULES = 1024

@@ -12,7 +12,7 @@ import struct
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from registry.errors import InvalidAdapter
+from quiver_hub.registry.errors import InvalidAdapter
 
 MAX_HEADER_BYTES = 16 * 1024 * 1024
 # Floating types only: LoRA factors are weights. Anything else is refused by name.

@@ -1,4 +1,4 @@
-"""What makes an upload a PEFT LoRA adapter Quiver accepts (DESIGN.md, "Adapters").
+"""What makes an upload a PEFT LoRA adapter Quiver accepts (README.md, "What an adapter is here").
 
 Works on files already staged on disk; reads the safetensors header only, never the tensors.
 Every rejection is an InvalidAdapter whose message says what to fix.
@@ -11,10 +11,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from registry import lora
-from registry.errors import InvalidAdapter
-from registry.names import check_file_path
-from registry.safetensors_header import read_header
+from quiver_hub.registry import lora
+from quiver_hub.registry.errors import InvalidAdapter
+from quiver_hub.registry.names import check_file_path
+from quiver_hub.registry.safetensors_header import read_header
 
 README_FILE = "README.md"
 EXAMPLES_FILE = "examples.jsonl"

@@ -26,10 +26,10 @@ import uvicorn
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-from hub.app import create_app
-from hub.settings import Settings
-from hub.state import HubState
-from registry.accounts import create_token
+from quiver_hub.hub.app import create_app
+from quiver_hub.hub.services import Services
+from quiver_hub.hub.settings import Settings
+from quiver_hub.registry.accounts import create_token
 
 PG_ENV = "QUIVER_TEST_DATABASE_URL"
 
@@ -70,8 +70,8 @@ def settings(database_url: str, tmp_path: Path) -> Settings:
 
 
 @pytest.fixture
-def state(settings: Settings) -> Iterator[HubState]:
-    s = HubState.open(settings)
+def state(settings: Settings) -> Iterator[Services]:
+    s = Services.open(settings)
     yield s
     s.close()
 
@@ -87,7 +87,7 @@ def serve_process(env: dict[str, str], cwd: Path | None = None, timeout: float =
     """`quiver serve` in a child process (the real CLI), on QUIVER_PORT; yields its URL once ready."""
     url = f"http://127.0.0.1:{env['QUIVER_PORT']}"
     server = subprocess.Popen(
-        [sys.executable, "-m", "client", "serve"],
+        [sys.executable, "-m", "quiver_hub", "serve"],
         cwd=cwd,
         env=env,
         stdout=subprocess.PIPE,
@@ -112,10 +112,10 @@ def serve_process(env: dict[str, str], cwd: Path | None = None, timeout: float =
 
 
 @dataclass
-class LiveHub:
+class LiveServer:
     url: str
     settings: Settings
-    state: HubState
+    state: Services
 
     def token(self, user: str, org: str | None = None, scope: str = "write") -> str:
         with self.state.sessions() as session:
@@ -127,7 +127,7 @@ class LiveHub:
         """Run `quiver ARGS` in a subprocess against this hub's database and home."""
         env = {**os.environ, "QUIVER_HOME": str(self.settings.home), "QUIVER_DATABASE_URL": self.settings.db_url}
         return subprocess.run(
-            [sys.executable, "-m", "client", *args], env=env, capture_output=True, text=True, timeout=120
+            [sys.executable, "-m", "quiver_hub", *args], env=env, capture_output=True, text=True, timeout=120
         )
 
     def client(self, token: str | None = None) -> httpx.Client:
@@ -136,7 +136,7 @@ class LiveHub:
 
 
 @pytest.fixture
-def hub(settings: Settings) -> Iterator[LiveHub]:
+def server(settings: Settings) -> Iterator[LiveServer]:
     """A real uvicorn server on a free port, serving a fresh database and blob store."""
     port = free_port()
     server = uvicorn.Server(
@@ -149,9 +149,9 @@ def hub(settings: Settings) -> Iterator[LiveHub]:
         if not thread.is_alive() or time.monotonic() > deadline:
             raise RuntimeError("the test hub did not start")
         time.sleep(0.02)
-    state = HubState.open(settings, migrate=False)
+    state = Services.open(settings, migrate=False)
     try:
-        yield LiveHub(f"http://127.0.0.1:{port}", settings, state)
+        yield LiveServer(f"http://127.0.0.1:{port}", settings, state)
     finally:
         server.should_exit = True
         thread.join(timeout=10)

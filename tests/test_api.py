@@ -7,25 +7,25 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from registry.models import Blob
+from quiver_hub.registry.models import Blob
 from tests.adapters import upload_parts, write_adapter
-from tests.conftest import LiveHub
+from tests.conftest import LiveServer
 
 
-def publish(hub: LiveHub, token: str, repo: str, folder: Path, **fields: str):
-    with hub.client(token) as c:
+def publish(server: LiveServer, token: str, repo: str, folder: Path, **fields: str):
+    with server.client(token) as c:
         return c.post(f"/v1/adapters/{repo}", files=upload_parts(folder), data=fields)
 
 
-def stored_blobs(hub: LiveHub) -> set[str]:
-    return set(hub.state.store.stored())
+def stored_blobs(server: LiveServer) -> set[str]:
+    return set(server.state.store.stored())
 
 
-def test_publish_creates_versions_and_reads_them_back(hub: LiveHub, tmp_path: Path) -> None:
-    token = hub.token("alice")
+def test_publish_creates_versions_and_reads_them_back(server: LiveServer, tmp_path: Path) -> None:
+    token = server.token("alice")
     folder = write_adapter(tmp_path / "a", extra_files={"README.md": b"# card\n", "examples.jsonl": b'"hi"\n'})
     r = publish(
-        hub, token, "alice/greeter", folder, description="says hi", task="chat", tags="greeting, en", license="mit"
+        server, token, "alice/greeter", folder, description="says hi", task="chat", tags="greeting, en", license="mit"
     )
     assert r.status_code == 201, r.text
     v1 = r.json()
@@ -38,10 +38,10 @@ def test_publish_creates_versions_and_reads_them_back(hub: LiveHub, tmp_path: Pa
     assert {f["path"]: f["size"] for f in v1["files"]} == sizes
     assert v1["total_size"] == sum(sizes.values())
 
-    v2 = publish(hub, token, "alice/greeter", write_adapter(tmp_path / "b", seed=1)).json()
+    v2 = publish(server, token, "alice/greeter", write_adapter(tmp_path / "b", seed=1)).json()
     assert v2["version"] == 2 and v2["revision"] != v1["revision"]
 
-    with hub.client() as c:
+    with server.client() as c:
         adapter = c.get("/v1/adapters/alice/greeter").json()
         assert adapter["latest"] == {"id": "alice/greeter", "version": 2, "revision": v2["revision"]}
         assert adapter["tags"] == ["greeting", "en"] and adapter["license"] == "mit" and adapter["task"] == "chat"
@@ -58,14 +58,14 @@ def test_publish_creates_versions_and_reads_them_back(hub: LiveHub, tmp_path: Pa
         assert bad.status_code == 400 and "revision" in bad.json()["error"]["message"]
 
 
-def test_download_streams_bytes_with_etag_and_range(hub: LiveHub, tmp_path: Path) -> None:
-    token = hub.token("alice")
+def test_download_streams_bytes_with_etag_and_range(server: LiveServer, tmp_path: Path) -> None:
+    token = server.token("alice")
     folder = write_adapter(tmp_path / "a")
-    publish(hub, token, "alice/dl", folder)
+    publish(server, token, "alice/dl", folder)
     data = (folder / "adapter_model.safetensors").read_bytes()
     sha = hashlib.sha256(data).hexdigest()
     url = "/v1/adapters/alice/dl/versions/latest/files/adapter_model.safetensors"
-    with hub.client() as c:
+    with server.client() as c:
         r = c.get(url)
         assert r.status_code == 200 and r.content == data
         assert r.headers["etag"] == f'"{sha}"' and int(r.headers["content-length"]) == len(data)
@@ -82,14 +82,14 @@ def test_download_streams_bytes_with_etag_and_range(hub: LiveHub, tmp_path: Path
         assert gone.status_code == 404 and gone.json()["error"]["code"] == "entry_not_found"
 
 
-def test_list_filters_and_cursor_pagination(hub: LiveHub, tmp_path: Path) -> None:
-    token = hub.token("alice", org="acme")
+def test_list_filters_and_cursor_pagination(server: LiveServer, tmp_path: Path) -> None:
+    token = server.token("alice", org="acme")
     folder = write_adapter(tmp_path / "a")
     for i in range(5):
         ns = "acme" if i % 2 else "alice"
-        r = publish(hub, token, f"{ns}/ad{i}", folder, task="math" if i < 2 else "code", tags=f"t{i % 2},all")
+        r = publish(server, token, f"{ns}/ad{i}", folder, task="math" if i < 2 else "code", tags=f"t{i % 2},all")
         assert r.status_code == 201, r.text
-    with hub.client() as c:
+    with server.client() as c:
         seen, cursor = [], None
         while True:
             page = c.get("/v1/adapters", params={"limit": 2, **({"cursor": cursor} if cursor else {})}).json()
@@ -115,10 +115,10 @@ def test_list_filters_and_cursor_pagination(hub: LiveHub, tmp_path: Path) -> Non
         assert c.get("/v1/adapters", params={"limit": 0}).status_code == 422
 
 
-def test_patch_changes_metadata(hub: LiveHub, tmp_path: Path) -> None:
-    token = hub.token("alice")
-    publish(hub, token, "alice/p", write_adapter(tmp_path / "a"), description="old")
-    with hub.client(token) as c:
+def test_patch_changes_metadata(server: LiveServer, tmp_path: Path) -> None:
+    token = server.token("alice")
+    publish(server, token, "alice/p", write_adapter(tmp_path / "a"), description="old")
+    with server.client(token) as c:
         r = c.patch("/v1/adapters/alice/p", json={"description": "new", "tags": ["x"], "visibility": "private"})
         assert r.status_code == 200, r.text
         assert (r.json()["description"], r.json()["tags"], r.json()["visibility"]) == ("new", ["x"], "private")
@@ -126,26 +126,26 @@ def test_patch_changes_metadata(hub: LiveHub, tmp_path: Path) -> None:
         bad = c.patch("/v1/adapters/alice/p", json={"visibility": "secret"})
         assert bad.status_code == 422 and bad.json()["error"]["code"] == "invalid_request"
         assert c.patch("/v1/adapters/alice/p", json={"owner": "bob"}).status_code == 422
-    with hub.client() as anon:
+    with server.client() as anon:
         assert anon.get("/v1/adapters/alice/p").status_code == 404
 
 
-def test_delete_version_and_adapter_remove_unreferenced_blobs(hub: LiveHub, tmp_path: Path) -> None:
-    token = hub.token("alice")
+def test_delete_version_and_adapter_remove_unreferenced_blobs(server: LiveServer, tmp_path: Path) -> None:
+    token = server.token("alice")
     shared = write_adapter(tmp_path / "a")
     other = write_adapter(tmp_path / "b", seed=7)
-    publish(hub, token, "alice/d", shared)
-    publish(hub, token, "alice/d", other)
-    publish(hub, token, "alice/keep", shared)  # shares every blob with alice/d v1
-    before = stored_blobs(hub)
-    with hub.client(token) as c:
+    publish(server, token, "alice/d", shared)
+    publish(server, token, "alice/d", other)
+    publish(server, token, "alice/keep", shared)  # shares every blob with alice/d v1
+    before = stored_blobs(server)
+    with server.client(token) as c:
         r = c.delete("/v1/adapters/alice/d/versions/2")
         assert r.status_code == 200 and [v["version"] for v in r.json()["deleted"]] == [2]
         weights_v2 = hashlib.sha256((other / "adapter_model.safetensors").read_bytes()).hexdigest()
-        assert weights_v2 not in stored_blobs(hub) and stored_blobs(hub) < before
+        assert weights_v2 not in stored_blobs(server) and stored_blobs(server) < before
         assert c.get("/v1/adapters/alice/d/versions/2").status_code == 404
         # Numbers are never reused: the next publish is version 3.
-        assert publish(hub, token, "alice/d", other).json()["version"] == 3
+        assert publish(server, token, "alice/d", other).json()["version"] == 3
         r = c.delete("/v1/adapters/alice/d")
         assert r.status_code == 200 and [v["version"] for v in r.json()["deleted"]] == [1, 3]
         assert c.get("/v1/adapters/alice/d").status_code == 404
@@ -154,13 +154,13 @@ def test_delete_version_and_adapter_remove_unreferenced_blobs(hub: LiveHub, tmp_
         for f in keep_files:
             body = c.get(f"/v1/adapters/alice/keep/versions/1/files/{f['path']}").content
             assert hashlib.sha256(body).hexdigest() == f["sha256"]
-    assert stored_blobs(hub) == {f["sha256"] for f in keep_files}
-    with hub.state.sessions() as s:
-        assert set(s.scalars(select(Blob.sha256))) == stored_blobs(hub)
+    assert stored_blobs(server) == {f["sha256"] for f in keep_files}
+    with server.state.sessions() as s:
+        assert set(s.scalars(select(Blob.sha256))) == stored_blobs(server)
 
 
-def test_health_docs_and_error_shapes(hub: LiveHub) -> None:
-    with hub.client() as c:
+def test_health_docs_and_error_shapes(server: LiveServer) -> None:
+    with server.client() as c:
         assert c.get("/healthz").json() == {"status": "ok"}
         ready = c.get("/readyz").json()
         assert ready["status"] == "ready" and ready["checks"] == {"database": "ok", "blobs": "ok"}

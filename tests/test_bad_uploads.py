@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from registry.models import Base
+from quiver_hub.registry.models import Base
 from tests.adapters import lora_config, raw_safetensors
-from tests.conftest import LiveHub
+from tests.conftest import LiveServer
 
 Q = "model.layers.0.self_attn.q_proj"
 KA, KB = f"base_model.model.{Q}.lora_A.weight", f"base_model.model.{Q}.lora_B.weight"
@@ -222,63 +222,63 @@ CASES = {
 }
 
 
-def snapshot(hub: LiveHub) -> tuple[dict[str, int], list[str]]:
+def snapshot(server: LiveServer) -> tuple[dict[str, int], list[str]]:
     """Row counts of every table, and every file under the blob store (objects and tmp)."""
-    with hub.state.sessions() as s:
+    with server.state.sessions() as s:
         counts = {t.name: s.scalar(select(func.count()).select_from(t)) for t in Base.metadata.sorted_tables}
-    root = hub.state.store.root
+    root = server.state.store.root
     return counts, sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
 
 
 @pytest.fixture
-def seeded(hub: LiveHub, tmp_path: Path) -> tuple[LiveHub, str]:
+def seeded(server: LiveServer, tmp_path: Path) -> tuple[LiveServer, str]:
     """A hub that already holds one good version, so 'unchanged' is checked against real content."""
-    token = hub.token("alice")
-    with hub.client(token) as c:
+    token = server.token("alice")
+    with server.client(token) as c:
         files = [
             ("files", (n, b))
             for n, b in {"adapter_config.json": CONFIG, "adapter_model.safetensors": valid_weights()}.items()
         ]
         assert c.post("/v1/adapters/alice/good", files=files).status_code == 201
-    return hub, token
+    return server, token
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_bad_upload_is_refused_and_stores_nothing(seeded: tuple[LiveHub, str], case: str) -> None:
-    hub, token = seeded
+def test_bad_upload_is_refused_and_stores_nothing(seeded: tuple[LiveServer, str], case: str) -> None:
+    server, token = seeded
     files, form, status, code, words = CASES[case]
-    before = snapshot(hub)
-    with hub.client(token) as c:
+    before = snapshot(server)
+    with server.client(token) as c:
         r = c.post("/v1/adapters/alice/good", files=[("files", (n, b)) for n, b in files.items()], data=form)
         assert r.status_code == status, r.text
         error = r.json()["error"]
         assert error["code"] == code and words in error["message"], error
         assert c.get("/v1/adapters/alice/good").json()["latest"]["version"] == 1
-    assert snapshot(hub) == before
+    assert snapshot(server) == before
 
 
 @pytest.mark.parametrize(
     "repo", ["alice/bad--name", "alice/x.git", "alice/-lead", "alice/" + "n" * 97, "alice/sp%20ace", "ali..ce/x"]
 )
-def test_bad_names_are_refused(seeded: tuple[LiveHub, str], repo: str) -> None:
-    hub, token = seeded
-    before = snapshot(hub)
+def test_bad_names_are_refused(seeded: tuple[LiveServer, str], repo: str) -> None:
+    server, token = seeded
+    before = snapshot(server)
     files = [("files", ("adapter_config.json", CONFIG)), ("files", ("adapter_model.safetensors", valid_weights()))]
-    with hub.client(token) as c:
+    with server.client(token) as c:
         r = c.post(f"/v1/adapters/{repo}", files=files)
     assert r.status_code in (400, 403), r.text
     if r.status_code == 400:
         assert r.json()["error"]["code"] == "invalid_name" and "not valid" in r.json()["error"]["message"]
     else:  # a namespace that cannot exist is nobody's to write to
         assert r.json()["error"]["code"] == "forbidden"
-    assert snapshot(hub) == before
+    assert snapshot(server) == before
 
 
-def test_oversize_body_is_refused(seeded: tuple[LiveHub, str]) -> None:
-    hub, token = seeded
-    before = snapshot(hub)
-    big = bytes(hub.settings.max_upload_bytes + 1)
-    with hub.client(token) as c:
+def test_oversize_body_is_refused(seeded: tuple[LiveServer, str]) -> None:
+    server, token = seeded
+    before = snapshot(server)
+    big = bytes(server.settings.max_upload_bytes + 1)
+    with server.client(token) as c:
         r = c.post(
             "/v1/adapters/alice/good",
             files=[("files", ("adapter_model.safetensors", big)), ("files", ("adapter_config.json", CONFIG))],
@@ -288,26 +288,26 @@ def test_oversize_body_is_refused(seeded: tuple[LiveHub, str]) -> None:
 
         def chunks():  # no Content-Length: the limit must hold while streaming too
             yield b'--x\r\nContent-Disposition: form-data; name="files"; filename="adapter_model.safetensors"\r\n\r\n'
-            for _ in range(hub.settings.max_upload_bytes // 65536 + 2):
+            for _ in range(server.settings.max_upload_bytes // 65536 + 2):
                 yield bytes(65536)
 
         r = c.post(
             "/v1/adapters/alice/good", content=chunks(), headers={"Content-Type": "multipart/form-data; boundary=x"}
         )
         assert r.status_code == 413 and r.json()["error"]["code"] == "too_large"
-    assert snapshot(hub) == before
+    assert snapshot(server) == before
 
 
-def test_writes_without_permission_store_nothing(seeded: tuple[LiveHub, str]) -> None:
-    hub, _ = seeded
+def test_writes_without_permission_store_nothing(seeded: tuple[LiveServer, str]) -> None:
+    server, _ = seeded
     files = [("files", ("adapter_config.json", CONFIG)), ("files", ("adapter_model.safetensors", valid_weights()))]
-    reader = hub.token("alice", scope="read")
-    bob = hub.token("bob")
-    before = snapshot(hub)
-    with hub.client() as anon, hub.client(reader) as ro, hub.client(bob) as other:
+    reader = server.token("alice", scope="read")
+    bob = server.token("bob")
+    before = snapshot(server)
+    with server.client() as anon, server.client(reader) as ro, server.client(bob) as other:
         assert anon.post("/v1/adapters/alice/good", files=files).status_code == 401
         r = ro.post("/v1/adapters/alice/good", files=files)
         assert r.status_code == 403 and "read-only" in r.json()["error"]["message"]
         assert other.post("/v1/adapters/alice/good", files=files).status_code == 403
         assert other.post("/v1/adapters/nobody/new", files=files).status_code == 403
-    assert snapshot(hub) == before
+    assert snapshot(server) == before

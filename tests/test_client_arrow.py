@@ -8,10 +8,10 @@ import peft
 import pytest
 import torch
 
-import client.arrow
-from client import Adapter, Hub, apply_arrow, remove_arrow
+import quiver_hub.arrow
 from examples.make_adapter import tiny_llama
-from tests.conftest import LiveHub
+from quiver_hub import Adapter, Hub, apply_arrow, remove_arrow
+from tests.conftest import LiveServer
 
 
 def separated(folder: Path, seed: int, r: int = 4, targets: tuple[str, ...] = ("q_proj", "v_proj", "o_proj")) -> Path:
@@ -73,7 +73,7 @@ def test_grouped_mixing_equals_dense_and_removal_restores(
     with torch.no_grad():
         dense = model(ids).logits
     remove_arrow(model)
-    monkeypatch.setattr(client.arrow, "DENSE_RANKS", 0)  # force the grouped-by-expert path (a CPU's only)
+    monkeypatch.setattr(quiver_hub.arrow, "DENSE_RANKS", 0)  # force the grouped-by-expert path (a CPU's only)
     apply_arrow(model, experts, top_k=2)
     with torch.no_grad():
         grouped = model(ids).logits
@@ -97,9 +97,9 @@ def test_bf16_model(experts: list[Path], device: torch.device) -> None:
     assert float((got - expected).abs().mean()) < 0.05 * float(expected.abs().mean())
 
 
-def test_prototypes_from_the_hub(hub: LiveHub, tmp_path: Path, experts: list[Path]) -> None:
-    token = hub.token("alice")
-    with Hub(hub.url, token, cache_dir=tmp_path / "cache") as client_hub:
+def test_prototypes_from_the_hub(server: LiveServer, tmp_path: Path, experts: list[Path]) -> None:
+    token = server.token("alice")
+    with Hub(server.url, token, cache_dir=tmp_path / "cache") as client_hub:
         pulled = []
         for i, folder in enumerate(experts):
             client_hub.push(folder, f"alice/expert{i}")

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from tests.adapters import write_adapter
-from tests.conftest import LiveHub
+from tests.conftest import LiveServer
 
 
 def quiver(
@@ -19,19 +19,19 @@ def quiver(
         XDG_CONFIG_HOME=str(tmp_path / "config"), QUIVER_CACHE=str(tmp_path / "cache"), COLUMNS="200", **(env or {})
     )
     return subprocess.run(
-        [sys.executable, "-m", "client", *args], env=clean, input=stdin, capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "quiver_hub", *args], env=clean, input=stdin, capture_output=True, text=True, timeout=120
     )
 
 
-def test_login_push_pull_search_info(hub: LiveHub, tmp_path: Path) -> None:
-    token = hub.token("alice")
-    bad = quiver(tmp_path, "login", "--endpoint", hub.url, "--token", "qv_wrong")
+def test_login_push_pull_search_info(server: LiveServer, tmp_path: Path) -> None:
+    token = server.token("alice")
+    bad = quiver(tmp_path, "login", "--endpoint", server.url, "--token", "qv_wrong")
     assert bad.returncode == 1 and "invalid or revoked token" in bad.stderr
     assert not (tmp_path / "config" / "quiver" / "credentials.json").exists()
 
-    login = quiver(tmp_path, "login", "--endpoint", hub.url, stdin=token + "\n")
+    login = quiver(tmp_path, "login", "--endpoint", server.url, stdin=token + "\n")
     assert login.returncode == 0, login.stderr
-    assert f"logged in to {hub.url} as alice (write)" in login.stdout
+    assert f"logged in to {server.url} as alice (write)" in login.stdout
     credentials = tmp_path / "config" / "quiver" / "credentials.json"
     assert credentials.stat().st_mode & 0o777 == 0o600
 

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from client import fused
+from quiver_hub import fused
 
-merge_module = importlib.import_module("client.merge")  # the module (client.merge is also the function)
+merge_module = importlib.import_module("quiver_hub.merging")
 ROOT = Path(__file__).resolve().parents[1]
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 
@@ -146,9 +146,9 @@ def test_kernel_out_of_memory_is_an_error_and_the_model_is_unchanged() -> None:
         import ctypes, importlib, re, resource, torch
         ctypes.CDLL(None).mallopt(-3, 65536)  # M_MMAP_THRESHOLD
         torch.set_num_threads(1)
-        from client import Adapter, fused, merge, unmerge
-        from registry import lora
-        importlib.import_module("client.merge").NATIVE_GEMM_MIN_RANK = 1 << 30  # the kernel, on AMX CPUs too
+        from quiver_hub import Adapter, fused, merge, unmerge
+        from quiver_hub.registry import lora
+        importlib.import_module("quiver_hub.merging").NATIVE_GEMM_MIN_RANK = 1 << 30  # the kernel, on AMX CPUs too
         model = torch.nn.Sequential(torch.nn.Linear(4096, 64, bias=False)).to(torch.bfloat16)
         factors = {"0": lora.Factors(torch.randn(64, 4096), torch.randn(64, 64), 0.5)}
         adapter = Adapter("a", {"r": 64}, factors)
@@ -235,8 +235,8 @@ def run_merge(cache: Path, env: dict[str, str]) -> subprocess.Popen:
     script = textwrap.dedent(
         """
         import warnings, torch
-        from client import Adapter, merge
-        from registry import lora
+        from quiver_hub import Adapter, merge
+        from quiver_hub.registry import lora
         torch.manual_seed(0)
         model = torch.nn.Sequential(torch.nn.Linear(64, 96, bias=False)).to(torch.bfloat16)
         factors = {"0": lora.Factors(torch.randn(8, 64), torch.randn(96, 8), 0.5)}
@@ -278,3 +278,41 @@ def test_without_a_compiler_merges_still_work_and_say_why_they_are_slower(tmp_pa
     # bf16 on this CPU without the kernel: native GEMM or fp32 blocks; either way within rounding
     assert abs(float(total) - float(good_out.splitlines()[1])) < 1.0
     assert not (tmp_path / "bad" / "kernels").exists() or not any((tmp_path / "bad" / "kernels").glob("*.so"))
+
+
+def test_a_kernel_folder_others_can_write_to_is_never_loaded(tmp_path: Path) -> None:
+    """Loading a shared library runs its code: a kernel another user could have replaced is refused."""
+    good = run_merge(tmp_path / "good", {})
+    good_out, good_err = good.communicate(timeout=300)
+    assert good.returncode == 0, good_err
+    kernels = tmp_path / "good" / "kernels"
+    assert kernels.stat().st_mode & 0o777 == 0o700  # made private to the user
+
+    kernels.chmod(0o777)  # now anyone could swap the .so
+    shared = run_merge(tmp_path / "good", {})
+    out, err = shared.communicate(timeout=300)
+    assert shared.returncode == 0, err
+    warning, total = out.splitlines()
+    assert "not loading the fused merge kernel" in warning and "can be written by other users" in warning
+    assert abs(float(total) - float(good_out.splitlines()[1])) < 1.0  # merged with torch alone
+
+    kernels.chmod(0o700)
+    (built,) = kernels.glob("*.so")
+    built.chmod(0o666)
+    out, _ = run_merge(tmp_path / "good", {}).communicate(timeout=300)
+    assert "can be written by other users" in out.splitlines()[0]
+
+
+def test_quiver_kernel_build_builds_ahead_of_time(tmp_path: Path) -> None:
+    built = subprocess.run(
+        [sys.executable, "-m", "quiver_hub", "kernel", "build"],
+        env={**os.environ, "QUIVER_CACHE": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert built.returncode == 0, built.stderr
+    path = Path(built.stdout.strip())
+    assert path.parent == tmp_path / "kernels" and path.is_file()
+    out, err = run_merge(tmp_path, {"PATH": str(tmp_path / "no-compiler-here")}).communicate(timeout=300)
+    assert out.startswith("[]"), err  # already built: no compiler needed at run time

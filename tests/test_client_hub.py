@@ -15,11 +15,11 @@ import transformers
 from safetensors.numpy import load
 from tokenizers import Tokenizer, models, pre_tokenizers
 
-from client import Hub, InvalidAdapter, NotFound, Unauthorized, merge, unmerge
-from client.hub import capture_inputs, routing_payload
 from examples.make_adapter import BASE_MODEL, tiny_llama
+from quiver_hub import Hub, InvalidAdapter, NotFound, Unauthorized, merge, unmerge
+from quiver_hub.api import capture_inputs, routing_payload
 from tests.adapters import write_adapter
-from tests.conftest import LiveHub
+from tests.conftest import LiveServer
 
 
 def peft_model(seed: int, targets: tuple[str, ...] = ("q_proj", "v_proj")) -> peft.PeftModel:
@@ -46,10 +46,10 @@ def tokenizer() -> transformers.PreTrainedTokenizerFast:
     return transformers.PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]")
 
 
-def test_push_pull_and_the_cache(hub: LiveHub, tmp_path: Path) -> None:
-    token = hub.token("alice")
+def test_push_pull_and_the_cache(server: LiveServer, tmp_path: Path) -> None:
+    token = server.token("alice")
     folder = write_adapter(tmp_path / "a", extra_files={"README.md": b"# card\n"})
-    with Hub(hub.url, token, cache_dir=tmp_path / "cache") as client:
+    with Hub(server.url, token, cache_dir=tmp_path / "cache") as client:
         v1 = client.push(folder, "alice/cached", description="d", tags=["x", "y"], task="t")
         assert (v1["id"], v1["version"]) == ("alice/cached", 1)
         pulled = client.pull("alice/cached")
@@ -66,11 +66,11 @@ def test_push_pull_and_the_cache(hub: LiveHub, tmp_path: Path) -> None:
             offline.pull("alice/cached")  # "latest" must ask the hub
 
 
-def test_interrupted_and_corrupted_downloads(hub: LiveHub, tmp_path: Path) -> None:
-    token = hub.token("alice")
+def test_interrupted_and_corrupted_downloads(server: LiveServer, tmp_path: Path) -> None:
+    token = server.token("alice")
     folder = write_adapter(tmp_path / "a", hidden=64)
     data = (folder / "adapter_model.safetensors").read_bytes()
-    with Hub(hub.url, token, cache_dir=tmp_path / "cache") as client:
+    with Hub(server.url, token, cache_dir=tmp_path / "cache") as client:
         v = client.push(folder, "alice/resume")
         sha = next(f["sha256"] for f in v["files"] if f["path"] == "adapter_model.safetensors")
         partial = client.cache.blobs / f"{sha}.incomplete"
@@ -78,7 +78,7 @@ def test_interrupted_and_corrupted_downloads(hub: LiveHub, tmp_path: Path) -> No
         pulled = client.pull("alice/resume@1")
         assert (pulled / "adapter_model.safetensors").read_bytes() == data and not partial.exists()
 
-    with Hub(hub.url, token, cache_dir=tmp_path / "cache2") as client:
+    with Hub(server.url, token, cache_dir=tmp_path / "cache2") as client:
         partial = client.cache.blobs / f"{sha}.incomplete"
         partial.write_bytes(b"\x00" * 100)  # garbage from an earlier, broken download
         with pytest.raises(OSError, match="does not match sha256"):
@@ -87,14 +87,14 @@ def test_interrupted_and_corrupted_downloads(hub: LiveHub, tmp_path: Path) -> No
         assert (client.pull("alice/resume@1") / "adapter_model.safetensors").read_bytes() == data
 
 
-def test_several_processes_pull_at_once(hub: LiveHub, tmp_path: Path) -> None:
-    token = hub.token("alice")
-    with Hub(hub.url, token) as client:
+def test_several_processes_pull_at_once(server: LiveServer, tmp_path: Path) -> None:
+    token = server.token("alice")
+    with Hub(server.url, token) as client:
         client.push(write_adapter(tmp_path / "a", hidden=64), "alice/shared")
-    code = "import sys; from client import Hub; print(Hub(sys.argv[1], cache_dir=sys.argv[2]).pull('alice/shared'))"
+    code = "import sys; from quiver_hub import Hub; print(Hub(sys.argv[1], cache_dir=sys.argv[2]).pull('alice/shared'))"
     procs = [
         subprocess.Popen(
-            [sys.executable, "-c", code, hub.url, str(tmp_path / "cache")],
+            [sys.executable, "-c", code, server.url, str(tmp_path / "cache")],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -110,9 +110,12 @@ def test_several_processes_pull_at_once(hub: LiveHub, tmp_path: Path) -> None:
     assert not list((tmp_path / "cache" / "blobs").glob("*.incomplete"))
 
 
-def test_errors_are_exceptions(hub: LiveHub, tmp_path: Path) -> None:
-    token = hub.token("alice")
-    with Hub(hub.url, token, cache_dir=tmp_path / "c") as client, Hub(hub.url, "", cache_dir=tmp_path / "c") as anon:
+def test_errors_are_exceptions(server: LiveServer, tmp_path: Path) -> None:
+    token = server.token("alice")
+    with (
+        Hub(server.url, token, cache_dir=tmp_path / "c") as client,
+        Hub(server.url, "", cache_dir=tmp_path / "c") as anon,
+    ):
         with pytest.raises(NotFound, match="adapter alice/nothing not found"):
             client.pull("alice/nothing")
         with pytest.raises(Unauthorized):
@@ -127,11 +130,11 @@ def test_errors_are_exceptions(hub: LiveHub, tmp_path: Path) -> None:
             client.pull("no-namespace")
 
 
-def test_end_to_end_push_route_pull_merge_generate(hub: LiveHub, tmp_path: Path) -> None:
-    token = hub.token("alice")
+def test_end_to_end_push_route_pull_merge_generate(server: LiveServer, tmp_path: Path) -> None:
+    token = server.token("alice")
     tok = tokenizer()
     model = tiny_llama()
-    with Hub(hub.url, token, cache_dir=tmp_path / "cache") as client:
+    with Hub(server.url, token, cache_dir=tmp_path / "cache") as client:
         for i, task in enumerate(["code", "translation", "math"]):
             client.push(
                 peft_model(seed=i),

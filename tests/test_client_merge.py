@@ -12,9 +12,9 @@ import pytest
 import torch
 import transformers
 
-from client import Adapter, fused, merge, merged, unmerge
 from examples.make_adapter import tiny_llama
-from registry import lora
+from quiver_hub import Adapter, fused, merge, merged, unmerge
+from quiver_hub.registry import lora
 
 
 @pytest.fixture(autouse=True, params=["fused kernel", "torch alone", "cuda"])
@@ -173,7 +173,7 @@ def test_offload_merges_the_same_in_place_and_a_failure_puts_back_what_changed(
     unmerge(model)
     assert_bitwise(model, before)
 
-    merge_module = sys.modules["client.merge"]
+    merge_module = sys.modules["quiver_hub.merging"]
     real, calls = merge_module.add_product, []
 
     def fails_on_the_third_module(weight, B, A, out):  # noqa: ANN001, ANN202
@@ -257,8 +257,8 @@ def test_bad_merges_change_nothing(tmp_path: Path, device: torch.device) -> None
 
 def test_the_thin_client_imports_no_server_dependencies() -> None:
     code = (
-        "import sys, client; heavy = [m for m in ('sqlalchemy', 'fastapi', 'faiss', 'alembic', "
-        "'sentence_transformers', 'hub') if m in sys.modules]; print(heavy)"
+        "import sys, quiver_hub; heavy = [m for m in ('sqlalchemy', 'fastapi', 'faiss', 'alembic', "
+        "'sentence_transformers', 'quiver_hub.hub', 'quiver_hub.registry.models') if m in sys.modules]; print(heavy)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

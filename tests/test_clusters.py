@@ -15,9 +15,9 @@ import torch
 from sklearn.metrics import adjusted_rand_score
 
 from examples.make_adapter import BASE_MODEL, tiny_llama
-from registry import clusters, lora
+from quiver_hub.registry import cluster_runs, lora
 from tests.adapters import BASE, lora_config, upload_parts, write_factors
-from tests.conftest import LiveHub
+from tests.conftest import LiveServer
 
 MODULES = ["model.layers.0.self_attn.q_proj", "model.layers.0.self_attn.v_proj"]
 HIDDEN, R = 16, 4
@@ -49,10 +49,10 @@ def planted(k: int = 3, per: int = 8, noise: float = 0.25, seed: int = 0) -> lis
 
 
 def publish_library(
-    hub: LiveHub, token: str, tmp_path: Path, library: list, owner: str = "alice", visibility: str = "public"
+    server: LiveServer, token: str, tmp_path: Path, library: list, owner: str = "alice", visibility: str = "public"
 ) -> list[str]:
     names = []
-    with hub.client(token) as c:
+    with server.client(token) as c:
         for i, (truth, factors) in enumerate(library):
             folder = write_factors(tmp_path / f"{owner}-{i}", factors, lora_config(r=R))
             name = f"{owner}/lib{i}"
@@ -66,8 +66,8 @@ def publish_library(
     return names
 
 
-def run(hub: LiveHub, token: str | None, **body) -> dict:
-    with hub.client(token) as c:
+def run(server: LiveServer, token: str | None, **body) -> dict:
+    with server.client(token) as c:
         r = c.post("/v1/clusters", json={"base_model": BASE, **body})
         assert r.status_code in (201, 202), r.text
         result = r.json()
@@ -84,28 +84,28 @@ def labels(result: dict, names: list[str]) -> list[int]:
 
 
 @pytest.mark.parametrize("method", ["sketch", "params"])
-def test_mbc_recovers_planted_groups(hub: LiveHub, tmp_path: Path, method: str) -> None:
-    token = hub.token("alice")
+def test_mbc_recovers_planted_groups(server: LiveServer, tmp_path: Path, method: str) -> None:
+    token = server.token("alice")
     library = planted()
-    names = publish_library(hub, token, tmp_path, library)
+    names = publish_library(server, token, tmp_path, library)
     truth = [t for t, _ in library]
-    result = run(hub, token, method=method, k=3)
+    result = run(server, token, method=method, k=3)
     assert result["k"] == 3 and result["method"] == method
     assert adjusted_rand_score(truth, labels(result, names)) >= 0.9
     for cluster in result["clusters"]:
         for m in cluster["members"]:
             assert set(m) == {"id", "version", "revision", "task", "distance"} and m["distance"] >= 0
         assert [m["distance"] for m in cluster["members"]] == sorted(m["distance"] for m in cluster["members"])
-    chosen = run(hub, token, method=method)  # k by silhouette
+    chosen = run(server, token, method=method)  # k by silhouette
     assert chosen["k"] == 3 and chosen["silhouette"] > 0.3
     assert adjusted_rand_score(truth, labels(chosen, names)) >= 0.9
 
 
-def test_sketch_partition_ignores_refactorising(hub: LiveHub, tmp_path: Path) -> None:
-    token = hub.token("alice")
+def test_sketch_partition_ignores_refactorising(server: LiveServer, tmp_path: Path) -> None:
+    token = server.token("alice")
     library = planted(noise=0.6, seed=1)
-    names = publish_library(hub, token, tmp_path, library)
-    before = run(hub, token, method="sketch", k=3)
+    names = publish_library(server, token, tmp_path, library)
+    before = run(server, token, method="sketch", k=3)
     g = torch.Generator().manual_seed(7)
     refactored = []
     for truth, factors in library:
@@ -114,37 +114,37 @@ def test_sketch_partition_ignores_refactorising(hub: LiveHub, tmp_path: Path) ->
             M = torch.randn(R, R, generator=g, dtype=torch.float64) + 3 * torch.eye(R, dtype=torch.float64)
             new[m] = (torch.linalg.solve(M, a.double()), b.double() @ M)
         refactored.append((truth, new))
-    publish_library(hub, token, tmp_path / "again", refactored)  # version 2 of every adapter
-    after = run(hub, token, method="sketch", k=3)
+    publish_library(server, token, tmp_path / "again", refactored)  # version 2 of every adapter
+    after = run(server, token, method="sketch", k=3)
     assert all(m["version"] == 2 for c in after["clusters"] for m in c["members"])
     assert adjusted_rand_score(labels(before, names), labels(after, names)) == 1.0
 
 
-def test_runs_see_only_what_the_caller_may_see(hub: LiveHub, tmp_path: Path) -> None:
-    alice, bob = hub.token("alice"), hub.token("bob")
-    mine = publish_library(hub, alice, tmp_path, planted(per=3))
-    theirs = publish_library(hub, bob, tmp_path, planted(per=2, seed=5), owner="bob", visibility="private")
+def test_runs_see_only_what_the_caller_may_see(server: LiveServer, tmp_path: Path) -> None:
+    alice, bob = server.token("alice"), server.token("bob")
+    mine = publish_library(server, alice, tmp_path, planted(per=3))
+    theirs = publish_library(server, bob, tmp_path, planted(per=2, seed=5), owner="bob", visibility="private")
     for who, token, expected in [
         ("alice", alice, set(mine)),
         ("anonymous", None, set(mine)),
         ("bob", bob, set(mine) | set(theirs)),
     ]:
-        result = run(hub, token, k=2)
+        result = run(server, token, k=2)
         members = {m["id"] for c in result["clusters"] for m in c["members"]}
         assert members == expected, who
         assert result["params"]["adapters"] == len(expected)
-    bobs_run = run(hub, bob, k=2)
-    with hub.client(alice) as c, hub.client() as anon:
+    bobs_run = run(server, bob, k=2)
+    with server.client(alice) as c, server.client() as anon:
         assert c.get(f"/v1/clusters/{bobs_run['id']}").status_code == 404
         assert bobs_run["id"] not in [r["id"] for r in c.get("/v1/clusters").json()]
         assert anon.get(f"/v1/clusters/{bobs_run['id']}").status_code == 404
 
 
-def test_large_runs_go_to_the_background(hub: LiveHub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    token = hub.token("alice")
-    publish_library(hub, token, tmp_path, planted(per=2))
-    monkeypatch.setattr(clusters, "BACKGROUND_OVER", 3)  # 6 adapters: "large" for this test
-    with hub.client(token) as c:
+def test_large_runs_go_to_the_background(server: LiveServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    token = server.token("alice")
+    publish_library(server, token, tmp_path, planted(per=2))
+    monkeypatch.setattr(cluster_runs, "BACKGROUND_OVER", 3)  # 6 adapters: "large" for this test
+    with server.client(token) as c:
         r = c.post("/v1/clusters", json={"base_model": BASE, "k": 3})
         assert r.status_code == 202 and r.json()["status"] == "running"
         run_id = r.json()["id"]
@@ -156,10 +156,10 @@ def test_large_runs_go_to_the_background(hub: LiveHub, tmp_path: Path, monkeypat
         assert state["status"] == "done" and state["progress"] == 1.0 and state["k"] == 3
 
 
-def test_bad_cluster_requests(hub: LiveHub, tmp_path: Path) -> None:
-    token = hub.token("alice")
-    publish_library(hub, token, tmp_path, planted(k=1, per=3))
-    with hub.client(token) as c:
+def test_bad_cluster_requests(server: LiveServer, tmp_path: Path) -> None:
+    token = server.token("alice")
+    publish_library(server, token, tmp_path, planted(k=1, per=3))
+    with server.client(token) as c:
         for body, status, words in [
             ({"method": "spectral"}, 422, "method"),
             ({"k": 9}, 400, "k=9 is more than the 3 adapters"),
@@ -188,14 +188,14 @@ def deltas(folder: Path) -> dict[str, torch.Tensor]:
     return {m: f.scaling * f.B.double() @ f.A.double() for m, f in factors.items()}
 
 
-def test_cluster_adapters_are_exact_averages_and_load_in_peft(hub: LiveHub, tmp_path: Path) -> None:
-    token = hub.token("alice")
+def test_cluster_adapters_are_exact_averages_and_load_in_peft(server: LiveServer, tmp_path: Path) -> None:
+    token = server.token("alice")
     folders = [
         peft_folder(tmp_path, 1, 4, 8),
         peft_folder(tmp_path, 2, 2, 4, use_rslora=True),
         peft_folder(tmp_path, 3, 4, 16),
     ]
-    with hub.client(token) as c:
+    with server.client(token) as c:
         for i, folder in enumerate(folders):
             assert c.post(f"/v1/adapters/alice/member{i}", files=upload_parts(folder)).status_code == 201
         result = c.post("/v1/clusters", json={"base_model": BASE_MODEL, "k": 1}).json()
@@ -238,12 +238,12 @@ def test_cluster_adapters_are_exact_averages_and_load_in_peft(hub: LiveHub, tmp_
             torch.testing.assert_close(loaded(ids).logits, dense(ids).logits, rtol=1e-4, atol=1e-5)
 
 
-def test_quiver_cluster_command(hub: LiveHub, tmp_path: Path) -> None:
-    token = hub.token("alice")
-    names = publish_library(hub, token, tmp_path, planted(per=3))
-    env = {**os.environ, "QUIVER_ENDPOINT": hub.url, "QUIVER_TOKEN": token, "COLUMNS": "200"}
+def test_quiver_cluster_command(server: LiveServer, tmp_path: Path) -> None:
+    token = server.token("alice")
+    names = publish_library(server, token, tmp_path, planted(per=3))
+    env = {**os.environ, "QUIVER_ENDPOINT": server.url, "QUIVER_TOKEN": token, "COLUMNS": "200"}
     out = subprocess.run(
-        [sys.executable, "-m", "client", "cluster", "--base-model", BASE, "--k", "3", "--merge", "--rank", "2"],
+        [sys.executable, "-m", "quiver_hub", "cluster", "--base-model", BASE, "--k", "3", "--merge", "--rank", "2"],
         env=env,
         capture_output=True,
         text=True,
@@ -254,7 +254,7 @@ def test_quiver_cluster_command(hub: LiveHub, tmp_path: Path) -> None:
     assert all(name in out.stdout for name in names)
     assert out.stdout.count("(rank 2)") == 3 and "published alice/cluster-" in out.stdout
     bad = subprocess.run(
-        [sys.executable, "-m", "client", "cluster", "--base-model", "nobody/base"],
+        [sys.executable, "-m", "quiver_hub", "cluster", "--base-model", "nobody/base"],
         env=env,
         capture_output=True,
         text=True,

@@ -6,15 +6,15 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from tests.adapters import upload_parts, write_adapter
-from tests.conftest import LiveHub
+from tests.conftest import LiveServer
 
 
-def test_concurrent_publishes_get_distinct_versions(hub: LiveHub, tmp_path: Path) -> None:
-    token = hub.token("alice")
+def test_concurrent_publishes_get_distinct_versions(server: LiveServer, tmp_path: Path) -> None:
+    token = server.token("alice")
     folders = [write_adapter(tmp_path / f"a{i}", seed=i) for i in range(8)]
 
     def publish(folder: Path) -> tuple[int, dict]:
-        with hub.client(token) as c:
+        with server.client(token) as c:
             r = c.post("/v1/adapters/alice/busy", files=upload_parts(folder))
             return r.status_code, r.json()
 
@@ -22,7 +22,7 @@ def test_concurrent_publishes_get_distinct_versions(hub: LiveHub, tmp_path: Path
         results = list(pool.map(publish, folders))
     assert [status for status, _ in results] == [201] * 8, results
     assert sorted(body["version"] for _, body in results) == list(range(1, 9))
-    with hub.client() as c:
+    with server.client() as c:
         versions = c.get("/v1/adapters/alice/busy/versions").json()["versions"]
         assert [v["version"] for v in versions] == list(range(1, 9))
         assert len({v["revision"] for v in versions}) == 8

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from registry.models import Adapter, Blob, File, Version
+from quiver_hub.registry.models import Adapter, Blob, File, Version
 from tests.adapters import upload_parts, write_adapter
-from tests.conftest import LiveHub
+from tests.conftest import LiveServer
 
 # Runs in a child process: publish alice/crashy, dying (os._exit, no cleanup) at the named point.
 CHILD = textwrap.dedent(
@@ -22,13 +22,13 @@ CHILD = textwrap.dedent(
     import os, sys
     from pathlib import Path
     from sqlalchemy.orm import Session
-    from hub.settings import Settings
-    from hub.state import HubState
-    from registry import blobs, publishing
-    from registry.accounts import authenticate
+    from quiver_hub.hub.settings import Settings
+    from quiver_hub.hub.services import Services
+    from quiver_hub.registry import blobs, writes
+    from quiver_hub.registry.accounts import authenticate
 
     point, folder, token = sys.argv[1], Path(sys.argv[2]), sys.argv[3]
-    state = HubState.open(Settings(), migrate=False)
+    state = Services.open(Settings(), migrate=False)
 
     def die(*_a, **_k):
         os._exit(9)
@@ -50,52 +50,52 @@ CHILD = textwrap.dedent(
             staged[f.name] = state.store.stage(fh)
         if point == "staging":
             die()
-    meta = publishing.AdapterMeta()
-    publishing.publish(state.sessions, state.store, principal, "alice", "crashy", staged, meta, state.embedder)
+    meta = writes.AdapterMeta()
+    writes.publish(state.sessions, state.store, principal, "alice", "crashy", staged, meta, state.embedder)
     print("published")
     """
 )
 
 
-def run_child(hub: LiveHub, point: str, folder: Path, token: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "QUIVER_HOME": str(hub.settings.home), "QUIVER_DATABASE_URL": hub.settings.db_url}
+def run_child(server: LiveServer, point: str, folder: Path, token: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "QUIVER_HOME": str(server.settings.home), "QUIVER_DATABASE_URL": server.settings.db_url}
     return subprocess.run(
         [sys.executable, "-c", CHILD, point, str(folder), token], env=env, capture_output=True, text=True, timeout=120
     )
 
 
 @pytest.mark.parametrize("point", ["staging", "install", "commit"])
-def test_crash_mid_publish_leaves_nothing_visible(hub: LiveHub, tmp_path: Path, point: str) -> None:
-    token = hub.token("alice")
+def test_crash_mid_publish_leaves_nothing_visible(server: LiveServer, tmp_path: Path, point: str) -> None:
+    token = server.token("alice")
     good = write_adapter(tmp_path / "good")
-    with hub.client(token) as c:
+    with server.client(token) as c:
         acknowledged = c.post("/v1/adapters/alice/kept", files=upload_parts(good)).json()
     crashy = write_adapter(tmp_path / "crashy", seed=3)
 
-    child = run_child(hub, point, crashy, token)
+    child = run_child(server, point, crashy, token)
     assert child.returncode == 9, child.stderr
 
-    with hub.state.sessions() as s:
+    with server.state.sessions() as s:
         assert s.scalar(select(Adapter).where(Adapter.name == "crashy")) is None
         assert [v.number for v in s.scalars(select(Version))] == [1]
         referenced = set(s.scalars(select(File.sha256)))
         assert set(s.scalars(select(Blob.sha256))) == referenced
-    with hub.client() as c:
+    with server.client() as c:
         assert c.get("/v1/adapters/alice/crashy").status_code == 404
         assert [a["id"] for a in c.get("/v1/adapters").json()["adapters"]] == ["alice/kept"]
         for f in acknowledged["files"]:  # what was acknowledged is intact
             body = c.get(f"/v1/adapters/alice/kept/versions/1/files/{f['path']}").content
             assert body == (good / f["path"]).read_bytes()
 
-    leftovers = {str(p.relative_to(hub.state.store.root)) for p in hub.state.store.root.rglob("*") if p.is_file()}
+    leftovers = {str(p.relative_to(server.state.store.root)) for p in server.state.store.root.rglob("*") if p.is_file()}
     assert leftovers, "the dead publish should have left staging or blob files behind"
-    gc = hub.cli("gc", "--grace", "0")
+    gc = server.cli("gc", "--grace", "0")
     assert gc.returncode == 0, gc.stderr
-    assert set(hub.state.store.stored()) == referenced
-    assert not any(hub.state.store.tmp.iterdir())
+    assert set(server.state.store.stored()) == referenced
+    assert not any(server.state.store.tmp.iterdir())
 
     # The same publish, done again, works and the kept adapter still reads back.
-    with hub.client(token) as c:
+    with server.client(token) as c:
         again = c.post("/v1/adapters/alice/crashy", files=upload_parts(crashy))
         assert again.status_code == 201 and again.json()["version"] == 1
         assert (
@@ -104,15 +104,15 @@ def test_crash_mid_publish_leaves_nothing_visible(hub: LiveHub, tmp_path: Path, 
         )
 
 
-def test_gc_keeps_young_orphans_and_referenced_blobs(hub: LiveHub, tmp_path: Path) -> None:
-    token = hub.token("alice")
-    with hub.client(token) as c:
+def test_gc_keeps_young_orphans_and_referenced_blobs(server: LiveServer, tmp_path: Path) -> None:
+    token = server.token("alice")
+    with server.client(token) as c:
         c.post("/v1/adapters/alice/a", files=upload_parts(write_adapter(tmp_path / "a")))
     crashy = write_adapter(tmp_path / "crashy", seed=5)
-    assert run_child(hub, "commit", crashy, token).returncode == 9
-    before = set(hub.state.store.stored())
-    out = hub.cli("gc")  # default grace: a publish may still be in flight
+    assert run_child(server, "commit", crashy, token).returncode == 9
+    before = set(server.state.store.stored())
+    out = server.cli("gc")  # default grace: a publish may still be in flight
     assert out.returncode == 0 and "removed 0 unreferenced blobs, 0 orphan files" in out.stdout
-    assert set(hub.state.store.stored()) == before
-    out = hub.cli("gc", "--grace", "0")
-    assert "orphan files" in out.stdout and len(set(hub.state.store.stored())) < len(before)
+    assert set(server.state.store.stored()) == before
+    out = server.cli("gc", "--grace", "0")
+    assert "orphan files" in out.stdout and len(set(server.state.store.stored())) < len(before)

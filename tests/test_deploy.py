@@ -8,7 +8,7 @@ from pathlib import Path
 import yaml
 from sqlalchemy.engine import make_url
 
-from hub.settings import Settings
+from quiver_hub.hub.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 

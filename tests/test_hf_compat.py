@@ -16,9 +16,9 @@ import torch
 from sqlalchemy import select
 
 from examples.make_adapter import tiny_llama
-from registry.models import Adapter, Embedding, Prototype, Version
+from quiver_hub.registry.models import Adapter, Embedding, Prototype, Version
 from tests.adapters import upload_parts
-from tests.conftest import LiveHub
+from tests.conftest import LiveServer
 
 CARD = """---
 license: mit
@@ -35,11 +35,11 @@ Condenses long passages into a few sentences.
 """
 
 
-def hf(hub: LiveHub, tmp_path: Path, code: str, token: str | None = None, **args: str) -> dict:
+def hf(server: LiveServer, tmp_path: Path, code: str, token: str | None = None, **args: str) -> dict:
     """Run `code` with huggingface_hub/peft pointed at the hub; it prints one JSON object."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE_"))}
     env.update(
-        HF_ENDPOINT=hub.url,
+        HF_ENDPOINT=server.url,
         HF_HUB_DISABLE_XET="1",
         HF_HUB_DISABLE_TELEMETRY="1",
         HF_HOME=str(tmp_path / "hf-home"),
@@ -92,11 +92,11 @@ print(json.dumps(out))
 """
 
 
-def test_huggingface_hub_uploads_and_reads(hub: LiveHub, tmp_path: Path, adapter_folder: Path) -> None:
-    token = hub.token("alice")
-    out = hf(hub, tmp_path, UPLOAD_AND_READ, token=token, folder=str(adapter_folder))
+def test_huggingface_hub_uploads_and_reads(server: LiveServer, tmp_path: Path, adapter_folder: Path) -> None:
+    token = server.token("alice")
+    out = hf(server, tmp_path, UPLOAD_AND_READ, token=token, folder=str(adapter_folder))
     assert out["create"].endswith("/alice/hf-lora") and out["create_again"] == out["create"]
-    with hub.client() as c:
+    with server.client() as c:
         version = c.get("/v1/adapters/alice/hf-lora/versions/latest").json()
     assert version["version"] == 1 and out["commit"] == out["info"]["sha"] == version["revision"]
     sizes = {p.name: p.stat().st_size for p in adapter_folder.iterdir()}
@@ -112,7 +112,7 @@ def test_huggingface_hub_uploads_and_reads(hub: LiveHub, tmp_path: Path, adapter
     assert out["list"] == ["alice/hf-lora"] and out["list_filtered"] == ["alice/hf-lora"]
     assert out["whoami"] == "alice"
     # The card's metadata became the adapter's, as a /v1 upload of the same folder would.
-    with hub.client() as c:
+    with server.client() as c:
         adapter = c.get("/v1/adapters/alice/hf-lora").json()
     assert (adapter["tags"], adapter["license"], adapter["task"]) == (["summarization", "demo"], "mit", "summarization")
 
@@ -146,35 +146,35 @@ except Exception as e:
 """
 
 
-def test_peft_loads_and_pushes(hub: LiveHub, tmp_path: Path, adapter_folder: Path) -> None:
-    token = hub.token("alice")
-    with hub.client(token) as c:
+def test_peft_loads_and_pushes(server: LiveServer, tmp_path: Path, adapter_folder: Path) -> None:
+    token = server.token("alice")
+    with server.client(token) as c:
         assert c.post("/v1/adapters/alice/from-v1", files=upload_parts(adapter_folder)).status_code == 201
     ids = [[1, 5, 9, 17, 33, 2]]
-    out = hf(hub, tmp_path, PEFT_ROUND_TRIP, token=token, ids=ids)
+    out = hf(server, tmp_path, PEFT_ROUND_TRIP, token=token, ids=ids)
 
     local = peft.PeftModel.from_pretrained(tiny_llama(), adapter_folder).eval()
     with torch.no_grad():
         expected = local(torch.tensor(ids)).logits[0, -1]
     torch.testing.assert_close(torch.tensor(out["from_v1_logits"]), expected, rtol=0, atol=1e-6)
 
-    with hub.client(token) as owner, hub.client() as anon:
+    with server.client(token) as owner, server.client() as anon:
         pushed = owner.get("/v1/adapters/alice/pushed").json()
         assert pushed["visibility"] == "private" and pushed["latest"]["version"] == 1
         assert anon.get("/v1/adapters/alice/pushed").status_code == 404
         head = anon.head("/alice/pushed/resolve/main/adapter_config.json")
         assert head.status_code == 404 and head.headers["x-error-code"] == "RepoNotFound"
 
-    hidden = hf(hub, tmp_path, LOAD_PRIVATE, ids=ids)  # no token
+    hidden = hf(server, tmp_path, LOAD_PRIVATE, ids=ids)  # no token
     assert "error" in hidden and "logits" not in hidden
-    seen = hf(hub, tmp_path, LOAD_PRIVATE, token=token, ids=ids)
+    seen = hf(server, tmp_path, LOAD_PRIVATE, token=token, ids=ids)
     torch.testing.assert_close(torch.tensor(seen["logits"]), torch.tensor(out["pushed_logits"]), rtol=0, atol=1e-6)
 
 
-def test_same_adapter_via_hf_and_v1_is_identical(hub: LiveHub, tmp_path: Path, adapter_folder: Path) -> None:
-    token = hub.token("alice")
+def test_same_adapter_via_hf_and_v1_is_identical(server: LiveServer, tmp_path: Path, adapter_folder: Path) -> None:
+    token = server.token("alice")
     hf(
-        hub,
+        server,
         tmp_path,
         """
 from huggingface_hub import HfApi
@@ -185,7 +185,7 @@ print("{}")
         token=token,
         folder=str(adapter_folder),
     )
-    with hub.client(token) as c:
+    with server.client(token) as c:
         assert c.post("/v1/adapters/alice/via-v1", files=upload_parts(adapter_folder)).status_code == 201
         a = c.get("/v1/adapters/alice/via-hf/versions/latest").json()
         b = c.get("/v1/adapters/alice/via-v1/versions/latest").json()
@@ -201,7 +201,7 @@ print("{}")
         "files",
     ):
         assert a[key] == b[key], key
-    with hub.state.sessions() as s:
+    with server.state.sessions() as s:
 
         def analysis(name: str) -> tuple:
             adapter = s.scalar(select(Adapter).where(Adapter.name == name))
@@ -221,10 +221,10 @@ print("{}")
         assert analysis("via-hf") == analysis("via-v1")
 
 
-def test_hf_errors_and_write_rules(hub: LiveHub, tmp_path: Path) -> None:
-    token, bob = hub.token("alice"), hub.token("bob")
+def test_hf_errors_and_write_rules(server: LiveServer, tmp_path: Path) -> None:
+    token, bob = server.token("alice"), server.token("bob")
     out = hf(
-        hub,
+        server,
         tmp_path,
         """
 from huggingface_hub import HfApi
@@ -246,7 +246,7 @@ print(json.dumps(out))
     )
     assert out["invalid"][0] == 422 and "adapter_model.safetensors is missing" in out["invalid"][1]
     assert out["forbidden"] == 403
-    with hub.client(token) as c:
+    with server.client(token) as c:
         assert c.get("/v1/adapters/alice/bad").json()["latest"] is None  # nothing was published
         r = c.get("/alice/bad/resolve/main/adapter_config.json")  # an empty repo: main exists, the file not
         assert r.status_code == 404 and r.headers["x-error-code"] == "EntryNotFound"
@@ -257,11 +257,11 @@ print(json.dumps(out))
         assert r.status_code == 404 and r.headers["x-error-code"] == "RepoNotFound"
 
 
-def test_quiver_import_from_the_hf_cache(hub: LiveHub, tmp_path: Path, adapter_folder: Path) -> None:
-    token = hub.token("alice")
+def test_quiver_import_from_the_hf_cache(server: LiveServer, tmp_path: Path, adapter_folder: Path) -> None:
+    token = server.token("alice")
     (adapter_folder / "training_args.bin").write_bytes(b"\x80\x04pickle")
     hf(
-        hub,
+        server,
         tmp_path,
         """
 from huggingface_hub import HfApi, snapshot_download
@@ -276,11 +276,11 @@ print(json.dumps({"path": snapshot_download("alice/source")}))
     )
     cache_repo = tmp_path / "hf-home" / "hub" / "models--alice--source"
     assert (cache_repo / "refs" / "main").is_file()
-    env = {**os.environ, "QUIVER_ENDPOINT": hub.url, "QUIVER_TOKEN": token}
+    env = {**os.environ, "QUIVER_ENDPOINT": server.url, "QUIVER_TOKEN": token}
 
     def quiver_import(source: Path, repo: str) -> subprocess.CompletedProcess:
         return subprocess.run(
-            [sys.executable, "-m", "client", "import", str(source), repo],
+            [sys.executable, "-m", "quiver_hub", "import", str(source), repo],
             env=env,
             capture_output=True,
             text=True,
@@ -292,7 +292,7 @@ print(json.dumps({"path": snapshot_download("alice/source")}))
     assert "published alice/imported version 1" in run.stdout
     direct = quiver_import(adapter_folder, "alice/direct")
     assert direct.returncode == 0 and "skipping training_args.bin" in direct.stderr
-    with hub.client() as c:
+    with server.client() as c:
         imported = c.get("/v1/adapters/alice/imported").json()
         assert imported["tags"] == ["summarization", "demo"] and imported["license"] == "mit"
         assert imported["description"] == "Condenses long passages into a few sentences."

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from registry import lora
-from registry.lora import Factors
+from quiver_hub.registry import lora
+from quiver_hub.registry.lora import Factors
 
 
 def random_factors(r: int, d_in: int, d_out: int, seed: int, gap: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:

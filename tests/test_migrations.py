@@ -7,8 +7,9 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import inspect
 
-from registry.db import alembic_config, make_engine, upgrade
-from registry.models import Base
+from quiver_hub.migrations import alembic_config, upgrade
+from quiver_hub.registry.db import make_engine
+from quiver_hub.registry.models import Base
 
 
 def test_migrations_match_models(database_url: str) -> None:

@@ -9,10 +9,10 @@ import httpx
 import numpy as np
 from safetensors.torch import load_file
 
-from hub.settings import Settings
-from hub.state import HubState
-from registry.accounts import create_token
-from registry.db import writing
+from quiver_hub.hub.services import Services
+from quiver_hub.hub.settings import Settings
+from quiver_hub.registry.accounts import create_token
+from quiver_hub.registry.db import writing
 from tests.adapters import BASE, upload_parts, write_adapter
 from tests.conftest import free_port, serve_process
 
@@ -35,7 +35,7 @@ def ids(response: httpx.Response) -> list[str]:
 
 def test_second_process_sees_publishes_edits_and_deletes(database_url: str, tmp_path: Path) -> None:
     settings = Settings(home=tmp_path / "home", database_url=database_url)
-    state = HubState.open(settings)
+    state = Services.open(settings)
     with writing(state.sessions) as s:
         token = create_token(s, user="alice")
         s.commit()

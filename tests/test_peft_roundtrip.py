@@ -10,10 +10,10 @@ import torch
 
 from examples.make_adapter import tiny_llama
 from tests.adapters import upload_parts
-from tests.conftest import LiveHub
+from tests.conftest import LiveServer
 
 
-def test_peft_adapter_round_trip(hub: LiveHub, tmp_path: Path) -> None:
+def test_peft_adapter_round_trip(server: LiveServer, tmp_path: Path) -> None:
     config = peft.LoraConfig(
         r=4,
         lora_alpha=8,
@@ -28,8 +28,8 @@ def test_peft_adapter_round_trip(hub: LiveHub, tmp_path: Path) -> None:
     with torch.no_grad():
         expected = trained(ids).logits
 
-    token = hub.token("alice")
-    with hub.client(token) as c:
+    token = server.token("alice")
+    with server.client(token) as c:
         r = c.post("/v1/adapters/alice/tiny-lora", files=upload_parts(saved), data={"task": "test"})
         assert r.status_code == 201, r.text
         version = r.json()
@@ -38,7 +38,7 @@ def test_peft_adapter_round_trip(hub: LiveHub, tmp_path: Path) -> None:
 
     downloaded = tmp_path / "downloaded"
     downloaded.mkdir()
-    with hub.client() as c:  # anonymous: the adapter is public
+    with server.client() as c:  # anonymous: the adapter is public
         for f in c.get("/v1/adapters/alice/tiny-lora/versions/latest").json()["files"]:
             body = c.get(f"/v1/adapters/alice/tiny-lora/versions/{version['revision']}/files/{f['path']}")
             assert body.status_code == 200

@@ -1,4 +1,4 @@
-"""POST /v1/route against an independent brute-force implementation of DESIGN.md's formula."""
+"""POST /v1/route against an independent brute-force implementation of the formula (docs/architecture.md)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from safetensors.numpy import save as save_np
 from safetensors.torch import load_file
 
 from tests.adapters import BASE, upload_parts, write_adapter
-from tests.conftest import LiveHub
+from tests.conftest import LiveServer
 
 HIDDEN = 16
 Q0, V0, Q1, V1 = (f"model.layers.{i}.self_attn.{p}" for i in (0, 1) for p in ("q_proj", "v_proj"))
@@ -50,10 +50,10 @@ def brute_force(
 
 
 @pytest.fixture
-def library(hub: LiveHub, tmp_path: Path) -> dict:
+def library(server: LiveServer, tmp_path: Path) -> dict:
     """12 public adapters of alice and carol (some without v_proj), and 4 private ones of bob built to
     dominate the query if they leaked."""
-    tokens = {u: hub.token(u) for u in ("alice", "carol", "bob")}
+    tokens = {u: server.token(u) for u in ("alice", "carol", "bob")}
     rng = np.random.default_rng(0)
     query_dir = {m: torch.tensor(rng.standard_normal(HIDDEN), dtype=torch.float32) for m in (Q0, V0, Q1, V1)}
     query_dir = {m: v / v.norm() for m, v in query_dir.items()}
@@ -70,7 +70,7 @@ def library(hub: LiveHub, tmp_path: Path) -> dict:
             direction=query_dir if owner == "bob" else None,
         )
         repo = f"{owner}/ad{i}"
-        with hub.client(tokens[owner]) as c:
+        with server.client(tokens[owner]) as c:
             data = {"visibility": "private" if owner == "bob" else "public", "task": "even" if i % 2 == 0 else "odd"}
             r = c.post(f"/v1/adapters/{repo}", files=upload_parts(folder), data=data)
             assert r.status_code == 201, r.text
@@ -80,20 +80,20 @@ def library(hub: LiveHub, tmp_path: Path) -> dict:
     return {"tokens": tokens, "protos": protos, "hidden": hidden}
 
 
-def route_json(hub: LiveHub, token: str | None, hidden: dict[str, np.ndarray], **params) -> dict:
+def route_json(server: LiveServer, token: str | None, hidden: dict[str, np.ndarray], **params) -> dict:
     body = {"hidden_states": {m: h.tolist() for m, h in hidden.items()}, "base_model": BASE, **params}
-    with hub.client(token) as c:
+    with server.client(token) as c:
         r = c.post("/v1/route", json=body)
         assert r.status_code == 200, r.text
         return r.json()
 
 
 @pytest.mark.parametrize("top_k, temperature", [(3, 1.0), (1, 1.0), (8, 0.5), (16, 2.0)])
-def test_route_matches_brute_force(hub: LiveHub, library: dict, top_k: int, temperature: float) -> None:
+def test_route_matches_brute_force(server: LiveServer, library: dict, top_k: int, temperature: float) -> None:
     visible = {repo: p for repo, p in library["protos"].items() if not repo.startswith("bob/")}
     expected = brute_force(visible, library["hidden"], top_k, temperature)
     got = route_json(
-        hub, library["tokens"]["alice"], library["hidden"], top_k=top_k, temperature=temperature, limit=100
+        server, library["tokens"]["alice"], library["hidden"], top_k=top_k, temperature=temperature, limit=100
     )
     ranking = [r["id"] for r in got["results"]]
     assert ranking == sorted(expected, key=lambda n: (-expected[n], n))[: len(ranking)]
@@ -105,21 +105,21 @@ def test_route_matches_brute_force(hub: LiveHub, library: dict, top_k: int, temp
     assert got["tokens"] == 15 and got["top_k"] == top_k
 
 
-def test_private_adapters_never_appear_nor_change_scores(hub: LiveHub, library: dict) -> None:
-    anonymous = route_json(hub, None, library["hidden"], limit=100)
-    alice = route_json(hub, library["tokens"]["alice"], library["hidden"], limit=100)
+def test_private_adapters_never_appear_nor_change_scores(server: LiveServer, library: dict) -> None:
+    anonymous = route_json(server, None, library["hidden"], limit=100)
+    alice = route_json(server, library["tokens"]["alice"], library["hidden"], limit=100)
     assert anonymous["results"] == alice["results"]
     assert not any(r["id"].startswith("bob/") for r in alice["results"])
     # Bob sees his own, and they win: they were built around the query directions.
-    bob = route_json(hub, library["tokens"]["bob"], library["hidden"], limit=100)
+    bob = route_json(server, library["tokens"]["bob"], library["hidden"], limit=100)
     everything = brute_force(library["protos"], library["hidden"], 3, 1.0)
     assert [r["id"] for r in bob["results"]][:4] == sorted(everything, key=lambda n: -everything[n])[:4]
     assert all(r["id"].startswith("bob/") for r in bob["results"][:4])
 
 
-def test_safetensors_body_and_filters(hub: LiveHub, library: dict) -> None:
-    as_json = route_json(hub, None, library["hidden"], top_k=2, limit=5)
-    with hub.client() as c:
+def test_safetensors_body_and_filters(server: LiveServer, library: dict) -> None:
+    as_json = route_json(server, None, library["hidden"], top_k=2, limit=5)
+    with server.client() as c:
         r = c.post(
             "/v1/route",
             content=save_np(library["hidden"]),
@@ -130,7 +130,7 @@ def test_safetensors_body_and_filters(hub: LiveHub, library: dict) -> None:
         assert [x["id"] for x in r.json()["results"]] == [x["id"] for x in as_json["results"]]
         for a, b in zip(r.json()["results"], as_json["results"], strict=True):
             assert abs(a["score"] - b["score"]) < 1e-6
-    odd = route_json(hub, None, library["hidden"], task="odd", limit=100)
+    odd = route_json(server, None, library["hidden"], task="odd", limit=100)
     assert odd["results"] and all(r["task"] == "odd" for r in odd["results"])
     visible_odd = {k: v for k, v in library["protos"].items() if k.startswith("alice/")}
     expected = brute_force(visible_odd, library["hidden"], 3, 1.0)
@@ -152,8 +152,8 @@ BAD = [
 
 
 @pytest.mark.parametrize("body, code, words", BAD, ids=[b[1] + str(i) for i, b in enumerate(BAD)])
-def test_bad_route_input_is_a_clear_400(hub: LiveHub, library: dict, body: dict, code: str, words: str) -> None:
-    with hub.client() as c:
+def test_bad_route_input_is_a_clear_400(server: LiveServer, library: dict, body: dict, code: str, words: str) -> None:
+    with server.client() as c:
         r = c.post(
             "/v1/route", content=json.dumps({"base_model": BASE, **body}), headers={"Content-Type": "application/json"}
         )
@@ -161,27 +161,27 @@ def test_bad_route_input_is_a_clear_400(hub: LiveHub, library: dict, body: dict,
     assert r.json()["error"]["code"] == code and words in r.json()["error"]["message"], r.json()
 
 
-def test_private_only_base_model_is_unknown_to_others(hub: LiveHub, tmp_path: Path) -> None:
-    token = hub.token("bob")
+def test_private_only_base_model_is_unknown_to_others(server: LiveServer, tmp_path: Path) -> None:
+    token = server.token("bob")
     folder = write_adapter(tmp_path / "p")
     cfg = json.loads((folder / "adapter_config.json").read_text())
     cfg["base_model_name_or_path"] = "bob/secret-base"
     (folder / "adapter_config.json").write_text(json.dumps(cfg))
-    with hub.client(token) as c:
+    with server.client(token) as c:
         assert (
             c.post("/v1/adapters/bob/p", files=upload_parts(folder), data={"visibility": "private"}).status_code == 201
         )
     body = {"hidden_states": {Q0: [[1.0] * HIDDEN]}, "base_model": "bob/secret-base"}
-    with hub.client() as anon, hub.client(token) as owner:
+    with server.client() as anon, server.client(token) as owner:
         r = anon.post("/v1/route", json=body)
         assert r.status_code == 400 and r.json()["error"]["code"] == "unknown_base_model"
         assert owner.post("/v1/route", json=body).json()["results"][0]["id"] == "bob/p"
 
 
-def test_prototypes_download(hub: LiveHub, tmp_path: Path) -> None:
-    token = hub.token("alice")
+def test_prototypes_download(server: LiveServer, tmp_path: Path) -> None:
+    token = server.token("alice")
     folder = write_adapter(tmp_path / "a", seed=3)
-    with hub.client(token) as c:
+    with server.client(token) as c:
         c.post("/v1/adapters/alice/pr", files=upload_parts(folder))
         r = c.get("/v1/adapters/alice/pr/versions/latest/prototypes")
     assert r.status_code == 200 and r.headers["content-type"] == "application/octet-stream"

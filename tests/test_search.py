@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.adapters import upload_parts, write_adapter
-from tests.conftest import LiveHub
+from tests.conftest import LiveServer
 
 DESCRIPTIONS = {
     "summarize-news": "Summarizes long news articles into a few bullet points.",
@@ -60,17 +60,17 @@ def words(text: str) -> set[str]:
 
 
 @pytest.fixture
-def catalog(hub: LiveHub, tmp_path: Path) -> LiveHub:
-    token = hub.token("alice")
+def catalog(server: LiveServer, tmp_path: Path) -> LiveServer:
+    token = server.token("alice")
     folder = write_adapter(tmp_path / "a")
-    with hub.client(token) as c:
+    with server.client(token) as c:
         for name, description in DESCRIPTIONS.items():
             r = c.post(f"/v1/adapters/alice/{name}", files=upload_parts(folder), data={"description": description})
             assert r.status_code == 201, r.text
-    return hub
+    return server
 
 
-def test_search_finds_adapters_by_meaning(catalog: LiveHub) -> None:
+def test_search_finds_adapters_by_meaning(catalog: LiveServer) -> None:
     with catalog.client() as c:
         for query, expected in QUERIES.items():
             assert not words(query) & words(DESCRIPTIONS[expected]), query
@@ -82,7 +82,7 @@ def test_search_finds_adapters_by_meaning(catalog: LiveHub) -> None:
             assert [x["score"] for x in results] == sorted((x["score"] for x in results), reverse=True)
 
 
-def test_search_respects_filters_visibility_and_edits(catalog: LiveHub) -> None:
+def test_search_respects_filters_visibility_and_edits(catalog: LiveServer) -> None:
     token = catalog.token("alice")
     with catalog.client(token) as owner, catalog.client() as anon:
         query = {"query": "flag abusive insults in forum posts", "limit": 3}
@@ -100,14 +100,14 @@ def test_search_respects_filters_visibility_and_edits(catalog: LiveHub) -> None:
         assert bad.status_code == 422 and bad.json()["error"]["code"] == "invalid_request"
 
 
-def test_route_text_uses_examples(hub: LiveHub, tmp_path: Path) -> None:
-    token = hub.token("alice")
+def test_route_text_uses_examples(server: LiveServer, tmp_path: Path) -> None:
+    token = server.token("alice")
     examples = {
         "math": ["What is 17 times 23?", "Solve for x: 2x + 3 = 11", "Compute the integral of x^2"],
         "cooking": ["How long do I boil an egg?", "Substitute for buttermilk in pancakes", "Best way to sear steak"],
         "code": ["Reverse a linked list in Python", "Fix this segfault in my C loop", "Explain async/await in JS"],
     }
-    with hub.client(token) as c:
+    with server.client(token) as c:
         for name, lines in examples.items():
             folder = write_adapter(
                 tmp_path / name,

@@ -7,23 +7,23 @@ from pathlib import Path
 import pytest
 
 from tests.adapters import upload_parts, write_adapter
-from tests.conftest import LiveHub
+from tests.conftest import LiveServer
 
 PRIVATE = ["alice/secret", "acme/internal"]
 
 
 @pytest.fixture
-def world(hub: LiveHub, tmp_path: Path) -> dict:
+def world(server: LiveServer, tmp_path: Path) -> dict:
     """alice owns alice/*, alice and carol are in acme, bob is an outsider."""
     tokens = {
-        "alice": hub.token("alice", org="acme"),
-        "carol": hub.token("carol", org="acme"),
-        "bob": hub.token("bob"),
+        "alice": server.token("alice", org="acme"),
+        "carol": server.token("carol", org="acme"),
+        "bob": server.token("bob"),
         "anonymous": None,
     }
     folder = write_adapter(tmp_path / "a")
     revisions = {}
-    with hub.client(tokens["alice"]) as c:
+    with server.client(tokens["alice"]) as c:
         for repo, vis in [("alice/open", "public"), ("alice/secret", "private"), ("acme/internal", "private")]:
             r = c.post(f"/v1/adapters/{repo}", files=upload_parts(folder), data={"visibility": vis, "tags": "t"})
             assert r.status_code == 201, r.text
@@ -70,8 +70,8 @@ def listed(c) -> set[str]:
         ("carol", {"alice/open", "acme/internal"}),
     ],
 )
-def test_visibility_matrix(hub: LiveHub, world: dict, who: str, sees: set[str]) -> None:
-    with hub.client(world["tokens"][who]) as c:
+def test_visibility_matrix(server: LiveServer, world: dict, who: str, sees: set[str]) -> None:
+    with server.client(world["tokens"][who]) as c:
         assert listed(c) == sees
         for repo, revision in world["revisions"].items():
             statuses = reads(c, repo, revision)
@@ -82,8 +82,8 @@ def test_visibility_matrix(hub: LiveHub, world: dict, who: str, sees: set[str]) 
                 assert hidden == {"error": {"code": "not_found", "message": f"adapter {repo} not found"}}
 
 
-def test_outsiders_cannot_tell_private_from_missing_when_writing(hub: LiveHub, world: dict) -> None:
-    with hub.client(world["tokens"]["bob"]) as c:
+def test_outsiders_cannot_tell_private_from_missing_when_writing(server: LiveServer, world: dict) -> None:
+    with server.client(world["tokens"]["bob"]) as c:
         for method, suffix, kwargs in [
             ("PATCH", "", {"json": {"description": "x"}}),
             ("DELETE", "", {}),
@@ -93,19 +93,19 @@ def test_outsiders_cannot_tell_private_from_missing_when_writing(hub: LiveHub, w
             missing = c.request(method, f"/v1/adapters/alice/no-such{suffix}", **kwargs)
             assert private.status_code == missing.status_code == 403
             assert private.json() == missing.json()
-    with hub.client(world["tokens"]["alice"]) as c:
+    with server.client(world["tokens"]["alice"]) as c:
         assert c.get("/v1/adapters/alice/secret").json()["description"] == ""
 
 
-def test_org_members_write_and_read_tokens_only_read(hub: LiveHub, world: dict, tmp_path: Path) -> None:
-    with hub.client(world["tokens"]["carol"]) as c:
+def test_org_members_write_and_read_tokens_only_read(server: LiveServer, world: dict, tmp_path: Path) -> None:
+    with server.client(world["tokens"]["carol"]) as c:
         r = c.patch("/v1/adapters/acme/internal", json={"visibility": "public"})
         assert r.status_code == 200 and r.json()["visibility"] == "public"
         assert c.patch("/v1/adapters/alice/secret", json={"description": "x"}).status_code == 403
-    with hub.client() as anon:
+    with server.client() as anon:
         assert anon.get("/v1/adapters/acme/internal").status_code == 200
-    reader = hub.token("alice", scope="read")
-    with hub.client(reader) as c:
+    reader = server.token("alice", scope="read")
+    with server.client(reader) as c:
         assert c.get("/v1/adapters/alice/secret").status_code == 200
         r = c.delete("/v1/adapters/alice/secret")
         assert r.status_code == 403 and "read-only" in r.json()["error"]["message"]

@@ -11,20 +11,50 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
 from safetensors.numpy import save
 
-from hub import schemas
-from hub.deps import PrincipalDep, SessionDep, StateDep
-from hub.uploads import form_meta, read_form, stage_files
-from registry import catalog, publishing
-from registry.accounts import require_write
-from registry.errors import NotFound
-from registry.names import check_repo_id
-from registry.vectors import from_bytes
+from quiver_hub.hub import schemas
+from quiver_hub.hub.deps import PrincipalDep, SessionDep, StateDep
+from quiver_hub.hub.uploads import form_meta, read_form, stage_files
+from quiver_hub.registry import reads, writes
+from quiver_hub.registry.accounts import require_write
+from quiver_hub.registry.errors import NotFound
+from quiver_hub.registry.names import check_repo_id
+from quiver_hub.registry.vectors import from_bytes
 
 router = APIRouter(prefix="/v1", tags=["adapters"])
 MEDIA_TYPES = {"json": "application/json", "jsonl": "application/jsonl", "md": "text/markdown; charset=utf-8"}
 
 
-@router.post("/adapters/{namespace}/{name}", status_code=201, response_model=schemas.VersionOut)
+UPLOAD_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["files"],
+                    "properties": {
+                        "files": {
+                            "type": "array",
+                            "items": {"type": "string", "format": "binary"},
+                            "description": "one part per file; its filename is its path in the adapter folder "
+                            "(adapter_config.json, adapter_model.safetensors, README.md, examples.jsonl, ...)",
+                        },
+                        "description": {"type": "string"},
+                        "task": {"type": "string"},
+                        "tags": {"type": "string", "description": "comma separated"},
+                        "license": {"type": "string"},
+                        "visibility": {"type": "string", "enum": ["public", "private"]},
+                    },
+                }
+            }
+        },
+    }
+}
+
+
+@router.post(
+    "/adapters/{namespace}/{name}", status_code=201, response_model=schemas.VersionOut, openapi_extra=UPLOAD_BODY
+)
 async def publish_adapter(
     namespace: str, name: str, request: Request, state: StateDep, principal: PrincipalDep
 ) -> schemas.VersionOut:
@@ -42,7 +72,7 @@ async def publish_adapter(
         meta = form_meta(form)
         files = await run_in_threadpool(stage_files, form, state.store, state.settings.max_upload_bytes)
         version = await run_in_threadpool(
-            publishing.publish, state.sessions, state.store, principal, namespace, name, files, meta, state.embedder
+            writes.publish, state.sessions, state.store, principal, namespace, name, files, meta, state.embedder
         )
     finally:
         await form.close()
@@ -58,11 +88,11 @@ def list_adapters(
     tag: str | None = None,
     namespace: str | None = None,
     cursor: str | None = None,
-    limit: Annotated[int, Query(ge=1, le=catalog.MAX_PAGE)] = 50,
+    limit: Annotated[int, Query(ge=1, le=reads.MAX_PAGE)] = 50,
 ) -> schemas.AdapterPage:
-    filters = catalog.AdapterFilter(base_model=base_model, task=task, tags=(tag,) if tag else (), namespace=namespace)
-    adapters, next_cursor = catalog.list_adapters(session, principal, filters, cursor, limit)
-    latest = catalog.latest_versions(session, adapters)
+    filters = reads.AdapterFilter(base_model=base_model, task=task, tags=(tag,) if tag else (), namespace=namespace)
+    adapters, next_cursor = reads.list_adapters(session, principal, filters, cursor, limit)
+    latest = reads.latest_versions(session, adapters)
     return schemas.AdapterPage(
         adapters=[schemas.adapter_out(a, latest.get(a.id)) for a in adapters], next_cursor=next_cursor
     )
@@ -70,31 +100,31 @@ def list_adapters(
 
 @router.get("/adapters/{namespace}/{name}", response_model=schemas.AdapterOut)
 def get_adapter(namespace: str, name: str, session: SessionDep, principal: PrincipalDep) -> schemas.AdapterOut:
-    adapter = catalog.get_adapter(session, principal, namespace, name)
-    return schemas.adapter_out(adapter, catalog.latest_versions(session, [adapter]).get(adapter.id))
+    adapter = reads.get_adapter(session, principal, namespace, name)
+    return schemas.adapter_out(adapter, reads.latest_versions(session, [adapter]).get(adapter.id))
 
 
 @router.patch("/adapters/{namespace}/{name}", response_model=schemas.AdapterOut)
 def patch_adapter(
     namespace: str, name: str, patch: schemas.AdapterPatch, state: StateDep, principal: PrincipalDep
 ) -> schemas.AdapterOut:
-    meta = publishing.AdapterMeta(**patch.model_dump())
-    publishing.update_adapter(state.sessions, state.store, state.embedder, principal, namespace, name, meta)
+    meta = writes.AdapterMeta(**patch.model_dump())
+    writes.update_adapter(state.sessions, state.store, state.embedder, principal, namespace, name, meta)
     with state.sessions() as session:
-        adapter = catalog.get_adapter(session, principal, namespace, name)
-        return schemas.adapter_out(adapter, catalog.latest_versions(session, [adapter]).get(adapter.id))
+        adapter = reads.get_adapter(session, principal, namespace, name)
+        return schemas.adapter_out(adapter, reads.latest_versions(session, [adapter]).get(adapter.id))
 
 
 @router.delete("/adapters/{namespace}/{name}", response_model=schemas.Deleted)
 def delete_adapter(namespace: str, name: str, state: StateDep, principal: PrincipalDep) -> schemas.Deleted:
     """Delete the adapter and all its versions; blobs nothing else references are removed."""
-    doomed = publishing.delete_adapter(state.sessions, state.store, principal, namespace, name)
+    doomed = writes.delete_adapter(state.sessions, state.store, principal, namespace, name)
     return schemas.Deleted(deleted=[schemas.VersionRef(**asdict(v)) for v in doomed])
 
 
 @router.get("/adapters/{namespace}/{name}/versions", response_model=schemas.VersionList)
 def list_versions(namespace: str, name: str, session: SessionDep, principal: PrincipalDep) -> schemas.VersionList:
-    adapter = catalog.get_adapter(session, principal, namespace, name)
+    adapter = reads.get_adapter(session, principal, namespace, name)
     return schemas.VersionList(versions=[schemas.version_out(v) for v in adapter.versions])
 
 
@@ -103,13 +133,13 @@ def get_version(
     namespace: str, name: str, rev: str, session: SessionDep, principal: PrincipalDep
 ) -> schemas.VersionOut:
     """rev: a version number, a 40-hex revision id, or `latest`."""
-    adapter = catalog.get_adapter(session, principal, namespace, name)
-    return schemas.version_out(catalog.get_version(session, adapter, rev))
+    adapter = reads.get_adapter(session, principal, namespace, name)
+    return schemas.version_out(reads.get_version(session, adapter, rev))
 
 
 @router.delete("/adapters/{namespace}/{name}/versions/{rev}", response_model=schemas.Deleted)
 def delete_version(namespace: str, name: str, rev: str, state: StateDep, principal: PrincipalDep) -> schemas.Deleted:
-    doomed = publishing.delete_adapter(state.sessions, state.store, principal, namespace, name, rev=rev)
+    doomed = writes.delete_adapter(state.sessions, state.store, principal, namespace, name, rev=rev)
     return schemas.Deleted(deleted=[schemas.VersionRef(**asdict(v)) for v in doomed])
 
 
@@ -122,8 +152,8 @@ def download_file(
     namespace: str, name: str, rev: str, path: str, session: SessionDep, state: StateDep, principal: PrincipalDep
 ) -> Response:
     """A file of a version, streamed; ETag is its sha256; Range requests are honoured."""
-    adapter = catalog.get_adapter(session, principal, namespace, name)
-    version = catalog.get_version(session, adapter, rev)
+    adapter = reads.get_adapter(session, principal, namespace, name)
+    version = reads.get_version(session, adapter, rev)
     entry = version.file(path)
     if entry is None:
         raise NotFound(f"{adapter.repo_id} version {version.number} has no file {path!r}", code="entry_not_found")
@@ -146,8 +176,8 @@ def download_file(
 def get_prototypes(namespace: str, name: str, rev: str, session: SessionDep, principal: PrincipalDep) -> Response:
     """The version's Arrow prototypes as safetensors: one float32 vector (in_features) per module name;
     `__metadata__` holds the singular values (`sigma`, JSON), `base_model` and `revision`."""
-    adapter = catalog.get_adapter(session, principal, namespace, name)
-    version = catalog.get_version(session, adapter, rev)
+    adapter = reads.get_adapter(session, principal, namespace, name)
+    version = reads.get_version(session, adapter, rev)
     tensors = {p.module: from_bytes(p.vector) for p in version.prototypes}
     metadata = {
         "format": "quiver-prototypes-v1",

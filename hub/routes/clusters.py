@@ -10,10 +10,10 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
-from hub import schemas
-from hub.deps import PrincipalDep, SessionDep, StateDep
-from registry import clusters
-from registry.models import ClusterRun
+from quiver_hub.hub import schemas
+from quiver_hub.hub.deps import PrincipalDep, SessionDep, StateDep
+from quiver_hub.registry import cluster_runs
+from quiver_hub.registry.models import ClusterRun
 
 router = APIRouter(prefix="/v1", tags=["clusters"])
 
@@ -76,24 +76,24 @@ def run_out(run: ClusterRun) -> RunOut:
 async def create_run(body: ClusterRequestIn, state: StateDep, principal: PrincipalDep) -> JSONResponse:
     """Cluster the latest versions of the adapters you can see (MBC). Runs over more than 200 adapters
     answer 202 while they run; poll GET /v1/clusters/{id} for status and progress."""
-    req = clusters.ClusterRequest(**{**body.model_dump(), "tags": tuple(body.tags)})
-    run = await run_in_threadpool(clusters.start_run, state.sessions, state.store, principal, req, state.background)
+    req = cluster_runs.ClusterRequest(**{**body.model_dump(), "tags": tuple(body.tags)})
+    run = await run_in_threadpool(cluster_runs.start_run, state.sessions, state.store, principal, req, state.background)
     return JSONResponse(run_out(run).model_dump(mode="json"), status_code=202 if run.status == "running" else 201)
 
 
 @router.get("/clusters", response_model=list[RunOut])
 def list_runs(session: SessionDep, principal: PrincipalDep) -> list[RunOut]:
-    return [run_out(r) for r in clusters.list_runs(session, principal)]
+    return [run_out(r) for r in cluster_runs.list_runs(session, principal)]
 
 
 @router.get("/clusters/{run_id}", response_model=RunOut)
 def get_run(run_id: int, session: SessionDep, principal: PrincipalDep) -> RunOut:
-    return run_out(clusters.get_run(session, principal, run_id))
+    return run_out(cluster_runs.get_run(session, principal, run_id))
 
 
 @router.post("/clusters/{run_id}/merge", response_model=list[schemas.VersionOut], status_code=201)
 def merge(run_id: int, body: MergeIn, state: StateDep, principal: PrincipalDep) -> list[schemas.VersionOut]:
     """Publish one adapter per cluster into your namespace (cluster-<run>-<index>): the exact average of
     its members' deltas, or with `rank` its best rank-r approximation; each records its lineage."""
-    versions = clusters.merge_run(state.sessions, state.store, state.embedder, principal, run_id, body.rank)
+    versions = cluster_runs.merge_run(state.sessions, state.store, state.embedder, principal, run_id, body.rank)
     return [schemas.version_out(v) for v in versions]

@@ -11,11 +11,11 @@ from pydantic import BaseModel, Field
 from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 
-from hub.deps import PrincipalDep, StateDep
-from registry import routing
-from registry.errors import InvalidRequest
-from registry.indexes import Filters
-from registry.publishing import parse_tags
+from quiver_hub.hub.deps import PrincipalDep, StateDep
+from quiver_hub.registry import routing
+from quiver_hub.registry.errors import InvalidRequest
+from quiver_hub.registry.indexes import Filters
+from quiver_hub.registry.writes import parse_tags
 
 router = APIRouter(prefix="/v1", tags=["discovery"])
 

@@ -8,7 +8,7 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
-from hub.deps import StateDep
+from quiver_hub.hub.deps import StateDep
 
 router = APIRouter(tags=["health"])
 

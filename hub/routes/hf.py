@@ -1,7 +1,7 @@
 """The Hugging Face Hub protocol, so huggingface_hub, PEFT, transformers and LoRA servers that speak
-it work against Quiver with HF_ENDPOINT pointing here (../shared/INTEROP.md has the details).
+it work against Quiver with HF_ENDPOINT pointing here (docs/huggingface-protocol.md has the details).
 
-Every decision (names, validation, visibility, publishing) is the registry's, exactly as for /v1.
+Every decision (names, validation, visibility, writes) is the registry's, exactly as for /v1.
 Errors here use the Hub's shape: {"error": "<message>"} with X-Error-Code (hub.errors does that for
 routes tagged HF_TAG). A repo's `main` is its latest version; a commit makes the next version.
 """
@@ -19,19 +19,17 @@ from fastapi import APIRouter, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse
 from pydantic import BaseModel
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from hub.deps import PrincipalDep, SessionDep, StateDep
-from hub.errors import HF_TAG
-from hub.state import HubState
-from registry import catalog, publishing
-from registry.accounts import require_write
-from registry.blobs import StagedFile
-from registry.cards import front_matter, yaml_errors
-from registry.errors import Conflict, InvalidRequest, NotFound, RegistryError, Unauthorized
-from registry.models import Adapter, File, Namespace, Version
-from registry.names import check_file_path, check_repo_id
+from quiver_hub.hub.deps import PrincipalDep, SessionDep, StateDep
+from quiver_hub.hub.errors import HF_TAG
+from quiver_hub.hub.services import Services
+from quiver_hub.registry import reads, writes
+from quiver_hub.registry.accounts import require_write, user_orgs
+from quiver_hub.registry.cards import front_matter, yaml_errors
+from quiver_hub.registry.commits import start_commit
+from quiver_hub.registry.errors import InvalidRequest, NotFound, Unauthorized
+from quiver_hub.registry.models import Adapter, Version
 
 router = APIRouter(tags=[HF_TAG])
 MAX_LIST = 1000
@@ -48,7 +46,7 @@ def timestamp(dt: datetime) -> str:
 def version_for(session: Session, adapter: Adapter, revision: str) -> Version:
     """`main` (the latest version), a 40-hex revision id, or a version number; else RevisionNotFound."""
     try:
-        return catalog.get_version(session, adapter, revision)
+        return reads.get_version(session, adapter, revision)
     except InvalidRequest:
         raise NotFound(f"revision {revision!r} not found in {adapter.repo_id}", code="revision_not_found") from None
 
@@ -57,7 +55,7 @@ def is_lfs(path: str) -> bool:
     return path.endswith(".safetensors")
 
 
-def model_json(request: Request, state: HubState, adapter: Adapter, version: Version | None, full: bool) -> dict:
+def model_json(request: Request, state: Services, adapter: Adapter, version: Version | None, full: bool) -> dict:
     """What huggingface_hub's ModelInfo(**data) reads."""
     base = version.base_model if version else adapter.base_model
     tags = {*(adapter.tags or []), "peft", "lora", "safetensors"}
@@ -81,7 +79,7 @@ def model_json(request: Request, state: HubState, adapter: Adapter, version: Ver
         "pipeline_tag": adapter.task,
     }
     if full:
-        card = {**front_matter(publishing.version_card(state.store, version))}
+        card = {**front_matter(writes.version_card(state.store, version))}
         if base:
             card.setdefault("base_model", base)
         data["cardData"] = card
@@ -111,7 +109,11 @@ def entry_not_found(message: str, commit: str) -> JSONResponse:
     return JSONResponse({"error": message}, 404, headers=headers)
 
 
-@router.api_route("/{namespace}/{name}/resolve/{revision}/{path:path}", methods=["GET", "HEAD"])
+RESOLVE = "/{namespace}/{name}/resolve/{revision}/{path:path}"
+
+
+@router.head(RESOLVE, operation_id="hf_resolve_head", summary="File metadata (headers only), as the Hub answers")
+@router.get(RESOLVE, operation_id="hf_resolve", summary="Download a file, as the Hub serves it")
 def resolve(
     namespace: str,
     name: str,
@@ -123,7 +125,7 @@ def resolve(
 ) -> Response:
     """A file of a revision, with the headers huggingface_hub needs (X-Repo-Commit, X-Linked-Etag,
     X-Linked-Size); never Xet headers."""
-    adapter = catalog.get_adapter(session, principal, namespace, name)
+    adapter = reads.get_adapter(session, principal, namespace, name)
     if not adapter.versions and revision == "main":  # a created, still empty repo: main exists, no file does
         return entry_not_found(f"{adapter.repo_id} has no files yet", EMPTY_COMMIT)
     version = version_for(session, adapter, revision)
@@ -156,7 +158,7 @@ def model_info(
     principal: PrincipalDep,
     revision: str = "main",
 ) -> dict:
-    adapter = catalog.get_adapter(session, principal, namespace, name)
+    adapter = reads.get_adapter(session, principal, namespace, name)
     version = version_for(session, adapter, revision) if adapter.versions or revision != "main" else None
     return model_json(request, state, adapter, version, full=True)
 
@@ -172,7 +174,7 @@ def tree(
     path: str = "",
 ) -> list[dict]:
     """The files of a revision (a version's files are flat: no folders)."""
-    adapter = catalog.get_adapter(session, principal, namespace, name)
+    adapter = reads.get_adapter(session, principal, namespace, name)
     if not adapter.versions and revision == "main":
         return []
     version = version_for(session, adapter, revision)
@@ -213,9 +215,9 @@ def list_models(
                 base_model = term.removeprefix("base_model:").removeprefix("adapter:")
             elif term and term not in ("peft", "lora", "safetensors"):
                 tags.append(term)
-    filters = catalog.AdapterFilter(base_model=base_model, namespace=author, tags=tuple(tags), search=search)
-    page, next_cursor = catalog.list_adapters(session, principal, filters, cursor, min(limit, catalog.MAX_PAGE))
-    latest = catalog.latest_versions(session, page)
+    filters = reads.AdapterFilter(base_model=base_model, namespace=author, tags=tuple(tags), search=search)
+    page, next_cursor = reads.list_adapters(session, principal, filters, cursor, min(limit, reads.MAX_PAGE))
+    latest = reads.latest_versions(session, page)
     wants_full = (full or "").lower() in ("1", "true")
     body = [model_json(request, state, a, latest.get(a.id), full=wants_full) for a in page]
     headers = {}
@@ -229,15 +231,13 @@ def list_models(
 def whoami(session: SessionDep, principal: PrincipalDep) -> dict:
     if principal.anonymous:
         raise Unauthorized("Invalid credentials in Authorization header")
-    orgs = session.scalars(
-        select(Namespace.name).where(Namespace.id.in_(principal.namespace_ids), Namespace.kind == "org")
-    )
+    orgs = user_orgs(session, principal)
     return {
         "type": "user",
         "id": str(principal.user_id),
         "name": principal.user,
         "fullname": principal.user,
-        "orgs": [{"type": "org", "name": o} for o in sorted(orgs)],
+        "orgs": [{"type": "org", "name": o} for o in orgs],
         "auth": {
             "type": "access_token",
             "accessToken": {"displayName": f"quiver {principal.scope} token", "role": principal.scope},
@@ -264,7 +264,7 @@ def create_repo(body: CreateRepo, request: Request, state: StateDep, principal: 
         raise Unauthorized("creating a repo needs a token: send Authorization: Bearer <token>")
     namespace = body.organization or principal.user
     visibility = "private" if body.private or body.visibility == "private" else "public"
-    adapter, created = publishing.create_adapter(state.sessions, principal, namespace, body.name, visibility)
+    adapter, created = writes.create_adapter(state.sessions, principal, namespace, body.name, visibility)
     url = f"{endpoint(request)}/{namespace}/{body.name}"
     if not created:
         return JSONResponse({"error": "You already created this model repo", "url": url}, 409)
@@ -305,7 +305,7 @@ def preupload(
     """Every file travels in the commit body ("regular"): with hf_xet installed, "lfs" files would go
     to Xet, which Quiver does not speak."""
     require_write(session, principal, namespace)
-    catalog.get_adapter(session, principal, namespace, name)
+    reads.get_adapter(session, principal, namespace, name)
     return {"files": [{"path": f.path, "uploadMode": "regular", "shouldIgnore": False} for f in body.files]}
 
 
@@ -320,21 +320,8 @@ async def commit(
 ) -> dict:
     """NDJSON: a header line, then file / deletedFile / deletedFolder lines. Makes the next version
     from the current files with these changes, validated and analysed exactly like a /v1 upload."""
-
-    def parent_files() -> tuple[Version | None, dict[str, StagedFile]]:
-        check_repo_id(namespace, name)
-        with state.sessions() as session:
-            require_write(session, principal, namespace)
-            adapter = catalog.get_adapter(session, principal, namespace, name)
-            parent = catalog.get_version(session, adapter, "latest") if adapter.versions else None
-            if parent and revision not in ("main", parent.revision):
-                raise InvalidRequest(f"commits go to main; {revision!r} is not the latest revision")
-            files: list[File] = parent.files if parent else []
-            return parent, {f.path: state.store.reuse(f.sha256, f.size) for f in files}
-
-    parent, files = await run_in_threadpool(parent_files)
+    draft = await run_in_threadpool(start_commit, state.sessions, state.store, principal, namespace, name, revision)
     body = await request.body()
-    staged: list[StagedFile] = []
     try:
         for number, line in enumerate(body.splitlines(), 1):
             if not line.strip():
@@ -345,44 +332,29 @@ async def commit(
             except (ValueError, KeyError, TypeError):
                 raise InvalidRequest(f"commit line {number} is not a {{'key', 'value'}} JSON object") from None
             if key == "header":
-                wanted = value.get("parentCommit")
-                if wanted and parent and wanted != parent.revision:
-                    raise Conflict(f"parent commit {wanted} is not the latest revision {parent.revision}")
+                draft.expect_parent(value.get("parentCommit"))
             elif key == "file":
-                path = check_file_path(value.get("path", ""))
+                path = value.get("path", "")
                 if value.get("encoding", "base64") != "base64":
                     raise InvalidRequest(f"{path}: only base64 file content is supported")
                 try:
                     data = base64.b64decode(value.get("content", ""), validate=True)
                 except (binascii.Error, ValueError):
                     raise InvalidRequest(f"{path}: content is not valid base64") from None
-                new = await run_in_threadpool(state.store.stage, io.BytesIO(data), state.settings.max_upload_bytes)
-                staged.append(new)
-                files[path] = new
+                await run_in_threadpool(draft.add, state.store, path, io.BytesIO(data), state.settings.max_upload_bytes)
             elif key == "deletedFile":
-                files.pop(value.get("path", ""), None)
+                draft.delete_file(value.get("path", ""))
             elif key == "deletedFolder":
-                prefix = value.get("path", "").rstrip("/") + "/"
-                files = {p: f for p, f in files.items() if not p.startswith(prefix)}
+                draft.delete_folder(value.get("path", ""))
             elif key == "lfsFile":
                 raise InvalidRequest(
                     "LFS uploads are not supported: Quiver asks for every file inline (preupload answers 'regular')"
                 )
             else:
                 raise InvalidRequest(f"commit line {number}: unknown key {key!r}")
-        version = await run_in_threadpool(
-            publishing.publish,
-            state.sessions,
-            state.store,
-            principal,
-            namespace,
-            name,
-            files,
-            publishing.AdapterMeta(),
-            state.embedder,
-        )
-    except RegistryError:
-        state.store.discard(staged)
+    except BaseException:
+        draft.discard(state.store)
         raise
+    version = await run_in_threadpool(draft.publish, state.sessions, state.store, principal, state.embedder)
     url = f"{endpoint(request)}/{namespace}/{name}"
     return {"commitUrl": f"{url}/commit/{version.revision}", "commitOid": version.revision, "pullRequestUrl": None}

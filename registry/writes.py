@@ -18,20 +18,20 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from registry.accounts import Principal, require_write
-from registry.analysis import VersionAnalysis, analyse_version, describe
-from registry.blobs import BlobStore, StagedFile
-from registry.cards import card_fields
-from registry.catalog import VersionIdentity, find_adapter, get_adapter, get_version
-from registry.changes import record_change
-from registry.db import writing
-from registry.embedder import TextEmbedder
-from registry.errors import Conflict, InvalidRequest
-from registry.gc import purge_blobs
-from registry.models import Adapter, Blob, Embedding, File, Prototype, Version, utcnow
-from registry.names import check_repo_id
-from registry.validation import README_FILE, AdapterSummary, validate_adapter
-from registry.vectors import to_bytes
+from quiver_hub.registry.accounts import Principal, require_write
+from quiver_hub.registry.analysis import VersionAnalysis, analyse_version, describe
+from quiver_hub.registry.blobs import BlobStore, StagedFile
+from quiver_hub.registry.cards import card_fields
+from quiver_hub.registry.change_feed import record_change
+from quiver_hub.registry.db import writing
+from quiver_hub.registry.embedder import TextEmbedder
+from quiver_hub.registry.errors import Conflict, InvalidRequest
+from quiver_hub.registry.gc import purge_blobs
+from quiver_hub.registry.models import Adapter, Blob, Embedding, File, Prototype, Version, utcnow
+from quiver_hub.registry.names import check_repo_id
+from quiver_hub.registry.reads import VersionIdentity, find_adapter, get_adapter, get_version
+from quiver_hub.registry.validation import README_FILE, AdapterSummary, validate_adapter
+from quiver_hub.registry.vectors import to_bytes
 
 VISIBILITIES = ("public", "private")
 

@@ -1,4 +1,5 @@
-"""What the app holds for its lifetime: the database sessions, the blob store, the settings."""
+"""What the hub process holds for its lifetime (`Services`): the database sessions, the blob store, the
+embedder, the search indexes, the settings."""
 
 from __future__ import annotations
 
@@ -9,16 +10,17 @@ from dataclasses import dataclass, field
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from hub.settings import Settings
-from registry.blobs import BlobStore
-from registry.clusters import fail_interrupted
-from registry.db import make_engine, session_factory, upgrade
-from registry.embedder import TextEmbedder, default_embedder
-from registry.indexes import IndexSet
+from quiver_hub.hub.settings import Settings
+from quiver_hub.migrations import upgrade
+from quiver_hub.registry.blobs import BlobStore
+from quiver_hub.registry.cluster_runs import fail_interrupted
+from quiver_hub.registry.db import make_engine, session_factory
+from quiver_hub.registry.embedder import TextEmbedder, default_embedder
+from quiver_hub.registry.indexes import IndexSet
 
 
 @dataclass
-class HubState:
+class Services:
     settings: Settings
     engine: Engine
     sessions: sessionmaker[Session]
@@ -28,7 +30,7 @@ class HubState:
     jobs: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="quiver-job"))
 
     @classmethod
-    def open(cls, settings: Settings, migrate: bool = True, index: bool = False) -> HubState:
+    def open(cls, settings: Settings, migrate: bool = True, index: bool = False) -> Services:
         """Connect (and migrate); with index=True also build the search indexes from the database."""
         engine = make_engine(settings.db_url)
         if migrate:

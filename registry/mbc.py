@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from registry import lora
-from registry.errors import InvalidRequest
+from quiver_hub.registry import lora
+from quiver_hub.registry.errors import InvalidRequest
 
 METHODS = ("sketch", "params")
 K_RANGE = (2, 10)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
-from registry.models import Change
+from quiver_hub.registry.models import Change
 
 # Postgres hands out sequence numbers before commit, so a later number can commit first and a reader
 # could skip the earlier one. Writers take this transaction-scoped lock before appending, which makes

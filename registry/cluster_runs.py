@@ -14,17 +14,17 @@ from safetensors.torch import save
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from registry import lora
-from registry.accounts import Principal
-from registry.blobs import BlobStore, StagedFile
-from registry.catalog import VersionIdentity, latest_versions, visible
-from registry.clustering import METHODS, cluster, params_matrix, sketch_matrix
-from registry.db import writing
-from registry.embedder import TextEmbedder
-from registry.errors import Conflict, InvalidRequest, NotFound, Unauthorized
-from registry.models import Adapter, ClusterRun, Embedding, Version, utcnow
-from registry.publishing import AdapterMeta, publish
-from registry.vectors import from_bytes
+from quiver_hub.registry import lora
+from quiver_hub.registry.accounts import Principal
+from quiver_hub.registry.blobs import BlobStore, StagedFile
+from quiver_hub.registry.db import writing
+from quiver_hub.registry.embedder import TextEmbedder
+from quiver_hub.registry.errors import Conflict, InvalidRequest, NotFound, Unauthorized
+from quiver_hub.registry.mbc import METHODS, cluster, params_matrix, sketch_matrix
+from quiver_hub.registry.models import Adapter, ClusterRun, Embedding, Version, utcnow
+from quiver_hub.registry.reads import VersionIdentity, latest_versions, visible
+from quiver_hub.registry.vectors import from_bytes
+from quiver_hub.registry.writes import AdapterMeta, publish
 
 log = logging.getLogger("quiver.clusters")
 BACKGROUND_OVER = 200  # runs over more adapters than this go to the background

@@ -26,8 +26,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from client import fused as fused_kernel
-from client.adapter import Adapter, as_adapters, target_layer
+from quiver_hub import fused as fused_kernel
+from quiver_hub.adapter import Adapter, as_adapters, target_layer
 
 _SAVED = "_quiver_saved_weights"
 

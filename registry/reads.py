@@ -12,10 +12,10 @@ from dataclasses import dataclass
 from sqlalchemy import Select, func, or_, select
 from sqlalchemy.orm import Session
 
-from registry.accounts import Principal, can_read
-from registry.errors import InvalidRequest, NotFound
-from registry.models import Adapter, Namespace, Version
-from registry.names import check_repo_id
+from quiver_hub.registry.accounts import Principal, can_read
+from quiver_hub.registry.errors import InvalidRequest, NotFound
+from quiver_hub.registry.models import Adapter, Namespace, Version
+from quiver_hub.registry.names import check_repo_id
 
 REVISION_RE = re.compile(r"[0-9a-f]{40}")
 MAX_PAGE = 200

@@ -1,4 +1,4 @@
-"""client.Hub: push, pull, search and route against a Quiver hub over HTTP."""
+"""`quiver_hub.Hub`: push, pull, search and route against a Quiver hub over HTTP."""
 
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ import torch
 from safetensors.numpy import save
 from safetensors.torch import load
 
-from client.cache import Cache
-from client.credentials import default_endpoint, default_token
-from client.errors import HubError, error_for
+from quiver_hub.cache import Cache
+from quiver_hub.credentials import default_endpoint, default_token
+from quiver_hub.errors import HubError, error_for
 
 UPLOADED = ("adapter_config.json", "adapter_model.safetensors", "README.md", "examples.jsonl")
 

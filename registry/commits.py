@@ -1,0 +1,81 @@
+"""A Hugging Face commit: the next version of an adapter, made from its latest version's files and the
+commit's operations (files added, files and folders deleted). The hub's HF routes only translate the
+protocol's lines into these calls; what a commit means is decided here, and published by writes.publish
+exactly like a /v1 upload.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import BinaryIO
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from quiver_hub.registry import reads
+from quiver_hub.registry.accounts import Principal, require_write
+from quiver_hub.registry.blobs import BlobStore, StagedFile
+from quiver_hub.registry.embedder import TextEmbedder
+from quiver_hub.registry.errors import Conflict, InvalidRequest
+from quiver_hub.registry.models import Version
+from quiver_hub.registry.names import check_file_path, check_repo_id
+from quiver_hub.registry.writes import AdapterMeta, publish
+
+
+@dataclass
+class Commit:
+    """A commit being assembled: the files the next version will hold."""
+
+    namespace: str
+    name: str
+    parent: str | None  # the revision it builds on (None: the adapter has no version yet)
+    files: dict[str, StagedFile]
+    staged: list[StagedFile] = field(default_factory=list)  # files this commit wrote, discarded on failure
+
+    def expect_parent(self, revision: str | None) -> None:
+        """The client's parentCommit, when it gives one, must be the latest version."""
+        if revision and self.parent and revision != self.parent:
+            raise Conflict(f"parent commit {revision} is not the latest revision {self.parent}")
+
+    def add(self, store: BlobStore, path: str, content: BinaryIO, limit: int) -> None:
+        path = check_file_path(path)
+        staged = store.stage(content, limit)
+        self.staged.append(staged)
+        self.files[path] = staged
+
+    def delete_file(self, path: str) -> None:
+        self.files.pop(path, None)
+
+    def delete_folder(self, path: str) -> None:
+        prefix = path.rstrip("/") + "/"
+        self.files = {p: f for p, f in self.files.items() if not p.startswith(prefix)}
+
+    def discard(self, store: BlobStore) -> None:
+        store.discard(self.staged)
+
+    def publish(
+        self, sessions: sessionmaker[Session], store: BlobStore, principal: Principal, embedder: TextEmbedder
+    ) -> Version:
+        """The next version. Files kept from the parent are its blobs, reused: if a concurrent delete
+        removed them meanwhile, writes.publish refuses with Conflict rather than lose them."""
+        try:
+            return publish(sessions, store, principal, self.namespace, self.name, self.files, AdapterMeta(), embedder)
+        finally:
+            self.discard(store)  # what the version did not take (a file added twice, then deleted...)
+
+
+def start_commit(
+    sessions: sessionmaker[Session], store: BlobStore, principal: Principal, namespace: str, name: str, revision: str
+) -> Commit:
+    """A commit to `revision` ("main" or the latest revision id: versions are linear) of an adapter the
+    caller may write, starting from its latest version's files."""
+    check_repo_id(namespace, name)
+    with sessions() as session:
+        require_write(session, principal, namespace)
+        adapter = reads.get_adapter(session, principal, namespace, name)
+        parent = reads.get_version(session, adapter, "latest") if adapter.versions else None
+        if parent and revision not in ("main", parent.revision):
+            raise InvalidRequest(
+                f"commits go to main; {revision!r} is not the latest revision (Quiver's versions are linear)"
+            )
+        files = {f.path: store.reuse(f.sha256, f.size) for f in (parent.files if parent else [])}
+        return Commit(namespace, name, parent.revision if parent else None, files)

@@ -15,11 +15,13 @@ import torch
 from quiver_hub.registry import lora
 from quiver_hub.registry.embedder import TextEmbedder
 from quiver_hub.registry.errors import InvalidAdapter
+from quiver_hub.registry.files import EXAMPLES_FILE
+from quiver_hub.registry.limits import MAX_EMBEDDED_CHARS
 from quiver_hub.registry.validation import read_examples
 from quiver_hub.registry.vectors import normalised_mean
 
 MAX_CARD_CHARS = 2000
-MAX_EXAMPLES = 256
+EMBEDDED_EXAMPLES = 256  # the mean embedding of the first ones
 
 
 @dataclass(frozen=True)
@@ -48,8 +50,8 @@ def analyse_weights(weights: Path, config: dict[str, Any]) -> tuple[list[ModuleP
 def analyse_version(files: dict[str, Path], config: dict[str, Any], embedder: TextEmbedder) -> VersionAnalysis:
     protos, sketch = analyse_weights(files[lora.WEIGHTS_FILE], config)
     examples = None
-    if "examples.jsonl" in files:
-        texts = read_examples(files["examples.jsonl"])[:MAX_EXAMPLES]
+    if EXAMPLES_FILE in files:
+        texts = [t[:MAX_EMBEDDED_CHARS] for t in read_examples(files[EXAMPLES_FILE])[:EMBEDDED_EXAMPLES]]
         if texts:
             examples = normalised_mean(embedder.embed(texts))
     return VersionAnalysis(protos, sketch, examples)
@@ -66,7 +68,8 @@ def card_text(readme: str | None) -> str:
 
 
 def describe(description: str, task: str | None, tags: list[str], card: str | None) -> str:
-    """The text that represents an adapter in search: description first, as it matters most."""
+    """The text that represents an adapter in search: description first, as it matters most. Bounded:
+    the embedder reads 256 word pieces, so more text would only cost time (under the embedder's lock)."""
     parts = [description.strip(), f"Task: {task}" if task else "", f"Tags: {', '.join(tags)}" if tags else ""]
     parts.append(card_text(card))
-    return "\n".join(p for p in parts if p)
+    return "\n".join(p for p in parts if p)[:MAX_EMBEDDED_CHARS]

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import math
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import regex
 import torch
 from safetensors.torch import load_file
 
@@ -42,10 +42,25 @@ def factor_key(module: str, side: str) -> str:
     return f"{KEY_PREFIX}{module}{A_SUFFIX if side == 'A' else B_SUFFIX}"
 
 
+# Patterns come from configs anyone can write: matched with the `regex` engine, which can stop a match
+# (a pattern like (a|aa)+$ backtracks exponentially in Python's re), after this many seconds.
+REGEX_TIMEOUT_S = 0.1
+
+
+def _match(pattern: str, module: str, full: bool) -> bool:
+    try:
+        found = (regex.fullmatch if full else regex.match)(pattern, module, timeout=REGEX_TIMEOUT_S)
+    except TimeoutError:
+        raise ValueError(f"the pattern {pattern!r} takes too long to match {module!r}; simplify it") from None
+    except regex.error as e:
+        raise ValueError(f"{pattern!r} is not a valid regular expression ({e})") from None
+    return found is not None
+
+
 def pattern_value(patterns: Mapping[str, Any] | None, module: str, default: Any) -> Any:
     """PEFT's rank_pattern / alpha_pattern lookup: the first key that matches a dotted suffix."""
     for key in patterns or {}:
-        if re.match(rf"(.*\.)?({key})$", module):
+        if _match(rf"(.*\.)?({key})$", module, full=False):
             return patterns[key]
     return default
 
@@ -71,7 +86,7 @@ def targets_module(target_modules: str | Iterable[str] | None, module: str) -> b
     if isinstance(target_modules, str):
         if target_modules == "all-linear":
             return True
-        return re.fullmatch(target_modules, module) is not None
+        return _match(target_modules, module, full=True)
     return any(module == t or module.endswith("." + t) for t in target_modules)
 
 

@@ -6,13 +6,13 @@ Every tensor names a dtype, a shape and [begin, end) offsets into the buffer.
 
 from __future__ import annotations
 
-import json
 import math
 import struct
 from dataclasses import dataclass
 from typing import BinaryIO
 
 from quiver_hub.registry.errors import InvalidAdapter
+from quiver_hub.registry.parsing import parse_json
 
 MAX_HEADER_BYTES = 16 * 1024 * 1024
 # Floating types only: LoRA factors are weights. Anything else is refused by name.
@@ -50,11 +50,7 @@ def read_header(f: BinaryIO, file_size: int, filename: str) -> tuple[dict[str, T
         raise bad(f"header length {n} is larger than the {MAX_HEADER_BYTES}-byte limit")
     if 8 + n > file_size:
         raise bad(f"header length {n} runs past the end of the file ({file_size} bytes)")
-    raw = f.read(n)
-    try:
-        header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise bad(f"header is not valid JSON ({e})") from None
+    header = parse_json(f.read(n), f"{filename}: header")  # duplicate keys refused: parsers would disagree
     if not isinstance(header, dict):
         raise bad("header must be a JSON object")
 
@@ -72,13 +68,9 @@ def read_header(f: BinaryIO, file_size: int, filename: str) -> tuple[dict[str, T
         dtype, shape, offsets = spec.get("dtype"), spec.get("shape"), spec.get("data_offsets")
         if dtype not in ITEM_SIZES:
             raise bad(f"tensor {name!r} has dtype {dtype!r}; accepted dtypes are {', '.join(ITEM_SIZES)}")
-        if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+        if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
             raise bad(f"tensor {name!r} has an invalid shape {shape!r}")
-        if (
-            not isinstance(offsets, list)
-            or len(offsets) != 2
-            or not all(isinstance(o, int) and o >= 0 for o in offsets)
-        ):
+        if not isinstance(offsets, list) or len(offsets) != 2 or not all(type(o) is int and o >= 0 for o in offsets):
             raise bad(f"tensor {name!r} has invalid data_offsets {offsets!r}")
         begin, end = offsets
         if begin > end or end > buffer_size:

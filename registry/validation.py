@@ -6,21 +6,29 @@ Every rejection is an InvalidAdapter whose message says what to fix.
 
 from __future__ import annotations
 
-import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import regex
+
 from quiver_hub.registry import lora
 from quiver_hub.registry.errors import InvalidAdapter
-from quiver_hub.registry.names import check_file_path
+from quiver_hub.registry.files import EXAMPLES_FILE, check_files
+from quiver_hub.registry.limits import (
+    MAX_CONFIG_BYTES,
+    MAX_EXAMPLE_CHARS,
+    MAX_EXAMPLES,
+    MAX_EXAMPLES_BYTES,
+    MAX_MODULE_NAME_CHARS,
+    MAX_MODULES,
+    MAX_PATTERN_CHARS,
+    MAX_PATTERNS,
+    MAX_RANK,
+)
+from quiver_hub.registry.parsing import parse_json
 from quiver_hub.registry.safetensors_header import read_header
-
-README_FILE = "README.md"
-EXAMPLES_FILE = "examples.jsonl"
-ALLOWED_FILES = (lora.CONFIG_FILE, lora.WEIGHTS_FILE, README_FILE, EXAMPLES_FILE)
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
-MAX_CONFIG_BYTES = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -33,23 +41,13 @@ class AdapterSummary:
     alpha: float
     target_modules: list[str]  # the module paths that carry factors, sorted
     num_parameters: int
+    shapes: dict[str, tuple[int, int]]  # (in_features, out_features) per module
 
 
 def validate_adapter(files: dict[str, Path]) -> AdapterSummary:
-    """Check an adapter folder given as {path inside the folder: staged file on disk}."""
-    for path in files:
-        check_file_path(path)
-        if path.lower().endswith(PICKLE_SUFFIXES):
-            raise InvalidAdapter(
-                f"{path}: pickle files are refused because loading them runs code; "
-                "save the adapter with safetensors (PEFT's save_pretrained does by default)"
-            )
-        if path not in ALLOWED_FILES:
-            raise InvalidAdapter(f"{path}: unexpected file; an adapter holds only {', '.join(ALLOWED_FILES)}")
-    for required in (lora.CONFIG_FILE, lora.WEIGHTS_FILE):
-        if required not in files:
-            raise InvalidAdapter(f"{required} is missing; upload the folder written by PEFT's save_pretrained")
-
+    """Check an upload given as {path inside the folder: staged file on disk}: which files it holds
+    (registry.files), then the adapter itself."""
+    check_files(files)
     config = read_config(files[lora.CONFIG_FILE])
     weights = files[lora.WEIGHTS_FILE]
     with weights.open("rb") as f:
@@ -57,11 +55,6 @@ def validate_adapter(files: dict[str, Path]) -> AdapterSummary:
     modules = check_factors(config, tensors)
     if EXAMPLES_FILE in files:
         read_examples(files[EXAMPLES_FILE])
-    if README_FILE in files:
-        try:
-            files[README_FILE].read_text(encoding="utf-8")
-        except UnicodeDecodeError:
-            raise InvalidAdapter(f"{README_FILE}: the model card must be UTF-8 text") from None
 
     return AdapterSummary(
         config=config,
@@ -70,6 +63,7 @@ def validate_adapter(files: dict[str, Path]) -> AdapterSummary:
         alpha=float(config["lora_alpha"]),
         target_modules=sorted(modules),
         num_parameters=sum(t.numel for t in tensors.values()),
+        shapes=factor_shapes(tensors),
     )
 
 
@@ -77,36 +71,64 @@ def read_config(path: Path) -> dict[str, Any]:
     name = lora.CONFIG_FILE
     if path.stat().st_size > MAX_CONFIG_BYTES:
         raise InvalidAdapter(f"{name}: larger than {MAX_CONFIG_BYTES} bytes")
-    try:
-        config = json.loads(path.read_bytes().decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise InvalidAdapter(f"{name}: not valid JSON ({e})") from None
+    config = parse_json(path.read_bytes(), name)
     if not isinstance(config, dict):
         raise InvalidAdapter(f"{name}: must be a JSON object")
     peft_type = config.get("peft_type")
     if peft_type != "LORA":
         raise InvalidAdapter(f'{name}: peft_type is {peft_type!r}; only LoRA adapters ("LORA") are accepted')
     r = config.get("r")
-    if not isinstance(r, int) or isinstance(r, bool) or r < 1:
-        raise InvalidAdapter(f"{name}: r must be a positive integer, got {r!r}")
+    if type(r) is not int or not 1 <= r <= MAX_RANK:
+        raise InvalidAdapter(f"{name}: r must be an integer from 1 to {MAX_RANK}, got {r!r}")
     alpha = config.get("lora_alpha")
-    if not isinstance(alpha, int | float) or isinstance(alpha, bool):
-        raise InvalidAdapter(f"{name}: lora_alpha must be a number, got {alpha!r}")
+    if not is_number(alpha):
+        raise InvalidAdapter(f"{name}: lora_alpha must be a finite number, got {alpha!r}")
     base = config.get("base_model_name_or_path")
     if not isinstance(base, str) or not base.strip():
         raise InvalidAdapter(f"{name}: base_model_name_or_path must name the base model")
     targets = config.get("target_modules")
-    if not (isinstance(targets, str) or (isinstance(targets, list) and all(isinstance(t, str) for t in targets))):
+    if isinstance(targets, str):
+        check_pattern(targets, "target_modules")
+    elif isinstance(targets, list) and all(isinstance(t, str) for t in targets):
+        if len(targets) > MAX_PATTERNS or any(len(t) > MAX_PATTERN_CHARS for t in targets):
+            raise InvalidAdapter(f"{name}: target_modules has more than {MAX_PATTERNS} names or a name too long")
+    else:
         raise InvalidAdapter(f"{name}: target_modules must be a list of module names or a regex string")
     for key in ("rank_pattern", "alpha_pattern"):
         pattern = config.get(key) or {}
-        if not isinstance(pattern, dict) or not all(isinstance(v, int | float) for v in pattern.values()):
-            raise InvalidAdapter(f"{name}: {key} must map module patterns to numbers")
-    if any(not isinstance(v, int) or v < 1 for v in (config.get("rank_pattern") or {}).values()):
-        raise InvalidAdapter(f"{name}: rank_pattern values must be positive integers")
+        if not isinstance(pattern, dict) or len(pattern) > MAX_PATTERNS:
+            raise InvalidAdapter(f"{name}: {key} must map at most {MAX_PATTERNS} module patterns to numbers")
+        for pattern_key, value in pattern.items():
+            check_pattern(pattern_key, key)
+            if not is_number(value):
+                raise InvalidAdapter(f"{name}: {key}[{pattern_key!r}] must be a finite number, got {value!r}")
+    if any(type(v) is not int or not 1 <= v <= MAX_RANK for v in (config.get("rank_pattern") or {}).values()):
+        raise InvalidAdapter(f"{name}: rank_pattern values must be integers from 1 to {MAX_RANK}")
     if config.get("use_dora"):
         raise InvalidAdapter(f"{name}: DoRA adapters (use_dora) are not supported, only plain LoRA")
     return config
+
+
+def is_number(value: Any) -> bool:
+    """A finite int or float (JSON allows integers too large for a float: those are not numbers here)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:
+        return False
+
+
+def check_pattern(pattern: Any, key: str) -> None:
+    """A module-name regex from the config: bounded, and one the regex engine compiles."""
+    if not isinstance(pattern, str) or len(pattern) > MAX_PATTERN_CHARS:
+        raise InvalidAdapter(
+            f"{lora.CONFIG_FILE}: {key} patterns must be strings of at most {MAX_PATTERN_CHARS} characters"
+        )
+    try:
+        regex.compile(pattern)
+    except regex.error as e:
+        raise InvalidAdapter(f"{lora.CONFIG_FILE}: {key} {pattern!r} is not a valid regular expression ({e})") from None
 
 
 def check_factors(config: dict[str, Any], tensors: dict) -> set[str]:
@@ -114,6 +136,8 @@ def check_factors(config: dict[str, Any], tensors: dict) -> set[str]:
     name = lora.WEIGHTS_FILE
     if not tensors:
         raise InvalidAdapter(f"{name}: holds no tensors")
+    if len(tensors) > 2 * MAX_MODULES:
+        raise InvalidAdapter(f"{name}: more than {MAX_MODULES} modules")
     factors: dict[str, dict[str, tuple[int, ...]]] = {}
     for key, info in tensors.items():
         parsed = lora.split_key(key)
@@ -123,6 +147,8 @@ def check_factors(config: dict[str, Any], tensors: dict) -> set[str]:
                 "and .lora_B.weight are accepted (no biases, embeddings or modules_to_save)"
             )
         module, side = parsed
+        if len(module) > MAX_MODULE_NAME_CHARS:
+            raise InvalidAdapter(f"{name}: module name {module[:60]!r}... is longer than {MAX_MODULE_NAME_CHARS}")
         factors.setdefault(module, {})[side] = info.shape
     for module in sorted(factors):
         pair = factors[module]
@@ -132,21 +158,40 @@ def check_factors(config: dict[str, Any], tensors: dict) -> set[str]:
         a, b = pair["A"], pair["B"]
         if len(a) != 2 or len(b) != 2:
             raise InvalidAdapter(f"{name}: {module}: lora_A and lora_B must be matrices, got {a} and {b}")
-        r = lora.module_rank(config, module)
+        if 0 in a or 0 in b:
+            raise InvalidAdapter(
+                f"{name}: {module}: lora_A is {a[0]}x{a[1]} and lora_B {b[0]}x{b[1]}; no side may be 0"
+            )
+        try:
+            r = lora.module_rank(config, module)
+            selected = lora.targets_module(config.get("target_modules"), module)
+        except ValueError as e:  # a pattern too slow to match this name
+            raise InvalidAdapter(f"{lora.CONFIG_FILE}: {e}") from None
         if a[0] != r or b[1] != r:
             raise InvalidAdapter(
                 f"{name}: {module}: lora_A is {a[0]}x{a[1]} and lora_B is {b[0]}x{b[1]}, "
                 f"but the config says rank {r} (lora_A must be r x in, lora_B out x r)"
             )
-        if not lora.targets_module(config.get("target_modules"), module):
+        if not selected:
             raise InvalidAdapter(
                 f"{name}: {module} has factors but is not selected by target_modules {config.get('target_modules')!r}"
             )
     return set(factors)
 
 
+def factor_shapes(tensors: dict) -> dict[str, tuple[int, int]]:
+    """(in_features, out_features) per module, from checked headers: A is r x in, B is out x r."""
+    shapes: dict[str, list[int]] = {}
+    for key, info in tensors.items():
+        module, side = lora.split_key(key)
+        shapes.setdefault(module, [0, 0])[0 if side == "A" else 1] = info.shape[1 if side == "A" else 0]
+    return {m: (s[0], s[1]) for m, s in shapes.items()}
+
+
 def read_examples(path: Path) -> list[str]:
     """examples.jsonl: one JSON value a line, a string or an object with a string "input" (or "text")."""
+    if path.stat().st_size > MAX_EXAMPLES_BYTES:
+        raise InvalidAdapter(f"{EXAMPLES_FILE}: larger than {MAX_EXAMPLES_BYTES} bytes")
     out: list[str] = []
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
@@ -155,13 +200,15 @@ def read_examples(path: Path) -> list[str]:
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
-        try:
-            value = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise InvalidAdapter(f"{EXAMPLES_FILE}: line {number} is not valid JSON ({e})") from None
+        value = parse_json(line, f"{EXAMPLES_FILE}: line {number}")
         if isinstance(value, dict):
             value = value.get("input", value.get("text"))
-        if not isinstance(value, str):
-            raise InvalidAdapter(f'{EXAMPLES_FILE}: line {number} must be a string or an object with a string "input"')
+        if not isinstance(value, str) or len(value) > MAX_EXAMPLE_CHARS:
+            raise InvalidAdapter(
+                f'{EXAMPLES_FILE}: line {number} must be a string (or an object with a string "input") '
+                f"of at most {MAX_EXAMPLE_CHARS} characters"
+            )
         out.append(value)
+        if len(out) > MAX_EXAMPLES:
+            raise InvalidAdapter(f"{EXAMPLES_FILE}: more than {MAX_EXAMPLES} examples")
     return out

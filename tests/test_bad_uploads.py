@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import io
 import json
+import pickle
+import struct
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -42,6 +46,31 @@ def only_a() -> bytes:
     return raw_safetensors(header, data[:128])
 
 
+def raw_header(text: str, data: bytes) -> bytes:
+    """Safetensors bytes from a header written by hand (duplicate keys, literals json.dumps never makes)."""
+    blob = text.encode()
+    return struct.pack("<Q", len(blob)) + blob + data
+
+
+def config_text(**replace: str) -> bytes:
+    """adapter_config.json with some values spelled by hand (NaN, huge integers...)."""
+    text = json.dumps(lora_config(r=4))
+    for key, literal in replace.items():
+        text = text.replace(f'"{key}": {json.dumps(lora_config(r=4)[key])}', f'"{key}": {literal}')
+    return text.encode()
+
+
+def zip_in_weights() -> bytes:
+    """Weights whose data bytes end with a zip archive holding a pickle: what torch.load would load."""
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as z:
+        z.writestr("archive/data.pkl", pickle.dumps({"x": 1}))
+    tail = archive.getvalue()
+    header, data = tensor_header(a_shape=(4, 64), b_shape=(64, 4))
+    return raw_safetensors(header, data[: len(data) - len(tail)] + tail)
+
+
+NESTED = "[" * 2000 + "]" * 2000
 CASES = {
     # name: (files, form, status, code, words in the message)
     "truncated file": (
@@ -144,7 +173,7 @@ CASES = {
         "pickle",
     ),
     "pickle instead of safetensors": (
-        {"adapter_config.json": CONFIG, "training_args.pt": b"\x80\x04"},
+        {"adapter_config.json": CONFIG, "training_args.pt": b"\x80\x04", "optimizer.bin": b"\x80\x02"},
         {},
         422,
         "invalid_adapter",
@@ -189,7 +218,7 @@ CASES = {
         {},
         422,
         "invalid_adapter",
-        "unexpected file",
+        "does not store: run.sh",
     ),
     "path traversal": (
         {"adapter_config.json": CONFIG, "../adapter_model.safetensors": valid_weights()},
@@ -211,6 +240,174 @@ CASES = {
         400,
         "invalid_request",
         "visibility",
+    ),
+    "duplicate keys in the header": (
+        {
+            "adapter_config.json": CONFIG,
+            "adapter_model.safetensors": raw_header(
+                json.dumps(tensor_header()[0])[:-1] + f', "{KA}": ' + json.dumps(tensor_header()[0][KA]) + "}",
+                tensor_header()[1],
+            ),
+        },
+        {},
+        422,
+        "invalid_adapter",
+        "appears twice",
+    ),
+    "header nested deeply": (
+        {
+            "adapter_config.json": CONFIG,
+            "adapter_model.safetensors": raw_header('{"__metadata__": ' + NESTED + "}", b""),
+        },
+        {},
+        422,
+        "invalid_adapter",
+        "nested more than",
+    ),
+    "boolean-shaped tensor": (
+        {
+            "adapter_config.json": CONFIG,
+            "adapter_model.safetensors": raw_header(
+                json.dumps(tensor_header()[0]).replace("[4, 8]", "[true, 8]", 1), tensor_header()[1]
+            ),
+        },
+        {},
+        422,
+        "invalid_adapter",
+        "invalid shape",
+    ),
+    "zero-size factors": (
+        {"adapter_config.json": CONFIG, "adapter_model.safetensors": weights(a_shape=(4, 0), b_shape=(8, 4))},
+        {},
+        422,
+        "invalid_adapter",
+        "no side may be 0",
+    ),
+    "weights that are also a zip archive": (
+        {"adapter_config.json": CONFIG, "adapter_model.safetensors": zip_in_weights()},
+        {},
+        422,
+        "invalid_adapter",
+        "zip archive",
+    ),
+    "pickle bytes under a text name": (
+        {"adapter_config.json": CONFIG, "adapter_model.safetensors": valid_weights(), "notes.txt": b"\x80\x04K."},
+        {},
+        422,
+        "invalid_adapter",
+        "pickle files, which run code when loaded: notes.txt",
+    ),
+    "config nested deeply": (
+        {"adapter_config.json": config_text(bias=NESTED), "adapter_model.safetensors": valid_weights()},
+        {},
+        422,
+        "invalid_adapter",
+        "nested more than",
+    ),
+    "lora_alpha NaN": (
+        {"adapter_config.json": config_text(lora_alpha="NaN"), "adapter_model.safetensors": valid_weights()},
+        {},
+        422,
+        "invalid_adapter",
+        "NaN is not a JSON number",
+    ),
+    "lora_alpha Infinity": (
+        {"adapter_config.json": config_text(lora_alpha="Infinity"), "adapter_model.safetensors": valid_weights()},
+        {},
+        422,
+        "invalid_adapter",
+        "Infinity is not a JSON number",
+    ),
+    "lora_alpha too large for a float": (
+        {"adapter_config.json": config_text(lora_alpha="1" + "0" * 400), "adapter_model.safetensors": valid_weights()},
+        {},
+        422,
+        "invalid_adapter",
+        "lora_alpha must be a finite number",
+    ),
+    "target_modules not a regex": (
+        {
+            "adapter_config.json": json.dumps(lora_config(r=4, targets="q_proj(")).encode(),
+            "adapter_model.safetensors": valid_weights(),
+        },
+        {},
+        422,
+        "invalid_adapter",
+        "not a valid regular expression",
+    ),
+    "rank_pattern not a regex": (
+        {
+            "adapter_config.json": json.dumps(lora_config(r=4, rank_pattern={"[q": 2})).encode(),
+            "adapter_model.safetensors": valid_weights(),
+        },
+        {},
+        422,
+        "invalid_adapter",
+        "not a valid regular expression",
+    ),
+    "base model longer than the column": (
+        {
+            "adapter_config.json": json.dumps({**lora_config(r=4), "base_model_name_or_path": "m" * 300}).encode(),
+            "adapter_model.safetensors": valid_weights(),
+        },
+        {},
+        422,
+        "invalid_adapter",
+        "1 to 255 characters",
+    ),
+    "base model is a local path": (
+        {
+            "adapter_config.json": json.dumps(
+                {**lora_config(r=4), "base_model_name_or_path": "/home/me/llama"}
+            ).encode(),
+            "adapter_model.safetensors": valid_weights(),
+        },
+        {},
+        422,
+        "invalid_adapter",
+        "path on the machine that trained it",
+    ),
+    "module name longer than the column": (
+        {
+            "adapter_config.json": json.dumps(lora_config(r=4, targets="all-linear")).encode(),
+            "adapter_model.safetensors": raw_safetensors(
+                {
+                    f"base_model.model.{'m' * 300}.lora_A.weight": {
+                        "dtype": "F32",
+                        "shape": [4, 8],
+                        "data_offsets": [0, 128],
+                    },
+                    f"base_model.model.{'m' * 300}.lora_B.weight": {
+                        "dtype": "F32",
+                        "shape": [8, 4],
+                        "data_offsets": [128, 256],
+                    },
+                },
+                bytes(256),
+            ),
+        },
+        {},
+        422,
+        "invalid_adapter",
+        "is longer than 255",
+    ),
+    "examples line nested deeply": (
+        {
+            "adapter_config.json": CONFIG,
+            "adapter_model.safetensors": valid_weights(),
+            "examples.jsonl": NESTED.encode() + b"\n",
+        },
+        {},
+        422,
+        "invalid_adapter",
+        "nested more than",
+    ),
+    "description too long": (
+        {"adapter_config.json": CONFIG, "adapter_model.safetensors": valid_weights()},
+        {"description": "d" * 10_001},
+        400,
+        "invalid_request",
+        "at most 10000",
     ),
     "unknown form field": (
         {"adapter_config.json": CONFIG, "adapter_model.safetensors": valid_weights()},

@@ -1,0 +1,128 @@
+"""Which files a version may hold (README.md, "What an adapter is here").
+
+The adapter's own files (adapter_config.json, adapter_model.safetensors, README.md, examples.jsonl) are
+validated and analysed. Beside them, a real training folder holds files that are not the adapter but are
+safe to store and serve: tokenizer files, chat templates, JSON and text, images for the card. Those are
+stored with the version, listed in its tree, and left out of validation and analysis.
+
+Refused, whatever they are called: pickles (loading them runs code), and any file whose bytes are also a
+zip archive (torch.load reads a zip holding a pickle even when the file is named .safetensors). Every
+refused file is named in one message, with the patterns that leave it out of an upload.
+"""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+from quiver_hub.registry import lora
+from quiver_hub.registry.errors import InvalidAdapter
+from quiver_hub.registry.limits import MAX_CARD_BYTES, MAX_FILES
+from quiver_hub.registry.names import check_file_path
+from quiver_hub.registry.safetensors_header import read_header
+
+README_FILE = "README.md"
+EXAMPLES_FILE = "examples.jsonl"
+ADAPTER_FILES = (lora.CONFIG_FILE, lora.WEIGHTS_FILE, README_FILE, EXAMPLES_FILE)
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib", ".npy", ".npz")
+# Safe extras: text (must be UTF-8), images (checked by their magic bytes), and a few binary formats
+# that hold no code (sentencepiece models, safetensors checked like the weights).
+TEXT_SUFFIXES = (".json", ".jsonl", ".txt", ".md", ".jinja", ".yaml", ".yml", ".csv", ".tsv", ".vocab", ".tiktoken")
+IMAGE_MAGIC = {
+    ".png": (b"\x89PNG\r\n\x1a\n",),
+    ".jpg": (b"\xff\xd8\xff",),
+    ".jpeg": (b"\xff\xd8\xff",),
+    ".gif": (b"GIF87a", b"GIF89a"),
+    ".webp": (b"RIFF",),
+}
+BINARY_SUFFIXES = (".model", ".safetensors")
+MAX_TEXT_BYTES = 64 * 1024 * 1024  # tokenizer.json of a large vocabulary is ~20 MB
+EXCLUDE_HINT = (
+    "leave them out of the upload: huggingface_hub's upload_folder(..., ignore_patterns=[{patterns}]), "
+    "`hf upload ... --exclude {first}`, or `quiver push ... --exclude {first}`"
+)
+
+
+def kind(path: str) -> str:
+    """ "adapter", "pickle", "text", "image", "binary" or "unknown"."""
+    lower = path.lower()
+    if path in ADAPTER_FILES:
+        return "adapter"
+    if lower.endswith(PICKLE_SUFFIXES):
+        return "pickle"
+    suffix = Path(lower).suffix
+    if suffix in TEXT_SUFFIXES or not suffix:  # LICENSE, .gitattributes, merges.txt...
+        return "text"
+    if suffix in IMAGE_MAGIC:
+        return "image"
+    if suffix in BINARY_SUFFIXES:
+        return "binary"
+    return "unknown"
+
+
+def check_files(files: dict[str, Path]) -> None:
+    """Refuse an upload holding anything but the adapter's files and safe extras, naming every refused
+    file at once. Extras are checked for what they claim to be."""
+    if len(files) > MAX_FILES:
+        raise InvalidAdapter(f"an upload holds at most {MAX_FILES} files, got {len(files)}")
+    pickles, unknown, wrong = [], [], []
+    for path, staged in sorted(files.items()):
+        check_file_path(path)
+        what = kind(path)
+        if what == "pickle" or (not path.lower().endswith(".safetensors") and looks_like_pickle(staged)):
+            pickles.append(path)
+        elif what == "unknown":
+            unknown.append(path)
+        elif zipfile.is_zipfile(staged):
+            wrong.append(f"{path} (its bytes are also a zip archive, which torch.load would unpickle)")
+        elif problem := extra_problem(path, what, staged):
+            wrong.append(f"{path} ({problem})")
+    parts = []
+    if pickles:
+        patterns = sorted({"*" + Path(p).suffix for p in pickles if Path(p).suffix} or {pickles[0]})
+        parts.append(
+            f"refused pickle files, which run code when loaded: {', '.join(pickles)}; "
+            + EXCLUDE_HINT.format(patterns=", ".join(f'"{p}"' for p in patterns), first=f"'{patterns[0]}'")
+        )
+    if unknown:
+        parts.append(
+            f"refused files of a kind Quiver does not store: {', '.join(unknown)} (beside the adapter it keeps "
+            "text, JSON, tokenizer, chat-template, image and safetensors files)"
+        )
+    if wrong:
+        parts.append("refused: " + "; ".join(wrong))
+    if parts:
+        raise InvalidAdapter(". ".join(parts))
+    for required in (lora.CONFIG_FILE, lora.WEIGHTS_FILE):
+        if required not in files:
+            raise InvalidAdapter(f"{required} is missing; upload the folder written by PEFT's save_pretrained")
+
+
+def looks_like_pickle(path: Path) -> bool:
+    """A pickle of protocol 2 or later starts with PROTO (0x80) and its version, whatever the file's name."""
+    with path.open("rb") as f:
+        head = f.read(2)
+    return len(head) == 2 and head[0] == 0x80 and 2 <= head[1] <= 5
+
+
+def extra_problem(path: str, what: str, staged: Path) -> str | None:
+    """Why a file that claims to be text, an image or a safe binary is not (None when it is)."""
+    size = staged.stat().st_size
+    if path == README_FILE and size > MAX_CARD_BYTES:
+        return f"the model card is larger than {MAX_CARD_BYTES} bytes"
+    if what in ("text", "adapter") and path != lora.WEIGHTS_FILE:
+        if size > MAX_TEXT_BYTES:
+            return f"text files are at most {MAX_TEXT_BYTES} bytes"
+        try:
+            staged.read_bytes().decode("utf-8")
+        except UnicodeDecodeError:
+            return "not UTF-8 text"
+    if what == "image":
+        with staged.open("rb") as f:
+            head = f.read(12)
+        if not any(head.startswith(magic) for magic in IMAGE_MAGIC[Path(path.lower()).suffix]):
+            return "not the image its name says"
+    if path.lower().endswith(".safetensors") and path != lora.WEIGHTS_FILE:
+        with staged.open("rb") as f:
+            read_header(f, size, path)
+    return None

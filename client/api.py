@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
+import warnings
 from collections.abc import Callable, Collection, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -58,6 +60,11 @@ def routing_payload(hidden_states: dict[str, Any]) -> bytes:
         h = torch.as_tensor(h).detach().to("cpu", torch.float32)
         arrays[module] = np.ascontiguousarray(h.reshape(-1, h.shape[-1]).numpy())
     return save(arrays)
+
+
+def offline() -> bool:
+    """QUIVER_OFFLINE=1: never reach for the hub (as HF_HUB_OFFLINE does for huggingface_hub)."""
+    return os.environ.get("QUIVER_OFFLINE", "").lower() in ("1", "true", "yes")
 
 
 def split_repo(spec: str) -> tuple[str, str | None]:
@@ -178,12 +185,23 @@ class Hub:
         return load(self._request("GET", f"/v1/adapters/{repo}/versions/{rev or 'latest'}/prototypes").content)
 
     def pull(self, spec: str, progress: Callable[[str, int, int], None] | None = None) -> Path:
-        """A local folder with the version's files. A pinned revision (id or number) already in the cache
-        is returned without any network call; files are verified against their sha256."""
+        """A local folder with the version's files, verified against their sha256, cached by revision id.
+
+        The hub is always asked which version `spec` names (a version deleted there is NotFound here too,
+        cached or not); only when it cannot be reached, or with QUIVER_OFFLINE=1, does a pinned revision
+        (id or number) come from the cache alone."""
         repo, rev = split_repo(spec)
-        if rev and (revision := self.cache.cached_revision(repo, rev)):
-            return self.cache.version_dir(repo, revision)
-        version = self._call("GET", f"/v1/adapters/{repo}/versions/{rev or 'latest'}")
+        if offline():
+            if rev and (revision := self.cache.cached_revision(repo, rev)):
+                return self.cache.version_dir(repo, revision)
+            raise HubError(0, "offline", f"QUIVER_OFFLINE is set and {spec} is not in the cache pinned to a revision")
+        try:
+            version = self._call("GET", f"/v1/adapters/{repo}/versions/{rev or 'latest'}")
+        except HubError as e:
+            if e.code == "unreachable" and rev and (revision := self.cache.cached_revision(repo, rev)):
+                warnings.warn(f"{e.message}; using {repo}@{revision} from the cache", RuntimeWarning, stacklevel=2)
+                return self.cache.version_dir(repo, revision)
+            raise
         revision = version["revision"]
         if (folder := self.cache.version_dir(repo, revision)).is_dir():
             return folder

@@ -44,7 +44,7 @@ class Cache:
         if len(rev) == 40 and self.version_dir(repo, rev).is_dir():
             return rev
         number = self.root / "adapters" / repo / "numbers" / rev
-        if rev.isdigit() and number.is_file():
+        if rev.isascii() and rev.isdigit() and number.is_file():
             revision = number.read_text().strip()
             return revision if self.version_dir(repo, revision).is_dir() else None
         return None

@@ -72,12 +72,10 @@ class BlobStore:
         return StagedFile(self.path(sha256), sha256, size, stored=True)
 
     def install(self, staged: StagedFile) -> Path:
-        """Move a staged file to its content address (atomic rename), fsyncing the directory."""
+        """Move a staged file to its content address (atomic rename), fsyncing the directory. Content
+        already there is replaced by the identical bytes: never trusted to outlive a purge in flight."""
         target = self.path(staged.sha256)
         if staged.stored:
-            return target
-        if target.is_file():
-            staged.path.unlink(missing_ok=True)
             return target
         target.parent.mkdir(parents=True, exist_ok=True)
         os.replace(staged.path, target)

@@ -72,7 +72,7 @@ def start_commit(
     with sessions() as session:
         require_write(session, principal, namespace)
         adapter = reads.get_adapter(session, principal, namespace, name)
-        parent = reads.get_version(session, adapter, "latest") if adapter.versions else None
+        parent = adapter.versions[-1] if adapter.versions else None  # one read: a delete may be racing
         if parent and revision not in ("main", parent.revision):
             raise InvalidRequest(
                 f"commits go to main; {revision!r} is not the latest revision (Quiver's versions are linear)"

@@ -16,25 +16,35 @@ from quiver_hub.registry.models import Blob, File
 
 # A file under objects/ with no row may belong to a publish still in flight: leave young ones.
 ORPHAN_GRACE_S = 3600.0
+BATCH = 1000  # blobs per transaction: bounded statements, and locks held briefly
 
 
 def purge_blobs(sessions: sessionmaker[Session], store: BlobStore, candidates: Iterable[str]) -> list[str]:
-    """Delete the blob rows and contents among `candidates` that no file references."""
+    """Delete the blob rows and contents among `candidates` that no file references.
+
+    The rows are locked first (FOR UPDATE; SQLite's write lock does the same), so a publish that holds
+    them (writes.hold_blobs) finishes first and its references are seen; the contents are removed before
+    the locks are released, so a publish that waited re-creates the row and installs its own copy after
+    the removal, never before it.
+    """
     candidates = sorted(set(candidates))
-    if not candidates:
-        return []
-    with writing(sessions) as session:
-        unreferenced = list(
-            session.scalars(
-                select(Blob.sha256).where(Blob.sha256.in_(candidates), ~exists().where(File.sha256 == Blob.sha256))
+    removed: list[str] = []
+    for start in range(0, len(candidates), BATCH):
+        batch = candidates[start : start + BATCH]
+        with writing(sessions) as session:
+            session.execute(select(Blob.sha256).where(Blob.sha256.in_(batch)).order_by(Blob.sha256).with_for_update())
+            unreferenced = list(
+                session.scalars(
+                    select(Blob.sha256).where(Blob.sha256.in_(batch), ~exists().where(File.sha256 == Blob.sha256))
+                )
             )
-        )
-        if unreferenced:
-            session.execute(delete(Blob).where(Blob.sha256.in_(unreferenced)))
-        session.commit()
-    for sha in unreferenced:
-        store.delete(sha)
-    return unreferenced
+            if unreferenced:
+                session.execute(delete(Blob).where(Blob.sha256.in_(unreferenced)))
+                for sha in unreferenced:
+                    store.delete(sha)
+            session.commit()
+        removed += unreferenced
+    return removed
 
 
 @dataclass

@@ -110,6 +110,29 @@ class Adapter(Base):
         return f"{self.namespace.name}/{self.name}"
 
 
+class RetiredName(Base):
+    """A name that held an adapter which was deleted (or moved): its version numbers are never given
+    again, so `ns/name@3` means one thing for ever; `moved_to` names the adapter it became."""
+
+    __tablename__ = "retired_names"
+    namespace_id: Mapped[int] = mapped_column(ForeignKey("namespaces.id", ondelete="CASCADE"), primary_key=True)
+    name: Mapped[str] = mapped_column(String(96), primary_key=True)
+    last_version: Mapped[int] = mapped_column(Integer, default=0)
+    moved_to: Mapped[int | None] = mapped_column(ForeignKey("adapters.id", ondelete="SET NULL"))
+    retired_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class BaseModelModule(Base):
+    """The shape of one module of a base model, as its public adapters agree on it: an upload whose
+    factors do not fit is refused (instead of poisoning everyone's routing)."""
+
+    __tablename__ = "base_model_modules"
+    base_model: Mapped[str] = mapped_column(String(255), primary_key=True)
+    module: Mapped[str] = mapped_column(String(255), primary_key=True)
+    in_features: Mapped[int] = mapped_column(Integer)
+    out_features: Mapped[int] = mapped_column(Integer)
+
+
 class Version(Base):
     """One immutable publish of an adapter."""
 

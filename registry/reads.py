@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 
 from quiver_hub.registry.accounts import Principal, can_read
 from quiver_hub.registry.errors import InvalidRequest, NotFound
+from quiver_hub.registry.limits import MAX_DB_ID
 from quiver_hub.registry.models import Adapter, Namespace, Version
 from quiver_hub.registry.names import check_repo_id
 
@@ -54,7 +55,7 @@ def get_version(session: Session, adapter: Adapter, rev: str) -> Version:
     query = select(Version).where(Version.adapter_id == adapter.id)
     if rev in ("latest", "main"):
         query = query.order_by(Version.number.desc()).limit(1)
-    elif rev.isdigit() and len(rev) < 10:
+    elif rev.isascii() and rev.isdigit() and len(rev) < 10:
         query = query.where(Version.number == int(rev))
     elif REVISION_RE.fullmatch(rev):
         query = query.where(Version.revision == rev)
@@ -138,7 +139,7 @@ def decode_cursor(cursor: str) -> int:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         kind, value = raw.split(":", 1)
-        if kind != "a":
+        if kind != "a" or not (value.isascii() and value.isdigit()) or not 0 <= int(value) <= MAX_DB_ID:
             raise ValueError
         return int(value)
     except (ValueError, UnicodeDecodeError):

@@ -11,13 +11,16 @@ A crash before the commit leaves at most unreferenced blobs, which `quiver gc` r
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+import logging
+import re
 from dataclasses import dataclass, replace
 
+from sqlalchemy import select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from quiver_hub.registry import lora
 from quiver_hub.registry.accounts import Principal, require_write
 from quiver_hub.registry.analysis import VersionAnalysis, analyse_version, describe
 from quiver_hub.registry.blobs import BlobStore, StagedFile
@@ -25,14 +28,35 @@ from quiver_hub.registry.cards import card_fields
 from quiver_hub.registry.change_feed import record_change
 from quiver_hub.registry.db import writing
 from quiver_hub.registry.embedder import TextEmbedder
-from quiver_hub.registry.errors import Conflict, InvalidRequest
+from quiver_hub.registry.errors import Conflict, InvalidAdapter, InvalidRequest
+from quiver_hub.registry.files import README_FILE
 from quiver_hub.registry.gc import purge_blobs
-from quiver_hub.registry.models import Adapter, Blob, Embedding, File, Prototype, Version, utcnow
+from quiver_hub.registry.limits import (
+    MAX_BASE_MODEL_CHARS,
+    MAX_DESCRIPTION_CHARS,
+    MAX_LICENSE_CHARS,
+    MAX_TAG_CHARS,
+    MAX_TAGS,
+    MAX_TASK_CHARS,
+)
+from quiver_hub.registry.models import (
+    Adapter,
+    BaseModelModule,
+    Blob,
+    Embedding,
+    File,
+    Prototype,
+    RetiredName,
+    Version,
+    utcnow,
+)
 from quiver_hub.registry.names import check_repo_id
 from quiver_hub.registry.reads import VersionIdentity, find_adapter, get_adapter, get_version
-from quiver_hub.registry.validation import README_FILE, AdapterSummary, validate_adapter
+from quiver_hub.registry.safetensors_header import read_header
+from quiver_hub.registry.validation import AdapterSummary, factor_shapes, validate_adapter
 from quiver_hub.registry.vectors import to_bytes
 
+log = logging.getLogger("quiver.registry")
 VISIBILITIES = ("public", "private")
 
 
@@ -45,17 +69,24 @@ class AdapterMeta:
     tags: list[str] | None = None
     license: str | None = None
     visibility: str | None = None
+    base_model: str | None = None  # publish only: sets or corrects the base model the config names
 
     def check(self) -> AdapterMeta:
         if self.visibility is not None and self.visibility not in VISIBILITIES:
             raise InvalidRequest(f"visibility must be 'public' or 'private', got {self.visibility!r}")
+        if self.tags is not None and len(self.tags) > MAX_TAGS:
+            raise InvalidRequest(f"at most {MAX_TAGS} tags, got {len(self.tags)}")
         for tag in self.tags or []:
-            if not tag or len(tag) > 64:
-                raise InvalidRequest(f"tag {tag!r} must be 1 to 64 characters")
-        if self.task is not None and len(self.task) > 255:
-            raise InvalidRequest("task must be at most 255 characters")
-        if self.license is not None and len(self.license) > 64:
-            raise InvalidRequest("license must be at most 64 characters")
+            if not tag or len(tag) > MAX_TAG_CHARS:
+                raise InvalidRequest(f"tag {tag[:80]!r} must be 1 to {MAX_TAG_CHARS} characters")
+        for field, limit in (
+            ("description", MAX_DESCRIPTION_CHARS),
+            ("task", MAX_TASK_CHARS),
+            ("license", MAX_LICENSE_CHARS),
+        ):
+            value = getattr(self, field)
+            if value is not None and len(value) > limit:
+                raise InvalidRequest(f"{field} must be at most {limit} characters, got {len(value)}")
         return self
 
     def with_card(self, card: str | None) -> AdapterMeta:
@@ -123,11 +154,17 @@ def publish(
     try:
         check_repo_id(namespace, name)
         meta.check()
+        refuse_lost(store, files)  # checked again, under the blobs' locks, when the version is written
         paths = {path: f.path for path, f in files.items()}
-        summary = validate_adapter(paths)
-        analysis = analyse_version(paths, summary.config, embedder)
-        card = paths[README_FILE].read_text(encoding="utf-8") if README_FILE in paths else None
-        meta = meta.with_card(card)
+        try:
+            summary = validate_adapter(paths)
+            card = paths[README_FILE].read_text(encoding="utf-8") if README_FILE in paths else None
+            meta = meta.with_card(card)
+            summary = replace(summary, base_model=check_base_model(meta.base_model or summary.base_model))
+            analysis = analyse_version(paths, summary.config, embedder)
+        except FileNotFoundError:  # a reused file purged by a delete while it was being read
+            refuse_lost(store, files)
+            raise
         prepared = Prepared(summary, analysis, card, embedder, derived_from)
         for attempt in range(3):
             try:
@@ -156,25 +193,14 @@ def _publish_once(
         ns = require_write(session, principal, namespace)
         adapter = find_adapter(session, namespace, name, lock=True)
         if adapter is None:
-            now = utcnow()
-            adapter = Adapter(
-                created_at=now,
-                updated_at=now,
-                namespace_id=ns.id,
-                name=name,
-                base_model=summary.base_model,
-                tags=[],
-                description="",
-                visibility="public",
-                last_version=0,
-            )
-            session.add(adapter)
+            adapter = new_adapter(session, ns.id, name, summary.base_model, "public")
         meta.apply(adapter)
         adapter.base_model = summary.base_model
         adapter.last_version += 1
         session.flush()
+        check_module_shapes(session, summary.base_model, summary.shapes, record=adapter.visibility == "public")
 
-        _insert_blobs(session, files.values())
+        hold_blobs(session, store, files)
         version = Version(
             adapter_id=adapter.id,
             number=adapter.last_version,
@@ -206,17 +232,90 @@ def _publish_once(
         record_change(session, adapter.id)
         for staged in files.values():
             store.install(staged)
-        session.commit()
+        session.commit()  # last: the version is visible only now, with every blob in place
         session.refresh(version)
         _ = version.adapter.namespace, version.published_by
         return version
 
 
-def _insert_blobs(session: Session, staged: Iterable[StagedFile]) -> None:
-    rows = [{"sha256": f.sha256, "size": f.size, "created_at": utcnow()} for f in staged]
-    dialect = session.get_bind().dialect.name
-    insert = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}[dialect]
-    session.execute(insert(Blob).values(rows).on_conflict_do_nothing(index_elements=["sha256"]))
+def upsert(session: Session):  # noqa: ANN201
+    """The dialect's INSERT, which has ON CONFLICT."""
+    return {"postgresql": postgresql.insert, "sqlite": sqlite.insert}[session.get_bind().dialect.name]
+
+
+def hold_blobs(session: Session, store: BlobStore, files: dict[str, StagedFile]) -> None:
+    """Make sure the blob row of every file exists, and hold those rows (FOR UPDATE) until the commit, so
+    a concurrent purge (registry.gc) waits for this publish and then sees its references. A file reused
+    from an earlier version (a Hugging Face commit keeps its parent's files) must still have its content:
+    a delete that won the race removed it, and the publish is refused rather than stored without bytes."""
+    rows = [{"sha256": f.sha256, "size": f.size, "created_at": utcnow()} for f in files.values()]
+    session.execute(upsert(session)(Blob).values(rows).on_conflict_do_nothing(index_elements=["sha256"]))
+    shas = sorted({f.sha256 for f in files.values()})
+    session.execute(select(Blob.sha256).where(Blob.sha256.in_(shas)).order_by(Blob.sha256).with_for_update())
+    refuse_lost(store, files)
+
+
+def refuse_lost(store: BlobStore, files: dict[str, StagedFile]) -> None:
+    """Conflict when a file reused from an earlier version has lost its content to a delete."""
+    gone = sorted(path for path, f in files.items() if f.stored and not store.exists(f.sha256))
+    if gone:
+        raise Conflict(
+            f"{', '.join(gone)}: the version these files came from was deleted while this commit was made; "
+            "upload them again"
+        )
+
+
+def check_module_shapes(session: Session, base_model: str, shapes: dict[str, tuple[int, int]], record: bool) -> None:
+    """Check an adapter's module shapes against those its base model's public adapters agree on, and with
+    `record` (a public adapter) record its new ones. Only public adapters' shapes are recorded, so the
+    check tells nobody anything about a private adapter; a private one is checked again when made public."""
+    known = {
+        row.module: (row.in_features, row.out_features)
+        for row in session.scalars(
+            select(BaseModelModule).where(
+                BaseModelModule.base_model == base_model, BaseModelModule.module.in_(sorted(shapes))
+            )
+        )
+    }
+    for module, shape in sorted(shapes.items()):
+        if module in known and known[module] != shape:
+            (i, o), (ki, ko) = shape, known[module]
+            raise InvalidAdapter(
+                f"{module} is {i} -> {o} in this adapter, but {ki} -> {ko} in the public adapters of {base_model}: "
+                "is the base model right? (set it with the base_model field or the card's base_model:)"
+            )
+    new = [
+        {"base_model": base_model, "module": m, "in_features": s[0], "out_features": s[1]}
+        for m, s in shapes.items()
+        if m not in known
+    ]
+    if new and record:
+        session.execute(upsert(session)(BaseModelModule).values(new).on_conflict_do_nothing())
+
+
+LOCAL_PATH = re.compile(r"^(/|~|\.{1,2}[/\\]|\\|[A-Za-z]:[/\\])")  # /x, ~/x, ./x, ..\x, \\host, C:\x
+
+
+def check_base_model(base_model: str) -> str:
+    """A base model is named as the Hugging Face Hub names it, never by a path on someone's disk."""
+    base_model = base_model.strip()
+    if not base_model or len(base_model) > MAX_BASE_MODEL_CHARS:
+        raise InvalidAdapter(f"the base model must be a name of 1 to {MAX_BASE_MODEL_CHARS} characters")
+    if LOCAL_PATH.match(base_model):
+        raise InvalidAdapter(
+            f"the base model {base_model!r} is a path on the machine that trained it; name it as the Hugging Face "
+            "Hub does (for example meta-llama/Llama-2-7b-hf) with the base_model upload field, "
+            "`quiver push --base-model`, or `base_model:` in the card's metadata"
+        )
+    return base_model
+
+
+def stored_shapes(store: BlobStore, version: Version) -> dict[str, tuple[int, int]]:
+    """(in_features, out_features) per module of a stored version, from its weights' header."""
+    weights = store.path(version.file(lora.WEIGHTS_FILE).sha256)
+    with weights.open("rb") as f:
+        tensors, _ = read_header(f, weights.stat().st_size, lora.WEIGHTS_FILE)
+    return factor_shapes(tensors)
 
 
 def update_adapter(
@@ -229,9 +328,14 @@ def update_adapter(
     meta: AdapterMeta,
 ) -> Adapter:
     meta.check()
+    if meta.base_model is not None:
+        raise InvalidRequest("a version's base model is fixed; publish a new version with base_model to change it")
     with writing(sessions) as session:
         require_write(session, principal, namespace)
         adapter = get_adapter(session, principal, namespace, name)
+        if meta.visibility == "public" and adapter.visibility != "public" and adapter.versions:
+            latest = adapter.versions[-1]
+            check_module_shapes(session, latest.base_model, stored_shapes(store, latest), record=True)
         meta.apply(adapter)
         card = version_card(store, adapter.versions[-1] if adapter.versions else None)
         adapter.text_embedding = text_embedding(embedder, adapter, card)
@@ -258,12 +362,53 @@ def delete_adapter(
         deleted = [VersionIdentity.of(v) for v in doomed]
         record_change(session, adapter.id)
         if rev is None:
+            retire_name(session, adapter)
             session.delete(adapter)
         else:
             session.delete(doomed[0])
         session.commit()
-    purge_blobs(sessions, store, shas)
+    try:
+        purge_blobs(sessions, store, shas)
+    except Exception:  # noqa: BLE001 - the delete is done; what is left is garbage `quiver gc` removes
+        log.exception("could not remove the blobs of %s/%s; quiver gc will", namespace, name)
     return deleted
+
+
+def retire_name(session: Session, adapter: Adapter, moved_to: int | None = None) -> None:
+    """Remember the name's last version number, so a new adapter of that name continues after it."""
+    session.execute(
+        upsert(session)(RetiredName)
+        .values(
+            namespace_id=adapter.namespace_id,
+            name=adapter.name,
+            last_version=adapter.last_version,
+            moved_to=moved_to,
+            retired_at=utcnow(),
+        )
+        .on_conflict_do_update(
+            index_elements=["namespace_id", "name"],
+            set_={"last_version": adapter.last_version, "moved_to": moved_to, "retired_at": utcnow()},
+        )
+    )
+
+
+def new_adapter(session: Session, namespace_id: int, name: str, base_model: str, visibility: str) -> Adapter:
+    """A new adapter row; its numbers continue after those a deleted adapter of that name gave."""
+    retired = session.get(RetiredName, (namespace_id, name))
+    now = utcnow()
+    adapter = Adapter(
+        namespace_id=namespace_id,
+        name=name,
+        base_model=base_model,
+        tags=[],
+        description="",
+        visibility=visibility,
+        last_version=retired.last_version if retired else 0,
+        created_at=now,
+        updated_at=now,
+    )
+    session.add(adapter)
+    return adapter
 
 
 def create_adapter(
@@ -277,19 +422,7 @@ def create_adapter(
         existing = find_adapter(session, namespace, name)
         if existing is not None:
             return existing, False
-        now = utcnow()
-        adapter = Adapter(
-            namespace_id=ns.id,
-            name=name,
-            base_model="",
-            tags=[],
-            description="",
-            visibility=visibility,
-            last_version=0,
-            created_at=now,
-            updated_at=now,
-        )
-        session.add(adapter)
+        adapter = new_adapter(session, ns.id, name, "", visibility)
         session.flush()
         record_change(session, adapter.id)
         session.commit()

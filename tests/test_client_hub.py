@@ -58,12 +58,25 @@ def test_push_pull_and_the_cache(server: LiveServer, tmp_path: Path) -> None:
         assert client.pull(f"alice/cached@{v1['revision']}") == pulled == client.pull("alice/cached@1")
         assert client.info("alice/cached")["tags"] == ["x", "y"]
         assert [a["id"] for a in client.list(tag="x")] == ["alice/cached"]
-    # A pinned revision in the cache needs no hub at all.
-    with Hub("http://127.0.0.1:9", cache_dir=tmp_path / "cache") as offline:
-        assert offline.pull(f"alice/cached@{v1['revision']}") == pulled
-        assert offline.pull("alice/cached@1") == pulled
+    # A pinned revision in the cache needs no hub when the hub cannot be reached (or QUIVER_OFFLINE=1).
+    with Hub("http://127.0.0.1:9", cache_dir=tmp_path / "cache") as unreachable:
+        with pytest.warns(RuntimeWarning, match="from the cache"):
+            assert unreachable.pull(f"alice/cached@{v1['revision']}") == pulled
+        with pytest.warns(RuntimeWarning, match="from the cache"):
+            assert unreachable.pull("alice/cached@1") == pulled
         with pytest.raises(Exception, match="cannot reach the hub"):
-            offline.pull("alice/cached")  # "latest" must ask the hub
+            unreachable.pull("alice/cached")  # "latest" must ask the hub
+    # When the hub answers, it decides: a version deleted there is gone, warm cache or not, and its
+    # number is never given to other weights.
+    with Hub(server.url, token, cache_dir=tmp_path / "cache") as client:
+        client.delete("alice/cached")
+        with pytest.raises(NotFound):
+            client.pull("alice/cached@1")
+        with pytest.raises(NotFound):
+            client.pull(f"alice/cached@{v1['revision']}")
+        again = client.push(write_adapter(tmp_path / "b", seed=9), "alice/cached")
+        assert again["version"] == 2 and again["revision"] != v1["revision"]
+        assert client.pull("alice/cached@2") != pulled
 
 
 def test_interrupted_and_corrupted_downloads(server: LiveServer, tmp_path: Path) -> None:

@@ -37,11 +37,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=quiver_hub.__version__,
         lifespan=lifespan,
     )
-    errors.install(app)
     app.include_router(health.router)
     app.include_router(adapters.router)
     app.include_router(discovery.router)
     app.include_router(clusters.router)
     app.include_router(hf.router)  # last: its /{namespace}/{name}/resolve/... is the broadest path
-    app.add_middleware(BodyLimit, limit=settings.max_upload_bytes)
+    app.add_middleware(BodyLimit, settings=settings)
+    errors.install(app)  # last: its middleware wraps all the others
     return app

@@ -31,11 +31,12 @@ def serve(
     import uvicorn
 
     from quiver_hub.hub.app import create_app
+    from quiver_hub.hub.server import server_config
 
     settings = Settings()
     Services.open(settings).close()  # migrate before accepting connections, and fail early if we cannot
     err.print(f"[bold]quiver[/] database {_redact(settings.db_url)}, files under {settings.home.resolve()}")
-    uvicorn.run(create_app(settings), host=host or settings.host, port=port or settings.port)
+    uvicorn.Server(server_config(create_app(settings), settings, host or settings.host, port or settings.port)).run()
 
 
 @token_app.command("create")

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+import uuid
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from quiver_hub.registry import errors
 
@@ -40,18 +42,25 @@ HTTP_CODES = {
 }
 
 
-def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
+def error_response(
+    status: int, code: str, message: str, headers: dict[str, str] | None = None, **extra: str
+) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message, **extra}}, status_code=status, headers=headers)
+
+
+def header_safe(text: str) -> str:
+    """A header value HTTP can carry (latin-1, one line): other characters as escapes."""
+    return text.replace("\r", " ").replace("\n", " ").encode("ascii", "backslashreplace").decode("ascii")[:1000]
 
 
 def respond(
-    request: Request, status: int, code: str, message: str, headers: dict[str, str] | None = None
+    request: Request, status: int, code: str, message: str, headers: dict[str, str] | None = None, **extra: str
 ) -> JSONResponse:
     """Quiver's error shape, or the Hub's ({"error": message} + X-Error-Code) on Hugging Face routes."""
     route = request.scope.get("route")
     if route is None or HF_TAG not in getattr(route, "tags", ()):
-        return error_response(status, code, message, headers)
-    hf_headers = {**(headers or {}), "X-Error-Message": message.replace("\n", " ")[:1000]}
+        return error_response(status, code, message, headers, **extra)
+    hf_headers = {**(headers or {}), "X-Error-Message": header_safe(message)}
     if code in HF_ERROR_CODES:
         hf_headers["X-Error-Code"] = HF_ERROR_CODES[code]
     return JSONResponse({"error": message}, status_code=status, headers=hf_headers)
@@ -62,6 +71,39 @@ def status_of(exc: errors.RegistryError) -> int:
         if cls in STATUS:
             return STATUS[cls]
     return 500
+
+
+class RequestIds:
+    """Every response carries X-Request-ID. An exception nothing else handled becomes a 500 whose body
+    names that id, logged with it (so an operator finds the trace from what the user saw), and the
+    connection stays open for the client's next request. Never a trace to the client."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = uuid.uuid4().hex[:16]
+        started = False
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        except Exception:
+            log.exception("unhandled error on %s %s (request %s)", scope["method"], scope["path"], request_id)
+            if started:  # half an answer is out: nothing sound can follow it on this connection
+                raise
+            message = f"internal server error (request {request_id}); the hub's log has the details"
+            response = respond(Request(scope), 500, "internal", message, request_id=request_id)
+            await response(scope, receive, send_with_id)
 
 
 def install(app: FastAPI) -> None:
@@ -84,7 +126,4 @@ def install(app: FastAPI) -> None:
         code = HTTP_CODES.get(exc.status_code, "error")
         return respond(request, exc.status_code, code, str(exc.detail), getattr(exc, "headers", None))
 
-    @app.exception_handler(Exception)
-    async def internal_error(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return respond(request, 500, "internal", "internal server error; the hub's log has the details")
+    app.add_middleware(RequestIds)  # added last: the outermost of the app's own middleware

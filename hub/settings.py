@@ -1,4 +1,8 @@
-"""The one settings object: environment variables prefixed QUIVER_."""
+"""The one settings object: environment variables prefixed QUIVER_ (README.md, "Configuration").
+
+The server's limits live here (request bodies, connections, timeouts); the domain's limits on fields,
+files and adapters are registry/limits.py. Both are listed in the README.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +18,16 @@ class Settings(BaseSettings):
     database_url: str | None = None  # default: SQLite file under home
     host: str = "127.0.0.1"
     port: int = 8000
-    max_upload_bytes: int = 512 * 1024 * 1024
+    # Request bodies, checked from Content-Length before anything is read, and while reading.
+    max_upload_bytes: int = 512 * 1024 * 1024  # publishes and Hugging Face commits
+    max_route_bytes: int = 64 * 1024 * 1024  # /v1/route hidden states
+    max_json_bytes: int = 1024 * 1024  # every other request
+    # Connections: beyond max_connections a new connection is answered 503 and closed; a connection that
+    # has not sent a whole request head within header_timeout_s, or stays idle between requests for
+    # keep_alive_s, is closed.
+    max_connections: int = 1000
+    header_timeout_s: float = 10.0
+    keep_alive_s: float = 5.0
 
     @property
     def db_url(self) -> str:

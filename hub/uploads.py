@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from fastapi import Request
+from fastapi import HTTPException, Request
 from starlette.datastructures import FormData, UploadFile
 
 from quiver_hub.registry.blobs import BlobStore, StagedFile
 from quiver_hub.registry.errors import InvalidRequest, RegistryError
+from quiver_hub.registry.limits import MAX_DESCRIPTION_CHARS, MAX_FILES
 from quiver_hub.registry.names import check_file_path
 from quiver_hub.registry.writes import AdapterMeta, parse_tags
 
-MAX_FILES = 16
-MAX_FIELDS = 32
+MAX_FIELD_BYTES = 4 * MAX_DESCRIPTION_CHARS  # a text field (UTF-8: up to 4 bytes a character)
+FIELDS = ("description", "task", "tags", "license", "visibility", "base_model")
 
 
 async def read_form(request: Request) -> FormData:
@@ -19,8 +20,8 @@ async def read_form(request: Request) -> FormData:
     if not content_type.startswith("multipart/form-data"):
         raise InvalidRequest("send the adapter as multipart/form-data, one part named 'files' per file")
     try:
-        return await request.form(max_files=MAX_FILES, max_fields=MAX_FIELDS)
-    except RegistryError:  # e.g. TooLarge from the body limit
+        return await request.form(max_files=MAX_FILES, max_fields=len(FIELDS), max_part_size=MAX_FIELD_BYTES)
+    except (RegistryError, HTTPException):  # e.g. 413 from the body limit
         raise
     except Exception as e:  # Starlette's own errors on malformed forms
         raise InvalidRequest(f"could not read the multipart body: {e}") from None
@@ -53,7 +54,7 @@ def form_meta(form: FormData) -> AdapterMeta:
             raise InvalidRequest(f"form field {key!r} must be text, not a file")
         return value
 
-    unknown = set(form.keys()) - {"files", "description", "task", "tags", "license", "visibility"}
+    unknown = set(form.keys()) - {"files", *FIELDS}
     if unknown:
         raise InvalidRequest(f"unknown form fields: {', '.join(sorted(unknown))}")
     return AdapterMeta(
@@ -62,4 +63,5 @@ def form_meta(form: FormData) -> AdapterMeta:
         tags=parse_tags(text("tags")),
         license=text("license") or None,
         visibility=text("visibility") or None,
+        base_model=text("base_model") or None,
     ).check()

@@ -93,6 +93,14 @@ def can_read(principal: Principal, namespace_id: int, visibility: str) -> bool:
     return visibility == "public" or namespace_id in principal.namespace_ids
 
 
+def require_write_token(principal: Principal, action: str) -> None:
+    """Work that stores something of the caller's (a cluster run) needs a write token."""
+    if principal.anonymous:
+        raise Unauthorized(f"{action} needs a token: send Authorization: Bearer <token>")
+    if principal.scope != "write":
+        raise Forbidden(f"{action} needs a write token; this one is read-only")
+
+
 def require_write(session: Session, principal: Principal, namespace: str) -> Namespace:
     """Writes need a write token of a user who owns the namespace or belongs to the organisation.
 

@@ -15,11 +15,12 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from quiver_hub.registry import lora
-from quiver_hub.registry.accounts import Principal
+from quiver_hub.registry.accounts import Principal, can_read, require_write_token
 from quiver_hub.registry.blobs import BlobStore, StagedFile
 from quiver_hub.registry.db import writing
 from quiver_hub.registry.embedder import TextEmbedder
-from quiver_hub.registry.errors import Conflict, InvalidRequest, NotFound, Unauthorized
+from quiver_hub.registry.errors import Conflict, InvalidRequest, NotFound
+from quiver_hub.registry.limits import MAX_DB_ID
 from quiver_hub.registry.mbc import METHODS, cluster, params_matrix, sketch_matrix
 from quiver_hub.registry.models import Adapter, ClusterRun, Embedding, Version, utcnow
 from quiver_hub.registry.reads import VersionIdentity, latest_versions, visible
@@ -69,6 +70,7 @@ def start_run(
     background: Callable[[Callable[[], None]], None],
 ) -> ClusterRun:
     """Create a run; small ones are computed before this returns, large ones by `background`."""
+    require_write_token(principal, "a cluster run")
     req.check()
     with writing(sessions) as session:
         members = members_for(session, principal, req)
@@ -192,19 +194,36 @@ def fail_interrupted(sessions: sessionmaker[Session]) -> None:
 
 
 def get_run(session: Session, principal: Principal, run_id: int) -> ClusterRun:
-    """A run is its owner's; runs made anonymously (public adapters only) are everyone's."""
-    run = session.get(ClusterRun, run_id)
+    """A run is its owner's (runs made anonymously before runs needed a token are everyone's). Its
+    members are a record of that moment: read them through visible_clusters."""
+    run = session.get(ClusterRun, run_id) if 1 <= run_id <= MAX_DB_ID else None
     if run is None or (run.owner_id is not None and run.owner_id != principal.user_id):
         raise NotFound(f"cluster run {run_id} not found")
     return run
 
 
 def list_runs(session: Session, principal: Principal) -> list[ClusterRun]:
-    """The newest 100 runs the caller may see (get_run's rule: anonymous runs, and the caller's own)."""
+    """The newest 100 runs the caller may see (get_run's rule: the caller's own, and anonymous ones)."""
     readable = ClusterRun.owner_id.is_(None)
     if principal.user_id is not None:
         readable = readable | (ClusterRun.owner_id == principal.user_id)
     return list(session.scalars(select(ClusterRun).where(readable).order_by(ClusterRun.id.desc()).limit(100)))
+
+
+def visible_clusters(session: Session, principal: Principal, run: ClusterRun) -> list[dict]:
+    """The run's clusters with only the members the caller may see now: a member made private, or
+    deleted, since the run drops out of everyone's view but its owner's namespace."""
+    clusters = run.clusters or []
+    revisions = sorted({m["revision"] for c in clusters for m in c["members"]})
+    readable: set[str] = set()
+    for start in range(0, len(revisions), 1000):
+        rows = session.execute(
+            select(Version.revision, Adapter.namespace_id, Adapter.visibility)
+            .join(Adapter, Adapter.id == Version.adapter_id)
+            .where(Version.revision.in_(revisions[start : start + 1000]))
+        )
+        readable |= {rev for rev, namespace_id, visibility in rows if can_read(principal, namespace_id, visibility)}
+    return [{**c, "members": [m for m in c["members"] if m["revision"] in readable]} for c in clusters]
 
 
 # -- cluster adapters ---------------------------------------------------------------------------------
@@ -229,8 +248,7 @@ def merge_run(
     """Publish one adapter per cluster in the caller's namespace, `cluster-<run>-<index>`: the exact
     average of its members' deltas, as concatenated factors (rank None) or its best rank-`rank`
     approximation. Each records its lineage."""
-    if principal.anonymous:
-        raise Unauthorized("publishing cluster adapters needs a write token")
+    require_write_token(principal, "publishing cluster adapters")
     if rank is not None and not 1 <= rank <= 1024:
         raise InvalidRequest(f"rank must be between 1 and 1024, got {rank}")
     with sessions() as session:
@@ -238,14 +256,15 @@ def merge_run(
         if run.status != "done":
             raise Conflict(f"cluster run {run_id} is {run.status}; merge it once it is done")
         groups: list[tuple[int, list[MergeMember]]] = []
-        for c in run.clusters or []:
+        for c in visible_clusters(session, principal, run):  # only what the caller may see now
             members = []
             for m in c["members"]:
                 v = session.scalar(select(Version).where(Version.revision == m["revision"]))
-                if v is None:
-                    raise Conflict(f"{m['id']} version {m['version']} was deleted since the run; run it again")
                 members.append(MergeMember(identity(v), v.adapter.task, v.adapter_config, version_factors(store, v)))
-            groups.append((c["index"], members))
+            if members:
+                groups.append((c["index"], members))
+        if not groups:
+            raise Conflict(f"no member of cluster run {run_id} is still there for you to merge; run it again")
         base_model = run.base_model
     published = []
     for index, members in groups:

@@ -1,6 +1,8 @@
 """FAISS indexes over the registry's embeddings: derived state, never the only copy of anything.
 
-- prototypes, one exact inner-product index per (base_model, module);
+- prototypes, one exact inner-product index per (base_model, module, in_features): keyed by width too,
+  so an adapter whose module widths disagree with the others' lands in an index of its own and can never
+  make a search (or a restart) fail;
 - text (MiniLM of description, task, tags, card) and examples (mean MiniLM of examples.jsonl).
 Each holds the latest version of every adapter, keyed by version id. Built from the database at
 start-up; before each query `refresh` applies the change sequence, which also picks up what other
@@ -106,7 +108,7 @@ class Entry:
     base_model: str
     task: str | None
     tags: frozenset[str]
-    modules: frozenset[str]
+    modules: frozenset[tuple[str, int]]  # (module, in_features) of its prototypes
 
     @property
     def partition(self) -> int:
@@ -150,7 +152,7 @@ class IndexSet:
     def _clear(self) -> None:
         self.entries: dict[int, Entry] = {}  # by adapter id
         self.by_version: dict[int, Entry] = {}
-        self.prototypes: dict[tuple[str, str], PartitionedIndex] = {}
+        self.prototypes: dict[tuple[str, str, int], PartitionedIndex] = {}  # (base model, module, width)
         self.text = PartitionedIndex(TEXT_DIM)
         self.examples = PartitionedIndex(TEXT_DIM)
         self.seq = 0
@@ -177,8 +179,8 @@ class IndexSet:
         if entry is None:
             return
         del self.by_version[entry.version_id]
-        for module in entry.modules:
-            self.prototypes[(entry.base_model, module)].remove(entry.partition, entry.version_id)
+        for module, width in entry.modules:
+            self.prototypes[(entry.base_model, module, width)].remove(entry.partition, entry.version_id)
         self.text.remove(entry.partition, entry.version_id)
         self.examples.remove(entry.partition, entry.version_id)
 
@@ -225,11 +227,11 @@ class IndexSet:
                 base_model=version.base_model,
                 task=adapter.task,
                 tags=frozenset(adapter.tags or ()),
-                modules=frozenset(p.module for p in mine),
+                modules=frozenset((p.module, p.in_features) for p in mine),
             )
             self.entries[adapter.id] = self.by_version[version.id] = entry
             for p in mine:
-                key = (version.base_model, p.module)
+                key = (version.base_model, p.module, p.in_features)
                 if key not in self.prototypes:
                     self.prototypes[key] = PartitionedIndex(p.in_features)
                 stage(self.prototypes[key], entry, p.vector)

@@ -15,7 +15,7 @@ import numpy as np
 
 from quiver_hub.registry.accounts import Principal
 from quiver_hub.registry.errors import InvalidRequest
-from quiver_hub.registry.indexes import Candidates, Entry, Filters, IndexSet, PartitionedIndex
+from quiver_hub.registry.indexes import PUBLIC, Candidates, Entry, Filters, IndexSet, PartitionedIndex
 
 MAX_TOKENS = 8192  # over all modules of one request
 MAX_MODULES = 1024
@@ -64,22 +64,22 @@ def route(
         )
     within = replace(filters, base_model=None)  # the prototype indexes are already per base model
 
+    for module, h in hidden.items():
+        if h.ndim != 2 or h.shape[0] == 0 or h.shape[1] == 0:
+            raise InvalidRequest(
+                f"hidden_states[{module!r}] must be tokens x in_features with at least one token, got {list(h.shape)}",
+                code="bad_dimension",
+            )
+        if not np.isfinite(h).all():
+            raise InvalidRequest(f"hidden_states[{module!r}] contains NaN or infinite values", code="not_finite")
+
     with indexes.lock:
         per_module: dict[str, list[Candidates]] = {}
-        for module in hidden:
-            index = indexes.prototypes.get((base, module))
+        for module, h in hidden.items():
+            index = indexes.prototypes.get((base, module, h.shape[1]))
             per_module[module] = indexes.candidates(index, principal, within) if index else []
             if not per_module[module]:
-                raise unknown(indexes, principal, within, base, module)
-        for module, h in hidden.items():
-            dim = indexes.prototypes[(base, module)].dim
-            if h.ndim != 2 or h.shape[1] != dim or h.shape[0] == 0:
-                raise InvalidRequest(
-                    f"hidden_states[{module!r}] must be tokens x {dim} (the module's in_features), got {list(h.shape)}",
-                    code="bad_dimension",
-                )
-            if not np.isfinite(h).all():
-                raise InvalidRequest(f"hidden_states[{module!r}] contains NaN or infinite values", code="not_finite")
+                raise unknown(indexes, principal, within, base, module, h.shape[1])
 
         scores: dict[int, float] = {}
         for module, h in hidden.items():
@@ -92,20 +92,34 @@ def visible_modules(
     indexes: IndexSet, principal: Principal, base_model: str, filters: Filters = Filters()
 ) -> dict[str, int]:
     """The modules that adapters of base_model the caller may see (and the filters pass) adapt, with
-    their in_features: what a route request may name."""
-    return {
-        m: index.dim
-        for (b, m), index in sorted(indexes.prototypes.items())
-        if b == base_model and indexes.candidates(index, principal, filters)
-    }
+    their in_features: what a route request may name. Where adapters disagree on a module's width, the
+    width most public adapters have (then most of those the caller may see)."""
+    best: dict[str, tuple[tuple[int, int], int]] = {}
+    for (b, m, width), index in sorted(indexes.prototypes.items()):
+        if b == base_model:
+            parts = indexes.candidates(index, principal, filters)
+            counts = (sum(c.count for c in parts if c.index is index.parts.get(PUBLIC)), sum(c.count for c in parts))
+            if counts[1] and counts > best.get(m, ((0, 0), 0))[0]:
+                best[m] = (counts, width)
+    return {m: width for m, (_, width) in sorted(best.items())}
 
 
-def unknown(indexes: IndexSet, principal: Principal, within: Filters, base: str, module: str) -> InvalidRequest:
-    """The error for a module without candidates: is the whole base model unknown to the caller?"""
-    known = list(visible_modules(indexes, principal, base, within))
+def unknown(
+    indexes: IndexSet, principal: Principal, within: Filters, base: str, module: str, width: int
+) -> InvalidRequest:
+    """The error for a module without candidates of that width: a wrong width, an unknown module, or a
+    base model the caller has no adapter of."""
+    known = visible_modules(indexes, principal, base, within)
     if not known:
         return InvalidRequest(f"no adapters you can see for base model {base!r}", code="unknown_base_model")
-    sample = ", ".join(known[:5]) + (", ..." if len(known) > 5 else "")
+    if module in known:
+        return InvalidRequest(
+            f"hidden_states[{module!r}] rows have {width} values, but {module} of {base} takes {known[module]} "
+            "(the module's in_features)",
+            code="bad_dimension",
+        )
+    names = list(known)
+    sample = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
     return InvalidRequest(
         f"no adapter for {base} adapts module {module!r} (known modules: {sample})", code="unknown_module"
     )

@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -27,6 +28,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from quiver_hub.hub.app import create_app
+from quiver_hub.hub.server import server_config
 from quiver_hub.hub.services import Services
 from quiver_hub.hub.settings import Settings
 from quiver_hub.registry.accounts import create_token
@@ -83,21 +85,26 @@ def free_port() -> int:
 
 
 @contextmanager
-def serve_process(env: dict[str, str], cwd: Path | None = None, timeout: float = 120) -> Iterator[str]:
-    """`quiver serve` in a child process (the real CLI), on QUIVER_PORT; yields its URL once ready."""
+def serve_process(
+    env: dict[str, str], cwd: Path | None = None, timeout: float = 120, log: Path | None = None
+) -> Iterator[str]:
+    """`quiver serve` in a child process (the real CLI), on QUIVER_PORT; yields its URL once ready. Its
+    output goes to `log` (a file: a pipe nobody reads would stall a busy server)."""
     url = f"http://127.0.0.1:{env['QUIVER_PORT']}"
-    server = subprocess.Popen(
-        [sys.executable, "-m", "quiver_hub", "serve"],
-        cwd=cwd,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    log = log or Path(tempfile.mkstemp(prefix="quiver-serve-", suffix=".log")[1])
+    with open(log, "wb") as out:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "quiver_hub", "serve"],
+            cwd=cwd,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         deadline = time.monotonic() + timeout
         while True:
-            assert server.poll() is None, server.stdout.read().decode()
+            assert server.poll() is None, log.read_text()
             try:
                 if httpx.get(f"{url}/readyz").status_code == 200:
                     break
@@ -140,7 +147,7 @@ def server(settings: Settings) -> Iterator[LiveServer]:
     """A real uvicorn server on a free port, serving a fresh database and blob store."""
     port = free_port()
     server = uvicorn.Server(
-        uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+        server_config(create_app(settings), settings, "127.0.0.1", port, log_level="warning", lifespan="on")
     )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

@@ -163,7 +163,7 @@ def test_health_docs_and_error_shapes(server: LiveServer) -> None:
     with server.client() as c:
         assert c.get("/healthz").json() == {"status": "ok"}
         ready = c.get("/readyz").json()
-        assert ready["status"] == "ready" and ready["checks"] == {"database": "ok", "blobs": "ok"}
+        assert ready["status"] == "ready" and ready["checks"] == {"database": "ok", "blobs": "ok", "indexes": "ok"}
         assert c.get("/docs").status_code == 200
         assert "/v1/adapters/{namespace}/{name}" in c.get("/openapi.json").json()["paths"]
         unknown = c.get("/v1/nothing-here")

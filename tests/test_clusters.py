@@ -126,13 +126,17 @@ def test_runs_see_only_what_the_caller_may_see(server: LiveServer, tmp_path: Pat
     theirs = publish_library(server, bob, tmp_path, planted(per=2, seed=5), owner="bob", visibility="private")
     for who, token, expected in [
         ("alice", alice, set(mine)),
-        ("anonymous", None, set(mine)),
         ("bob", bob, set(mine) | set(theirs)),
     ]:
         result = run(server, token, k=2)
         members = {m["id"] for c in result["clusters"] for m in c["members"]}
         assert members == expected, who
         assert result["params"]["adapters"] == len(expected)
+    reader = server.token("carol", scope="read")
+    with server.client() as anon, server.client(reader) as read_only:
+        assert anon.post("/v1/clusters", json={"base_model": BASE, "k": 2}).status_code == 401
+        refused = read_only.post("/v1/clusters", json={"base_model": BASE, "k": 2})
+        assert refused.status_code == 403 and "write token" in refused.json()["error"]["message"]
     bobs_run = run(server, bob, k=2)
     with server.client(alice) as c, server.client() as anon:
         assert c.get(f"/v1/clusters/{bobs_run['id']}").status_code == 404

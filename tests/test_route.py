@@ -139,7 +139,8 @@ def test_safetensors_body_and_filters(server: LiveServer, library: dict) -> None
 
 
 BAD = [
-    ({"hidden_states": {Q0: [[0.0] * 7]}}, "bad_dimension", "tokens x 16"),
+    ({"hidden_states": {Q0: [[0.0] * 7]}}, "bad_dimension", "takes 16"),
+    ({"hidden_states": {Q0: []}}, "bad_dimension", "no token rows"),
     ({"hidden_states": {"model.layers.9.mlp.up_proj": [[0.0] * HIDDEN]}}, "unknown_module", "known modules"),
     ({"hidden_states": {Q0: [[float("nan")] * HIDDEN]}}, "not_finite", "NaN"),
     ({"hidden_states": {Q0: [[0.0] * HIDDEN] * 8193}}, "too_many_tokens", "at most 8192"),

@@ -9,10 +9,12 @@ from fastapi import APIRouter
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
+from sqlalchemy.orm import Session
 
 from quiver_hub.hub import schemas
 from quiver_hub.hub.deps import PrincipalDep, SessionDep, StateDep
 from quiver_hub.registry import cluster_runs
+from quiver_hub.registry.accounts import Principal
 from quiver_hub.registry.models import ClusterRun
 
 router = APIRouter(prefix="/v1", tags=["clusters"])
@@ -50,7 +52,9 @@ class MergeIn(BaseModel):
     rank: int | None = Field(None, ge=1, le=1024, description="omitted: the exact average (rank = sum of ranks)")
 
 
-def run_out(run: ClusterRun) -> RunOut:
+def run_out(session: Session, principal: Principal, run: ClusterRun) -> RunOut:
+    """A run as the caller may see it now (members it may not see left out, and not counted)."""
+    clusters = cluster_runs.visible_clusters(session, principal, run)
     return RunOut(
         id=run.id,
         status=run.status,
@@ -59,8 +63,8 @@ def run_out(run: ClusterRun) -> RunOut:
         base_model=run.base_model,
         k=run.k,
         silhouette=run.silhouette,
-        clusters=run.clusters or [],
-        params=run.params,
+        clusters=clusters,
+        params={**run.params, "adapters": sum(len(c["members"]) for c in clusters)} if run.clusters else run.params,
         error=run.error,
         created_at=run.created_at,
         finished_at=run.finished_at,
@@ -77,18 +81,24 @@ async def create_run(body: ClusterRequestIn, state: StateDep, principal: Princip
     """Cluster the latest versions of the adapters you can see (MBC). Runs over more than 200 adapters
     answer 202 while they run; poll GET /v1/clusters/{id} for status and progress."""
     req = cluster_runs.ClusterRequest(**{**body.model_dump(), "tags": tuple(body.tags)})
-    run = await run_in_threadpool(cluster_runs.start_run, state.sessions, state.store, principal, req, state.background)
-    return JSONResponse(run_out(run).model_dump(mode="json"), status_code=202 if run.status == "running" else 201)
+
+    def start() -> RunOut:
+        run = cluster_runs.start_run(state.sessions, state.store, principal, req, state.background)
+        with state.sessions() as session:
+            return run_out(session, principal, run)
+
+    out = await run_in_threadpool(start)
+    return JSONResponse(out.model_dump(mode="json"), status_code=202 if out.status == "running" else 201)
 
 
 @router.get("/clusters", response_model=list[RunOut])
 def list_runs(session: SessionDep, principal: PrincipalDep) -> list[RunOut]:
-    return [run_out(r) for r in cluster_runs.list_runs(session, principal)]
+    return [run_out(session, principal, r) for r in cluster_runs.list_runs(session, principal)]
 
 
 @router.get("/clusters/{run_id}", response_model=RunOut)
 def get_run(run_id: int, session: SessionDep, principal: PrincipalDep) -> RunOut:
-    return run_out(cluster_runs.get_run(session, principal, run_id))
+    return run_out(session, principal, cluster_runs.get_run(session, principal, run_id))
 
 
 @router.post("/clusters/{run_id}/merge", response_model=list[schemas.VersionOut], status_code=201)

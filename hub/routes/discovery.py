@@ -147,8 +147,9 @@ async def route(
     """Arrow retrieval: which adapters' prototypes best explain these hidden states (the inputs of the
     adapted modules), scored by the routing weight averaged over tokens and modules."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip()
+    body = await request.body()  # bounded by QUIVER_MAX_ROUTE_BYTES (hub.limits); parsed off the event loop
     if content_type == "application/octet-stream":
-        hidden = hidden_from_safetensors(await request.body())
+        hidden = await run_in_threadpool(hidden_from_safetensors, body)
         params = dict(
             base_model=base_model,
             top_k=top_k,
@@ -159,11 +160,7 @@ async def route(
             namespace=namespace,
         )
     elif content_type in ("application/json", ""):
-        try:
-            body = RouteRequest.model_validate_json(await request.body())
-        except ValueError as e:
-            raise InvalidRequest(f"route body is not valid: {e}") from None
-        hidden = hidden_from_json(body.hidden_states)
+        body, hidden = await run_in_threadpool(route_from_json, body)
         params = dict(
             base_model=body.base_model,
             top_k=body.top_k,
@@ -195,10 +192,20 @@ async def route(
     )
 
 
+def route_from_json(body: bytes) -> tuple[RouteRequest, dict[str, np.ndarray]]:
+    try:
+        request = RouteRequest.model_validate_json(body)
+    except ValueError as e:
+        raise InvalidRequest(f"route body is not valid: {str(e)[:2000]}") from None
+    return request, hidden_from_json(request.hidden_states)
+
+
 def hidden_from_json(rows: dict[str, list[list[float]]]) -> dict[str, np.ndarray]:
     hidden = {}
     for module, values in rows.items():
         widths = {len(r) for r in values}
+        if not values or widths == {0}:
+            raise InvalidRequest(f"hidden_states[{module!r}] has no token rows", code="bad_dimension")
         if len(widths) > 1:
             raise InvalidRequest(
                 f"hidden_states[{module!r}]: every token row must have the same length", code="bad_dimension"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 
 from fastapi import APIRouter
@@ -11,6 +12,7 @@ from sqlalchemy import text
 from quiver_hub.hub.deps import StateDep
 
 router = APIRouter(tags=["health"])
+log = logging.getLogger("quiver.hub")
 
 
 @router.get("/healthz")
@@ -29,5 +31,11 @@ def readyz(state: StateDep) -> JSONResponse:
     except Exception as e:  # noqa: BLE001 - reported, not raised
         checks["database"] = f"unavailable: {type(e).__name__}"
     checks["blobs"] = "ok" if os.access(state.store.tmp, os.W_OK) else "not writable"
+    try:
+        state.fresh_indexes()  # searches and routes answer from these: a failure to catch up is not ready
+        checks["indexes"] = "ok"
+    except Exception as e:  # noqa: BLE001 - reported, not raised
+        log.exception("the search indexes could not catch up with the database")
+        checks["indexes"] = f"failing: {type(e).__name__}"
     ready = all(v == "ok" for v in checks.values())
     return JSONResponse({"status": "ready" if ready else "not ready", "checks": checks}, 200 if ready else 503)

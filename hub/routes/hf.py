@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import binascii
 import io
-import json
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -30,6 +29,7 @@ from quiver_hub.registry.cards import front_matter, yaml_errors
 from quiver_hub.registry.commits import start_commit
 from quiver_hub.registry.errors import InvalidRequest, NotFound, Unauthorized
 from quiver_hub.registry.models import Adapter, Version
+from quiver_hub.registry.parsing import parse_json
 
 router = APIRouter(tags=[HF_TAG])
 MAX_LIST = 1000
@@ -274,8 +274,9 @@ def create_repo(body: CreateRepo, request: Request, state: StateDep, principal: 
 @router.post("/api/validate-yaml")
 async def validate_yaml(request: Request) -> dict:
     try:
-        content = (await request.json()).get("content", "")
-    except (ValueError, AttributeError):
+        body = parse_json(await request.body(), "the body", InvalidRequest)
+        content = body.get("content", "") if isinstance(body, dict) else ""
+    except InvalidRequest:
         content = ""
     return {
         "errors": [{"message": m} for m in yaml_errors(content if isinstance(content, str) else "")],
@@ -326,11 +327,10 @@ async def commit(
         for number, line in enumerate(body.splitlines(), 1):
             if not line.strip():
                 continue
-            try:
-                item = json.loads(line)
-                key, value = item["key"], item["value"]
-            except (ValueError, KeyError, TypeError):
-                raise InvalidRequest(f"commit line {number} is not a {{'key', 'value'}} JSON object") from None
+            item = parse_json(line, f"commit line {number}", InvalidRequest)
+            if not isinstance(item, dict) or "key" not in item or not isinstance(item.get("value"), dict):
+                raise InvalidRequest(f"commit line {number} is not a {{'key', 'value'}} JSON object")
+            key, value = item["key"], item["value"]
             if key == "header":
                 draft.expect_parent(value.get("parentCommit"))
             elif key == "file":

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import fnmatch
 import json
 import os
-import shutil
 import tempfile
 import warnings
 from collections.abc import Callable, Collection, Iterator, Sequence
@@ -21,7 +22,23 @@ from quiver_hub.cache import Cache
 from quiver_hub.credentials import default_endpoint, default_token
 from quiver_hub.errors import HubError, error_for
 
-UPLOADED = ("adapter_config.json", "adapter_model.safetensors", "README.md", "examples.jsonl")
+SKIPPED_DIRS = (".git", ".cache", "__pycache__", ".ipynb_checkpoints")
+
+
+def upload_paths(folder: Path, exclude: Sequence[str] = ()) -> dict[str, Path]:
+    """{path in the upload: file} for every file under `folder` but version-control and cache folders and
+    those matching an `exclude` pattern (fnmatch, on the path or the file name)."""
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder} is not a folder")
+    out = {}
+    for path in sorted(folder.rglob("*")):
+        rel = path.relative_to(folder).as_posix()
+        if not path.is_file() or any(part in SKIPPED_DIRS for part in path.relative_to(folder).parts[:-1]):
+            continue
+        if any(fnmatch.fnmatch(rel, p) or fnmatch.fnmatch(path.name, p) for p in exclude):
+            continue
+        out[rel] = path
+    return out
 
 
 def capture_inputs(
@@ -127,21 +144,27 @@ class Hub:
         tags: Sequence[str] | None = None,
         examples: Sequence[str] | None = None,
         visibility: str | None = None,
-        license: str | None = None,
-    ) -> dict:  # noqa: A002
-        """Publish a PEFT adapter folder (or a PeftModel, saved first) as the next version of repo."""
+        license: str | None = None,  # noqa: A002
+        base_model: str | None = None,
+        exclude: Sequence[str] = (),
+    ) -> dict:
+        """Publish a PEFT adapter folder (or a PeftModel, saved first) as the next version of repo.
+
+        Every file of the folder goes up (subfolders too; not .git or caches) except those matching an
+        `exclude` pattern ("*.bin"): the hub stores tokenizer files and the like beside the adapter, and
+        refuses pickles by name, with the pattern to exclude them. `base_model` sets or corrects the base
+        model the config names."""
         with tempfile.TemporaryDirectory() as tmp:
-            folder = Path(tmp)
             if hasattr(folder_or_model, "save_pretrained"):
-                folder_or_model.save_pretrained(folder)
+                folder_or_model.save_pretrained(tmp)
+                folder = Path(tmp)
             else:
-                for name in UPLOADED:
-                    if (Path(folder_or_model) / name).is_file():
-                        shutil.copy(Path(folder_or_model) / name, folder / name)
+                folder = Path(folder_or_model)
+            paths = upload_paths(folder, exclude)
             if examples is not None:
-                lines = "\n".join(json.dumps({"input": e}) for e in examples)
-                (folder / "examples.jsonl").write_text(lines + "\n")
-            files = [("files", (p.name, p.read_bytes())) for p in sorted(folder.iterdir()) if p.name in UPLOADED]
+                written = Path(tmp) / ".examples.jsonl"
+                written.write_text("".join(json.dumps({"input": e}) + "\n" for e in examples))
+                paths["examples.jsonl"] = written
             data = {
                 k: v
                 for k, v in {
@@ -149,11 +172,14 @@ class Hub:
                     "task": task,
                     "license": license,
                     "visibility": visibility,
+                    "base_model": base_model,
                     "tags": ",".join(tags) if tags else None,
                 }.items()
                 if v is not None
             }
-            return self._call("POST", f"/v1/adapters/{repo}", files=files, data=data)
+            with contextlib.ExitStack() as opened:  # streamed from disk, not read into memory
+                files = [("files", (rel, opened.enter_context(open(path, "rb")))) for rel, path in paths.items()]
+                return self._call("POST", f"/v1/adapters/{repo}", files=files, data=data)
 
     def delete(self, spec: str) -> list[dict]:
         repo, rev = split_repo(spec)

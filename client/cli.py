@@ -8,15 +8,15 @@ import subprocess
 import time
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+from rich.progress import BarColumn, DownloadColumn, Progress, SpinnerColumn, TextColumn, TransferSpeedColumn
 from rich.table import Table
 
-from quiver_hub.api import UPLOADED, Hub
+from quiver_hub.api import Hub, upload_paths
 from quiver_hub.credentials import default_endpoint, save
 from quiver_hub.errors import HubError
 
@@ -53,38 +53,62 @@ def login(
     out.print(f"logged in to {endpoint} as {me['name']} ({me['auth']['accessToken']['role']}); saved to {path}")
 
 
+BaseModelOption = Annotated[
+    str | None, typer.Option("--base-model", help="the base model's Hub id, when the config names a local path")
+]
+Exclude = Annotated[
+    list[str] | None, typer.Option("--exclude", help="leave out files matching this pattern (repeatable): '*.bin'")
+]
+
+
 @app.command()
 def push(
-    folder: Annotated[Path, typer.Argument(help="a PEFT adapter folder")],
+    folder: Annotated[Path, typer.Argument(help="a PEFT adapter folder (a training output folder too)")],
     repo: Annotated[str, typer.Argument(help="namespace/name")],
     description: str | None = None,
     task: str | None = None,
     tags: Annotated[str | None, typer.Option(help="comma separated")] = None,
     visibility: Annotated[str | None, typer.Option(help="public or private")] = None,
+    base_model: BaseModelOption = None,
+    exclude: Exclude = None,
     endpoint: Endpoint = None,
     token: Token = None,
 ) -> None:
-    """Publish an adapter folder as the next version of namespace/name."""
-    size = sum((folder / n).stat().st_size for n in UPLOADED if (folder / n).is_file())
+    """Publish a folder as the next version of namespace/name: every file in it (the hub keeps tokenizer
+    files and the like beside the adapter), except what --exclude leaves out."""
+    v = upload(
+        folder,
+        repo,
+        endpoint,
+        token,
+        exclude or [],
+        description=description,
+        task=task,
+        visibility=visibility,
+        base_model=base_model,
+        tags=[t.strip() for t in tags.split(",") if t.strip()] if tags else None,
+    )
+    out.print(f"published {v['id']} version {v['version']} (revision {v['revision']})")
+
+
+def upload(folder: Path, repo: str, endpoint: str | None, token: str | None, exclude: list[str], **meta: Any) -> dict:
+    """Push a folder, saying what goes up; a hub error ends the command with its message."""
+    try:
+        paths = upload_paths(folder, exclude)
+    except FileNotFoundError as e:
+        err.print(f"[red]error:[/] {e}")
+        raise typer.Exit(2) from None
+    size = sum(p.stat().st_size for p in paths.values())
+    err.print(f"uploading {len(paths)} files ({size / 1e6:.1f} MB): {', '.join(paths)}")
     try:
         with (
             hub(endpoint, token) as h,
-            Progress(
-                TextColumn("uploading {task.description}"), BarColumn(), DownloadColumn(), console=err, transient=True
-            ) as bar,
+            Progress(SpinnerColumn(), TextColumn("publishing {task.description}"), console=err, transient=True) as bar,
         ):
-            bar.add_task(repo, total=size)
-            v = h.push(
-                folder,
-                repo,
-                description=description,
-                task=task,
-                visibility=visibility,
-                tags=[t.strip() for t in tags.split(",") if t.strip()] if tags else None,
-            )
+            bar.add_task(repo, total=None)
+            return h.push(folder, repo, exclude=exclude, **meta)
     except HubError as e:
         fail(e)
-    out.print(f"published {v['id']} version {v['version']} (revision {v['revision']})")
 
 
 @app.command()
@@ -160,19 +184,15 @@ def import_adapter(
     path: Annotated[Path, typer.Argument(help="an adapter folder, or a model repo folder in the HF cache")],
     repo: Annotated[str, typer.Argument(help="namespace/name to publish it as")],
     visibility: Annotated[str | None, typer.Option(help="public or private")] = None,
+    base_model: BaseModelOption = None,
+    exclude: Exclude = None,
     endpoint: Endpoint = None,
     token: Token = None,
 ) -> None:
     """Publish an adapter downloaded from the Hugging Face Hub (a folder, or a snapshot in the HF cache),
-    keeping its card's metadata (the hub reads description, tags, license and pipeline tag from it)."""
+    keeping its card's metadata (the hub reads description, tags, license, pipeline tag and base model)."""
     folder = adapter_folder(path)
-    for skipped in sorted(p.name for p in folder.iterdir() if p.is_file() and p.name not in UPLOADED):
-        err.print(f"skipping {skipped}: not part of a LoRA adapter upload")
-    try:
-        with hub(endpoint, token) as h:
-            v = h.push(folder, repo, visibility=visibility)
-    except HubError as e:
-        fail(e)
+    v = upload(folder, repo, endpoint, token, exclude or [], visibility=visibility, base_model=base_model)
     out.print(f"published {v['id']} version {v['version']} (revision {v['revision']}) from {folder}")
 
 

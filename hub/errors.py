@@ -7,7 +7,7 @@ import uuid
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, RedirectResponse, Response
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -60,10 +60,21 @@ def respond(
     route = request.scope.get("route")
     if route is None or HF_TAG not in getattr(route, "tags", ()):
         return error_response(status, code, message, headers, **extra)
+    if status == 422:  # the Hub answers a request it cannot take with 400: huggingface_hub's BadRequestError
+        status = 400
     hf_headers = {**(headers or {}), "X-Error-Message": header_safe(message)}
     if code in HF_ERROR_CODES:
         hf_headers["X-Error-Code"] = HF_ERROR_CODES[code]
     return JSONResponse({"error": message}, status_code=status, headers=hf_headers)
+
+
+def moved(request: Request, repo_id: str) -> Response:
+    """A read of a renamed adapter's old name: a redirect to the same path under its new name, as the Hub
+    answers after a move (huggingface_hub and httpx follow it)."""
+    old = f"/{request.path_params.get('namespace')}/{request.path_params.get('name')}"
+    path = request.url.path.replace(old, f"/{repo_id}", 1)
+    location = path + (f"?{request.url.query}" if request.url.query else "")
+    return RedirectResponse(location, status_code=307)
 
 
 def status_of(exc: errors.RegistryError) -> int:
@@ -108,7 +119,9 @@ class RequestIds:
 
 def install(app: FastAPI) -> None:
     @app.exception_handler(errors.RegistryError)
-    async def registry_error(request: Request, exc: errors.RegistryError) -> JSONResponse:
+    async def registry_error(request: Request, exc: errors.RegistryError) -> Response:
+        if isinstance(exc, errors.NotFound) and exc.moved_to and request.method in ("GET", "HEAD"):
+            return moved(request, exc.moved_to)
         status = status_of(exc)
         headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
         return respond(request, status, exc.code, exc.message, headers)

@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from quiver_hub.registry.models import Adapter, Version
+from quiver_hub.registry.models import Adapter, Tag, Version
 from quiver_hub.registry.reads import VersionIdentity
 
 
@@ -33,6 +33,9 @@ class VersionOut(BaseModel):
     adapter_config: dict[str, Any]
     files: list[FileOut]
     derived_from: dict[str, Any] | None = Field(None, description="lineage of a derived (cluster) adapter")
+    tags: list[str] = Field(default_factory=list, description="the tags naming this version")
+    title: str = Field("", description="the commit's title")
+    message: str = Field("", description="the commit's message")
 
 
 class VersionRef(BaseModel):
@@ -65,6 +68,24 @@ class VersionList(BaseModel):
     versions: list[VersionOut]
 
 
+class TagIn(BaseModel):
+    model_config = {"extra": "forbid"}
+    tag: str = Field(min_length=1, max_length=128)
+    revision: str = Field("latest", max_length=128, description="the version to name: number, revision id, tag")
+    message: str = Field("", max_length=10_000)
+
+
+class TagOut(BaseModel):
+    name: str
+    version: VersionRef
+    message: str
+    created_at: datetime
+
+
+class TagList(BaseModel):
+    tags: list[TagOut]
+
+
 class Deleted(BaseModel):
     deleted: list[VersionRef]
 
@@ -84,6 +105,10 @@ def version_ref(v: Version) -> VersionRef:
     return VersionRef(**asdict(VersionIdentity.of(v)))
 
 
+def tag_out(t: Tag) -> TagOut:
+    return TagOut(name=t.name, version=version_ref(t.version), message=t.message, created_at=t.created_at)
+
+
 def version_out(v: Version) -> VersionOut:
     return VersionOut(
         **version_ref(v).model_dump(),
@@ -98,6 +123,9 @@ def version_out(v: Version) -> VersionOut:
         adapter_config=v.adapter_config,
         files=[FileOut(path=f.path, sha256=f.sha256, size=f.size) for f in v.files],
         derived_from=v.derived_from,
+        tags=[t.name for t in v.tags],
+        title=v.title,
+        message=v.message,
     )
 
 

@@ -30,11 +30,16 @@ class Commit:
     parent: str | None  # the revision it builds on (None: the adapter has no version yet)
     files: dict[str, StagedFile]
     staged: list[StagedFile] = field(default_factory=list)  # files this commit wrote, discarded on failure
+    title: str = ""
+    message: str = ""
 
-    def expect_parent(self, revision: str | None) -> None:
-        """The client's parentCommit, when it gives one, must be the latest version."""
-        if revision and self.parent and revision != self.parent:
-            raise Conflict(f"parent commit {revision} is not the latest revision {self.parent}")
+    def header(self, summary: object, description: object, parent: object) -> None:
+        """The commit's header: its title and message, and (when the client gives one) the parent it
+        expects, which must be the latest version."""
+        self.title = summary if isinstance(summary, str) else ""
+        self.message = description if isinstance(description, str) else ""
+        if parent and self.parent and parent != self.parent:
+            raise Conflict(f"parent commit {parent} is not the latest revision {self.parent}")
 
     def add(self, store: BlobStore, path: str, content: BinaryIO, limit: int) -> None:
         path = check_file_path(path)
@@ -58,7 +63,18 @@ class Commit:
         """The next version. Files kept from the parent are its blobs, reused: if a concurrent delete
         removed them meanwhile, writes.publish refuses with Conflict rather than lose them."""
         try:
-            return publish(sessions, store, principal, self.namespace, self.name, self.files, AdapterMeta(), embedder)
+            return publish(
+                sessions,
+                store,
+                principal,
+                self.namespace,
+                self.name,
+                self.files,
+                AdapterMeta(),
+                embedder,
+                title=self.title,
+                message=self.message,
+            )
         finally:
             self.discard(store)  # what the version did not take (a file added twice, then deleted...)
 

@@ -33,6 +33,10 @@ class TooLarge(RegistryError):
 class NotFound(RegistryError):
     code = "not_found"
 
+    def __init__(self, message: str, code: str | None = None, moved_to: str | None = None):
+        super().__init__(message, code)
+        self.moved_to = moved_to  # the repo id an adapter moved to (the HTTP layer redirects there)
+
 
 class Unauthorized(RegistryError):
     code = "unauthorized"

@@ -152,6 +152,9 @@ class Version(Base):
     published_by_id: Mapped[int | None] = mapped_column(ForeignKey("namespaces.id", ondelete="SET NULL"))
     # Lineage of a derived adapter (a cluster adapter): {"run", "method", "rank", "versions": [...]}.
     derived_from: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # The commit that made it, as Hugging Face clients list it (a /v1 publish gets a title of its own).
+    title: Mapped[str] = mapped_column(String(255), default="")
+    message: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     adapter: Mapped[Adapter] = relationship(back_populates="versions")
@@ -163,10 +166,26 @@ class Version(Base):
         order_by="Prototype.module", cascade="all, delete-orphan", passive_deletes=True
     )
     embeddings: Mapped[list[Embedding]] = relationship(cascade="all, delete-orphan", passive_deletes=True)
+    tags: Mapped[list[Tag]] = relationship(viewonly=True, order_by="Tag.name", lazy="selectin")
 
     def file(self, path: str) -> File | None:
         """The version's file at `path`, if it has one."""
         return next((f for f in self.files if f.path == path), None)
+
+
+class Tag(Base):
+    """A name for one version of an adapter (`v1.0`), usable wherever a revision is."""
+
+    __tablename__ = "tags"
+    __table_args__ = (UniqueConstraint("adapter_id", "name"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    adapter_id: Mapped[int] = mapped_column(ForeignKey("adapters.id", ondelete="CASCADE"), index=True)
+    version_id: Mapped[int] = mapped_column(ForeignKey("versions.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(128))
+    message: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    version: Mapped[Version] = relationship(lazy="joined", viewonly=True)
 
 
 class Blob(Base):

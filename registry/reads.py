@@ -15,10 +15,11 @@ from sqlalchemy.orm import Session
 from quiver_hub.registry.accounts import Principal, can_read
 from quiver_hub.registry.errors import InvalidRequest, NotFound
 from quiver_hub.registry.limits import MAX_DB_ID
-from quiver_hub.registry.models import Adapter, Namespace, Version
+from quiver_hub.registry.models import Adapter, Namespace, RetiredName, Tag, Version
 from quiver_hub.registry.names import check_repo_id
 
 REVISION_RE = re.compile(r"[0-9a-f]{40}")
+TAG_RE = re.compile(r"[\w.\-]{1,128}", re.ASCII)
 MAX_PAGE = 200
 
 
@@ -46,12 +47,26 @@ def find_adapter(session: Session, namespace: str, name: str, *, lock: bool = Fa
 def get_adapter(session: Session, principal: Principal, namespace: str, name: str) -> Adapter:
     adapter = find_adapter(session, namespace, name)
     if adapter is None or not can_read(principal, adapter.namespace_id, adapter.visibility):
-        raise NotFound(f"adapter {namespace}/{name} not found")
+        moved = moved_to(session, principal, namespace, name) if adapter is None else None
+        raise NotFound(f"adapter {namespace}/{name} not found", moved_to=moved)
     return adapter
 
 
+def moved_to(session: Session, principal: Principal, namespace: str, name: str) -> str | None:
+    """The repo id an adapter moved away from namespace/name now has, when the caller may see it."""
+    target = session.scalar(
+        select(Adapter)
+        .join(RetiredName, RetiredName.moved_to == Adapter.id)
+        .join(Namespace, Namespace.id == RetiredName.namespace_id)
+        .where(Namespace.name == namespace, RetiredName.name == name)
+    )
+    if target is None or not can_read(principal, target.namespace_id, target.visibility):
+        return None
+    return target.repo_id
+
+
 def get_version(session: Session, adapter: Adapter, rev: str) -> Version:
-    """rev: "latest" (or "main"), a version number, or a 40-hex revision id."""
+    """rev: "latest" (or "main"), a version number, a 40-hex revision id, or a tag."""
     query = select(Version).where(Version.adapter_id == adapter.id)
     if rev in ("latest", "main"):
         query = query.order_by(Version.number.desc()).limit(1)
@@ -59,8 +74,10 @@ def get_version(session: Session, adapter: Adapter, rev: str) -> Version:
         query = query.where(Version.number == int(rev))
     elif REVISION_RE.fullmatch(rev):
         query = query.where(Version.revision == rev)
+    elif TAG_RE.fullmatch(rev):
+        query = query.join(Tag, Tag.version_id == Version.id).where(Tag.adapter_id == adapter.id, Tag.name == rev)
     else:
-        raise InvalidRequest(f"revision {rev!r} is not 'latest', a version number or a 40-hex revision id")
+        raise InvalidRequest(f"revision {rev[:100]!r} is not 'latest', a version number, a 40-hex revision id or a tag")
     version = session.scalar(query)
     if version is None:
         raise NotFound(f"adapter {adapter.repo_id} has no version {rev}", code="revision_not_found")

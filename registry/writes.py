@@ -111,6 +111,8 @@ class Prepared:
     card: str | None
     embedder: TextEmbedder
     derived_from: dict | None = None
+    title: str = ""  # the commit's, as Hugging Face clients list it
+    message: str = ""
 
 
 def text_embedding(embedder: TextEmbedder, adapter: Adapter, card: str | None) -> bytes:
@@ -145,6 +147,8 @@ def publish(
     meta: AdapterMeta,
     embedder: TextEmbedder,
     derived_from: dict | None = None,
+    title: str = "",
+    message: str = "",
 ) -> Version:
     """Publish staged files as the next version of namespace/name. Consumes the staged files.
 
@@ -165,7 +169,7 @@ def publish(
         except FileNotFoundError:  # a reused file purged by a delete while it was being read
             refuse_lost(store, files)
             raise
-        prepared = Prepared(summary, analysis, card, embedder, derived_from)
+        prepared = Prepared(summary, analysis, card, embedder, derived_from, title[:255], message[:10_000])
         for attempt in range(3):
             try:
                 return _publish_once(sessions, store, principal, namespace, name, files, meta, prepared)
@@ -214,6 +218,8 @@ def _publish_once(
             total_size=sum(f.size for f in files.values()),
             published_by_id=principal.user_id,
             derived_from=prepared.derived_from,
+            title=prepared.title or f"Publish version {adapter.last_version}",
+            message=prepared.message,
             files=[File(path=p, sha256=f.sha256, size=f.size) for p, f in sorted(files.items())],
             prototypes=[
                 Prototype(module=p.module, in_features=len(p.vector), sigma=p.sigma, vector=to_bytes(p.vector))
@@ -372,6 +378,37 @@ def delete_adapter(
     except Exception:  # noqa: BLE001 - the delete is done; what is left is garbage `quiver gc` removes
         log.exception("could not remove the blobs of %s/%s; quiver gc will", namespace, name)
     return deleted
+
+
+def move_adapter(
+    sessions: sessionmaker[Session], principal: Principal, source: tuple[str, str], target: tuple[str, str]
+) -> Adapter:
+    """Rename an adapter (within the namespaces the caller may write). Versions keep their numbers and
+    revision ids; the old name is retired and points at the adapter, so reads of it can redirect. A
+    name that ever held versions cannot be moved onto: its numbers must keep meaning what they meant."""
+    check_repo_id(*source)
+    check_repo_id(*target)
+    with writing(sessions) as session:
+        require_write(session, principal, source[0])
+        ns = require_write(session, principal, target[0])
+        adapter = get_adapter(session, principal, *source)
+        if find_adapter(session, *target) is not None:
+            raise Conflict(f"{target[0]}/{target[1]} already exists")
+        retired = session.get(RetiredName, (ns.id, target[1]))
+        if retired is not None and retired.last_version > 0:
+            raise Conflict(
+                f"{target[0]}/{target[1]} held versions of another adapter, whose numbers stay theirs; choose "
+                "another name"
+            )
+        if retired is not None:
+            session.delete(retired)
+        retire_name(session, adapter, moved_to=adapter.id)
+        adapter.namespace_id, adapter.name, adapter.updated_at = ns.id, target[1], utcnow()
+        record_change(session, adapter.id)
+        session.commit()
+        session.refresh(adapter)
+        _ = adapter.namespace
+        return adapter
 
 
 def retire_name(session: Session, adapter: Adapter, moved_to: int | None = None) -> None:

@@ -244,7 +244,7 @@ print(json.dumps(out))
         token=token,
         bob=bob,
     )
-    assert out["invalid"][0] == 422 and "adapter_model.safetensors is missing" in out["invalid"][1]
+    assert out["invalid"][0] == 400 and "adapter_model.safetensors is missing" in out["invalid"][1]
     assert out["forbidden"] == 403
     with server.client(token) as c:
         assert c.get("/v1/adapters/alice/bad").json()["latest"] is None  # nothing was published
@@ -278,9 +278,9 @@ print(json.dumps({"path": snapshot_download("alice/source")}))
     assert (cache_repo / "refs" / "main").is_file()
     env = {**os.environ, "QUIVER_ENDPOINT": server.url, "QUIVER_TOKEN": token}
 
-    def quiver_import(source: Path, repo: str) -> subprocess.CompletedProcess:
+    def quiver_import(source: Path, repo: str, *options: str) -> subprocess.CompletedProcess:
         return subprocess.run(
-            [sys.executable, "-m", "quiver_hub", "import", str(source), repo],
+            [sys.executable, "-m", "quiver_hub", "import", str(source), repo, *options],
             env=env,
             capture_output=True,
             text=True,
@@ -290,13 +290,17 @@ print(json.dumps({"path": snapshot_download("alice/source")}))
     run = quiver_import(cache_repo, "alice/imported")
     assert run.returncode == 0, run.stderr
     assert "published alice/imported version 1" in run.stdout
-    direct = quiver_import(adapter_folder, "alice/direct")
-    assert direct.returncode == 0 and "skipping training_args.bin" in direct.stderr
+    direct = quiver_import(adapter_folder, "alice/direct")  # nothing is dropped silently: the pickle is refused
+    assert direct.returncode == 1 and "training_args.bin" in direct.stderr and "--exclude" in direct.stderr
+    direct = quiver_import(adapter_folder, "alice/direct", "--exclude", "*.bin", "--base-model", "org/base")
+    assert direct.returncode == 0, direct.stderr
+    assert "training_args.bin" not in direct.stderr
     with server.client() as c:
         imported = c.get("/v1/adapters/alice/imported").json()
         assert imported["tags"] == ["summarization", "demo"] and imported["license"] == "mit"
         assert imported["description"] == "Condenses long passages into a few sentences."
         files = c.get("/v1/adapters/alice/imported/versions/1").json()["files"]
         assert {f["path"] for f in files} == {"adapter_config.json", "adapter_model.safetensors", "README.md"}
+        assert c.get("/v1/adapters/alice/direct").json()["base_model"] == "org/base"
     bad = quiver_import(tmp_path, "alice/x")
     assert bad.returncode == 2 and "holds no adapter_config.json" in bad.stderr

@@ -14,7 +14,7 @@ from safetensors.numpy import save
 from quiver_hub.hub import schemas
 from quiver_hub.hub.deps import PrincipalDep, SessionDep, StateDep
 from quiver_hub.hub.uploads import form_meta, read_form, stage_files
-from quiver_hub.registry import reads, writes
+from quiver_hub.registry import reads, tags, writes
 from quiver_hub.registry.accounts import require_write
 from quiver_hub.registry.errors import NotFound
 from quiver_hub.registry.names import check_repo_id
@@ -132,7 +132,7 @@ def list_versions(namespace: str, name: str, session: SessionDep, principal: Pri
 def get_version(
     namespace: str, name: str, rev: str, session: SessionDep, principal: PrincipalDep
 ) -> schemas.VersionOut:
-    """rev: a version number, a 40-hex revision id, or `latest`."""
+    """rev: a version number, a 40-hex revision id, a tag, or `latest`."""
     adapter = reads.get_adapter(session, principal, namespace, name)
     return schemas.version_out(reads.get_version(session, adapter, rev))
 
@@ -141,6 +141,27 @@ def get_version(
 def delete_version(namespace: str, name: str, rev: str, state: StateDep, principal: PrincipalDep) -> schemas.Deleted:
     doomed = writes.delete_adapter(state.sessions, state.store, principal, namespace, name, rev=rev)
     return schemas.Deleted(deleted=[schemas.VersionRef(**asdict(v)) for v in doomed])
+
+
+@router.get("/adapters/{namespace}/{name}/tags", response_model=schemas.TagList)
+def list_tags(namespace: str, name: str, session: SessionDep, principal: PrincipalDep) -> schemas.TagList:
+    """The adapter's tags: names for versions, usable wherever a revision is."""
+    adapter = reads.get_adapter(session, principal, namespace, name)
+    return schemas.TagList(tags=[schemas.tag_out(t) for t in tags.list_tags(session, adapter)])
+
+
+@router.post("/adapters/{namespace}/{name}/tags", response_model=schemas.TagOut, status_code=201)
+def create_tag(
+    namespace: str, name: str, body: schemas.TagIn, state: StateDep, principal: PrincipalDep
+) -> schemas.TagOut:
+    tag = tags.create_tag(state.sessions, principal, namespace, name, body.tag, body.revision, body.message)
+    return schemas.tag_out(tag)
+
+
+@router.delete("/adapters/{namespace}/{name}/tags/{tag}", status_code=204)
+def delete_tag(namespace: str, name: str, tag: str, state: StateDep, principal: PrincipalDep) -> Response:
+    tags.delete_tag(state.sessions, principal, namespace, name, tag)
+    return Response(status_code=204)
 
 
 FILE_ROUTE = "/adapters/{namespace}/{name}/versions/{rev}/files/{path:path}"

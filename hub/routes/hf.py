@@ -1,113 +1,30 @@
-"""The Hugging Face Hub protocol, so huggingface_hub, PEFT, transformers and LoRA servers that speak
-it work against Quiver with HF_ENDPOINT pointing here (docs/huggingface-protocol.md has the details).
+"""The Hugging Face Hub protocol, read side: downloads (resolve), model info, file trees and paths, the
+model list and whoami, so huggingface_hub, PEFT, transformers and the `hf` command line read from Quiver
+with HF_ENDPOINT pointing here (docs/huggingface-protocol.md).
 
-Every decision (names, validation, visibility, writes) is the registry's, exactly as for /v1.
-Errors here use the Hub's shape: {"error": "<message>"} with X-Error-Code (hub.errors does that for
-routes tagged HF_TAG). A repo's `main` is its latest version; a commit makes the next version.
+Every decision (names, visibility) is the registry's, exactly as for /v1. Errors use the Hub's shape:
+{"error": "<message>"} with X-Error-Code (hub.errors does that for routes tagged HF_TAG). A repo's
+`main` is its latest version; a revision may also be a revision id, a version number or a tag.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-import io
-from datetime import datetime
-from typing import Annotated, Any
+import hashlib
+from typing import Annotated
 
-from fastapi import APIRouter, Query, Request, Response
-from fastapi.concurrency import run_in_threadpool
+from fastapi import APIRouter, Form, Query, Request, Response
 from fastapi.responses import FileResponse, JSONResponse
-from pydantic import BaseModel
-from sqlalchemy.orm import Session
 
 from quiver_hub.hub.deps import PrincipalDep, SessionDep, StateDep
 from quiver_hub.hub.errors import HF_TAG
-from quiver_hub.hub.services import Services
-from quiver_hub.registry import reads, writes
-from quiver_hub.registry.accounts import require_write, user_orgs
-from quiver_hub.registry.cards import front_matter, yaml_errors
-from quiver_hub.registry.commits import start_commit
-from quiver_hub.registry.errors import InvalidRequest, NotFound, Unauthorized
-from quiver_hub.registry.models import Adapter, Version
-from quiver_hub.registry.parsing import parse_json
+from quiver_hub.hub.hf import EMPTY_COMMIT, entry_not_found, file_entry, model_json, version_for
+from quiver_hub.registry import reads
+from quiver_hub.registry.accounts import user_orgs
+from quiver_hub.registry.errors import NotFound, Unauthorized
+from quiver_hub.registry.models import Version
 
 router = APIRouter(tags=[HF_TAG])
 MAX_LIST = 1000
-
-
-def endpoint(request: Request) -> str:
-    return str(request.base_url).rstrip("/")
-
-
-def timestamp(dt: datetime) -> str:
-    return dt.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
-
-
-def version_for(session: Session, adapter: Adapter, revision: str) -> Version:
-    """`main` (the latest version), a 40-hex revision id, or a version number; else RevisionNotFound."""
-    try:
-        return reads.get_version(session, adapter, revision)
-    except InvalidRequest:
-        raise NotFound(f"revision {revision!r} not found in {adapter.repo_id}", code="revision_not_found") from None
-
-
-def is_lfs(path: str) -> bool:
-    return path.endswith(".safetensors")
-
-
-def model_json(request: Request, state: Services, adapter: Adapter, version: Version | None, full: bool) -> dict:
-    """What huggingface_hub's ModelInfo(**data) reads."""
-    base = version.base_model if version else adapter.base_model
-    tags = {*(adapter.tags or []), "peft", "lora", "safetensors"}
-    if base:
-        tags |= {f"base_model:{base}", f"base_model:adapter:{base}"}
-    data: dict[str, Any] = {
-        "_id": str(adapter.id),
-        "id": adapter.repo_id,
-        "modelId": adapter.repo_id,
-        "author": adapter.namespace.name,
-        "sha": version.revision if version else None,
-        "lastModified": timestamp(version.created_at if version else adapter.updated_at),
-        "createdAt": timestamp(adapter.created_at),
-        "private": adapter.visibility == "private",
-        "gated": False,
-        "disabled": False,
-        "downloads": 0,
-        "likes": 0,
-        "library_name": "peft",
-        "tags": sorted(tags),
-        "pipeline_tag": adapter.task,
-    }
-    if full:
-        card = {**front_matter(writes.version_card(state.store, version))}
-        if base:
-            card.setdefault("base_model", base)
-        data["cardData"] = card
-        data["siblings"] = [
-            {
-                "rfilename": f.path,
-                "size": f.size,
-                "blobId": f.sha256,
-                **({"lfs": {"size": f.size, "sha256": f.sha256, "pointerSize": 134}} if is_lfs(f.path) else {}),
-            }
-            for f in (version.files if version else [])
-        ]
-        if version:
-            data["config"] = {
-                "peft": {"base_model_name_or_path": base, "task_type": version.adapter_config.get("task_type")}
-            }
-    return data
-
-
-# -- read -------------------------------------------------------------------------------------------
-
-EMPTY_COMMIT = "0" * 40  # the commit an empty repo answers with (the Hub's has an initial commit)
-
-
-def entry_not_found(message: str, commit: str) -> JSONResponse:
-    headers = {"X-Error-Code": "EntryNotFound", "X-Error-Message": message, "X-Repo-Commit": commit}
-    return JSONResponse({"error": message}, 404, headers=headers)
-
 
 RESOLVE = "/{namespace}/{name}/resolve/{revision}/{path:path}"
 
@@ -172,26 +89,61 @@ def tree(
     session: SessionDep,
     principal: PrincipalDep,
     path: str = "",
+    recursive: Annotated[str | None, Query()] = None,
 ) -> list[dict]:
-    """The files of a revision (a version's files are flat: no folders)."""
+    """The files of a revision under `path`: one level, or with recursive=true every file below."""
     adapter = reads.get_adapter(session, principal, namespace, name)
     if not adapter.versions and revision == "main":
         return []
     version = version_for(session, adapter, revision)
     prefix = path.strip("/")
+    recursive = (recursive or "").lower() in ("1", "true")
     files = [f for f in version.files if not prefix or f.path.startswith(prefix + "/")]
     if prefix and not files:
         raise NotFound(f"{prefix} not found in {adapter.repo_id}", code="entry_not_found")
-    return [
-        {
-            "type": "file",
-            "path": f.path,
-            "size": f.size,
-            "oid": f.sha256,
-            **({"lfs": {"oid": f.sha256, "size": f.size, "pointerSize": 134}} if is_lfs(f.path) else {}),
-        }
-        for f in files
-    ]
+    if recursive:
+        return [file_entry(f) for f in files]
+    entries: dict[str, dict] = {}  # one level: the files here, and the folders below (HF lists it so)
+    for f in files:
+        rest = f.path[len(prefix) + 1 :] if prefix else f.path
+        head, sep, _ = rest.partition("/")
+        if sep:
+            folder = f"{prefix}/{head}" if prefix else head
+            entries.setdefault(folder, {"type": "directory", "path": folder, "oid": tree_oid(folder, version)})
+        else:
+            entries[f.path] = file_entry(f)
+    return list(entries.values())
+
+
+def tree_oid(folder: str, version: Version) -> str:
+    """A stable id for a folder of a version (the Hub gives git tree ids; clients only compare them)."""
+    return hashlib.sha1(f"{version.revision}:{folder}".encode(), usedforsecurity=False).hexdigest()
+
+
+@router.post("/api/models/{namespace}/{name}/paths-info/{revision}")
+def paths_info(
+    namespace: str,
+    name: str,
+    revision: str,
+    session: SessionDep,
+    principal: PrincipalDep,
+    paths: Annotated[list[str], Form()],
+    expand: Annotated[str | None, Form()] = None,
+) -> list[dict]:
+    """What get_paths_info asks: the files and folders among `paths` (the others are left out)."""
+    adapter = reads.get_adapter(session, principal, namespace, name)
+    if not adapter.versions and revision == "main":
+        return []
+    version = version_for(session, adapter, revision)
+    out = []
+    for path in paths[:1000]:
+        path = path.strip("/")
+        entry = version.file(path)
+        if entry is not None:
+            out.append(file_entry(entry))
+        elif any(f.path.startswith(path + "/") for f in version.files):
+            out.append({"type": "directory", "path": path, "oid": tree_oid(path, version)})
+    return out
 
 
 @router.get("/api/models")
@@ -243,118 +195,3 @@ def whoami(session: SessionDep, principal: PrincipalDep) -> dict:
             "accessToken": {"displayName": f"quiver {principal.scope} token", "role": principal.scope},
         },
     }
-
-
-# -- write ------------------------------------------------------------------------------------------
-
-
-class CreateRepo(BaseModel):
-    name: str
-    organization: str | None = None
-    private: bool | None = None
-    visibility: str | None = None
-    type: str | None = None
-
-
-@router.post("/api/repos/create")
-def create_repo(body: CreateRepo, request: Request, state: StateDep, principal: PrincipalDep) -> JSONResponse:
-    if body.type not in (None, "model"):
-        raise InvalidRequest(f"only model repos can be created here, not {body.type!r}")
-    if principal.anonymous:
-        raise Unauthorized("creating a repo needs a token: send Authorization: Bearer <token>")
-    namespace = body.organization or principal.user
-    visibility = "private" if body.private or body.visibility == "private" else "public"
-    adapter, created = writes.create_adapter(state.sessions, principal, namespace, body.name, visibility)
-    url = f"{endpoint(request)}/{namespace}/{body.name}"
-    if not created:
-        return JSONResponse({"error": "You already created this model repo", "url": url}, 409)
-    return JSONResponse({"url": url, "name": f"{namespace}/{body.name}", "id": str(adapter.id)})
-
-
-@router.post("/api/validate-yaml")
-async def validate_yaml(request: Request) -> dict:
-    try:
-        body = parse_json(await request.body(), "the body", InvalidRequest)
-        content = body.get("content", "") if isinstance(body, dict) else ""
-    except InvalidRequest:
-        content = ""
-    return {
-        "errors": [{"message": m} for m in yaml_errors(content if isinstance(content, str) else "")],
-        "warnings": [],
-    }
-
-
-class PreuploadFile(BaseModel):
-    path: str
-    size: int = 0
-    sample: str = ""
-
-
-class Preupload(BaseModel):
-    files: list[PreuploadFile]
-
-
-@router.post("/api/models/{namespace}/{name}/preupload/{revision}")
-def preupload(
-    namespace: str,
-    name: str,
-    revision: str,
-    body: Preupload,
-    session: SessionDep,
-    principal: PrincipalDep,
-) -> dict:
-    """Every file travels in the commit body ("regular"): with hf_xet installed, "lfs" files would go
-    to Xet, which Quiver does not speak."""
-    require_write(session, principal, namespace)
-    reads.get_adapter(session, principal, namespace, name)
-    return {"files": [{"path": f.path, "uploadMode": "regular", "shouldIgnore": False} for f in body.files]}
-
-
-@router.post("/api/models/{namespace}/{name}/commit/{revision}")
-async def commit(
-    namespace: str,
-    name: str,
-    revision: str,
-    request: Request,
-    state: StateDep,
-    principal: PrincipalDep,
-) -> dict:
-    """NDJSON: a header line, then file / deletedFile / deletedFolder lines. Makes the next version
-    from the current files with these changes, validated and analysed exactly like a /v1 upload."""
-    draft = await run_in_threadpool(start_commit, state.sessions, state.store, principal, namespace, name, revision)
-    body = await request.body()
-    try:
-        for number, line in enumerate(body.splitlines(), 1):
-            if not line.strip():
-                continue
-            item = parse_json(line, f"commit line {number}", InvalidRequest)
-            if not isinstance(item, dict) or "key" not in item or not isinstance(item.get("value"), dict):
-                raise InvalidRequest(f"commit line {number} is not a {{'key', 'value'}} JSON object")
-            key, value = item["key"], item["value"]
-            if key == "header":
-                draft.expect_parent(value.get("parentCommit"))
-            elif key == "file":
-                path = value.get("path", "")
-                if value.get("encoding", "base64") != "base64":
-                    raise InvalidRequest(f"{path}: only base64 file content is supported")
-                try:
-                    data = base64.b64decode(value.get("content", ""), validate=True)
-                except (binascii.Error, ValueError):
-                    raise InvalidRequest(f"{path}: content is not valid base64") from None
-                await run_in_threadpool(draft.add, state.store, path, io.BytesIO(data), state.settings.max_upload_bytes)
-            elif key == "deletedFile":
-                draft.delete_file(value.get("path", ""))
-            elif key == "deletedFolder":
-                draft.delete_folder(value.get("path", ""))
-            elif key == "lfsFile":
-                raise InvalidRequest(
-                    "LFS uploads are not supported: Quiver asks for every file inline (preupload answers 'regular')"
-                )
-            else:
-                raise InvalidRequest(f"commit line {number}: unknown key {key!r}")
-    except BaseException:
-        draft.discard(state.store)
-        raise
-    version = await run_in_threadpool(draft.publish, state.sessions, state.store, principal, state.embedder)
-    url = f"{endpoint(request)}/{namespace}/{name}"
-    return {"commitUrl": f"{url}/commit/{version.revision}", "commitOid": version.revision, "pullRequestUrl": None}

@@ -334,4 +334,28 @@ class Hub:
         return self._call("POST", f"/v1/clusters/{run_id}/merge", json={"rank": rank} if rank else {})
 
     def whoami(self) -> dict:
-        return self._call("GET", "/api/whoami-v2")
+        """{"user", "scope", "orgs", "token_id"} of the token in use."""
+        return self._call("GET", "/v1/whoami")
+
+    # -- accounts --
+
+    def create_token(
+        self,
+        name: str = "",
+        scope: str = "read",
+        expires_at: str | None = None,
+        namespaces: Sequence[str] | None = None,
+    ) -> dict:
+        """A new token for yourself; the answer's "token" is its secret, shown this once."""
+        body = {"name": name, "scope": scope, "expires_at": expires_at, "namespaces": namespaces}
+        return self._call("POST", "/v1/tokens", json={k: v for k, v in body.items() if v is not None})
+
+    def tokens(self) -> list[dict]:
+        return self._call("GET", "/v1/tokens")
+
+    def revoke_token(self, token_id: int) -> None:
+        self._request("DELETE", f"/v1/tokens/{token_id}")
+
+    def audit(self, namespace: str | None = None, action: str | None = None, limit: int = 100) -> list[dict]:
+        params = {k: v for k, v in {"namespace": namespace, "action": action, "limit": limit}.items() if v}
+        return self._call("GET", "/v1/audit", params=params)

@@ -32,6 +32,16 @@ def save(endpoint: str, token: str) -> Path:
     return path
 
 
+def forget() -> Path | None:
+    """Remove the saved credentials; the path removed, or None when there were none."""
+    path = credentials_path()
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        return None
+    return path
+
+
 def default_endpoint() -> str:
     return os.environ.get("QUIVER_ENDPOINT") or stored().get("endpoint") or DEFAULT_ENDPOINT
 

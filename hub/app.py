@@ -12,7 +12,7 @@ from fastapi_offline import FastAPIOffline
 import quiver_hub
 from quiver_hub.hub import errors
 from quiver_hub.hub.limits import BodyLimit
-from quiver_hub.hub.routes import adapters, clusters, discovery, health, hf, hf_commits, hf_repos
+from quiver_hub.hub.routes import accounts, adapters, clusters, discovery, health, hf, hf_commits, hf_repos
 from quiver_hub.hub.services import Services
 from quiver_hub.hub.settings import Settings
 
@@ -41,6 +41,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(adapters.router)
     app.include_router(discovery.router)
     app.include_router(clusters.router)
+    app.include_router(accounts.router)
     app.include_router(hf_repos.router)
     app.include_router(hf_commits.router)
     app.include_router(hf.router)  # last: its /{namespace}/{name}/resolve/... is the broadest path

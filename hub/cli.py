@@ -1,26 +1,44 @@
-"""The hub's operator commands (serve, token create, gc, migrate), which work on the hub's database and
-files directly. They join the `quiver` command (client.cli) through the `quiver.commands` entry point."""
+"""The hub's operator commands, which work on the hub's database and files directly: `quiver serve`,
+`migrate`, `gc` and `quiver admin ...` (users, organisations, tokens, the audit log). They join the
+`quiver` command (quiver_hub.cli) through the `quiver.commands` entry point, and lend it the operator's
+`quiver token create --user NAME`.
+
+Every command but serve and migrate says which database it uses, and refuses to run against one that
+does not exist yet (a wrong QUIVER_HOME would otherwise create an empty one beside the hub's) unless
+told to create it with --init.
+"""
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
+from sqlalchemy import inspect
 
 from quiver_hub.hub.services import Services
 from quiver_hub.hub.settings import Settings
 
-token_app = typer.Typer(help="Manage access tokens (operator commands on the hub's database).", no_args_is_help=True)
+admin_app = typer.Typer(
+    help="Operator commands on the hub's database: users, organisations, tokens, the audit log.",
+    no_args_is_help=True,
+)
 err = Console(stderr=True, soft_wrap=True)  # never break a message across lines
+Init = Annotated[bool, typer.Option("--init", help="create the database if it does not exist yet")]
 
 
-def register(app: typer.Typer) -> None:
-    """Add the operator commands to the `quiver` command."""
+def register(app: typer.Typer, hooks: dict[str, Callable] | None = None) -> None:
+    """Add the operator commands to the `quiver` command; `hooks` lends it the operator's token create."""
     app.command()(serve)
-    app.add_typer(token_app, name="token")
     app.command()(gc)
     app.command()(migrate)
+    app.add_typer(admin_app, name="admin")
+    if hooks is not None:
+        hooks["token_create"] = operator_token
 
 
 def serve(
@@ -35,33 +53,149 @@ def serve(
 
     settings = Settings()
     Services.open(settings).close()  # migrate before accepting connections, and fail early if we cannot
-    err.print(f"[bold]quiver[/] database {_redact(settings.db_url)}, files under {settings.home.resolve()}")
+    err.print(f"[bold]quiver[/] database {redact(settings.db_url)}, files under {settings.home.resolve()}")
     uvicorn.Server(server_config(create_app(settings), settings, host or settings.host, port or settings.port)).run()
 
 
-@token_app.command("create")
-def token_create(
-    user: Annotated[str, typer.Option(help="user name (created if new)")],
-    org: Annotated[str | None, typer.Option(help="organisation (created if new; the user joins it)")] = None,
-    scope: Annotated[str, typer.Option(help="read or write")] = "write",
-) -> None:
-    """Create a token; it is printed alone on the last line (it cannot be shown again)."""
-    from quiver_hub.registry.accounts import create_token
-    from quiver_hub.registry.db import writing
+def database_exists(settings: Settings) -> bool:
+    """Whether the database the settings name holds Quiver's schema already."""
+    if settings.database_url is None:
+        return Path(settings.db_url.split("///", 1)[1]).is_file()
+    from quiver_hub.registry.db import make_engine
+
+    engine = make_engine(settings.db_url)
+    try:
+        with engine.connect() as conn:
+            return inspect(conn).has_table("alembic_version")
+    finally:
+        engine.dispose()
+
+
+@contextmanager
+def operator_services(init: bool = False) -> Iterator[Services]:
+    """The hub's services for an operator command, after saying which database it works on."""
+    settings = Settings()
+    err.print(f"database {redact(settings.db_url)}")
+    if not init and not database_exists(settings):
+        err.print(
+            "[red]error:[/] there is no Quiver database there yet. Run this where the hub runs, with its "
+            "QUIVER_HOME or QUIVER_DATABASE_URL; or pass --init to create one."
+        )
+        raise typer.Exit(2)
+    services = Services.open(settings)
+    try:
+        yield services
+    finally:
+        services.close()
+
+
+@contextmanager
+def reported() -> Iterator[None]:
+    """A registry error ends the command with its message."""
     from quiver_hub.registry.errors import RegistryError
 
-    state = Services.open(Settings())
     try:
-        with writing(state.sessions) as session:
-            token = create_token(session, user=user, scope=scope, org=org)
-            session.commit()
+        yield
     except RegistryError as e:
         err.print(f"[red]error:[/] {e.message}")
         raise typer.Exit(2) from None
-    finally:
-        state.close()
+
+
+def operator_token(user: str, org: str | None, scope: str, name: str, init: bool) -> None:
+    """A token for `user` (created if new), printed alone on the last line."""
+    from quiver_hub.registry.db import writing
+    from quiver_hub.registry.tokens import create_token
+
+    with operator_services(init) as services, reported(), writing(services.sessions) as session:
+        token = create_token(session, user=user, scope=scope, org=org, name=name)
+        session.commit()
     err.print(f"{scope} token for user {user}" + (f" (member of {org})" if org else "") + ":")
     print(token)
+
+
+@admin_app.command("create-token")
+def admin_create_token(
+    user: Annotated[str, typer.Option(help="user name (created if new)")],
+    org: Annotated[str | None, typer.Option(help="organisation (created if new, the user its admin)")] = None,
+    scope: Annotated[str, typer.Option(help="read or write")] = "write",
+    name: Annotated[str, typer.Option(help="what the token is for")] = "",
+    init: Init = False,
+) -> None:
+    """A token for a user; printed alone on the last line (it cannot be shown again)."""
+    operator_token(user, org, scope, name, init)
+
+
+@admin_app.command("create-user")
+def admin_create_user(name: str, init: Init = False) -> None:
+    """A new user (with no token yet: create-token makes one)."""
+    from quiver_hub.registry import orgs
+    from quiver_hub.registry.db import writing
+
+    with operator_services(init) as services, reported(), writing(services.sessions) as session:
+        orgs.create_user(session, name)
+        session.commit()
+    print(f"created user {name}")
+
+
+@admin_app.command("create-org")
+def admin_create_org(name: str, admin: Annotated[str, typer.Option(help="its first admin, a user")]) -> None:
+    """A new organisation with one admin."""
+    from quiver_hub.registry import orgs
+    from quiver_hub.registry.db import writing
+
+    with operator_services() as services, reported(), writing(services.sessions) as session:
+        orgs.create_org_for(session, name, admin)
+        session.commit()
+    print(f"created organisation {name}, admin {admin}")
+
+
+@admin_app.command("disable-user")
+def admin_disable_user(name: str) -> None:
+    """Disable a user: every token of theirs is refused from the next request on, on every hub process."""
+    from quiver_hub.registry import orgs
+    from quiver_hub.registry.db import writing
+
+    with operator_services() as services, reported(), writing(services.sessions) as session:
+        orgs.disable_user(session, name)
+        session.commit()
+    print(f"disabled user {name}")
+
+
+@admin_app.command("revoke-token")
+def admin_revoke_token(token_id: int) -> None:
+    """Revoke any token, by its id (GET /v1/tokens lists a user's)."""
+    from quiver_hub.registry import tokens
+
+    with operator_services() as services, reported():
+        row = tokens.revoke_token(services.sessions, None, token_id)
+    print(f"revoked token {row.id} ({row.name or 'unnamed'}) of user {row.user.name}")
+
+
+@admin_app.command("audit")
+def admin_audit(
+    namespace: Annotated[str | None, typer.Option(help="only this namespace")] = None,
+    action: Annotated[str | None, typer.Option(help="only this action (publish, delete, token.revoke...)")] = None,
+    limit: int = 100,
+) -> None:
+    """Every namespace's audit events, newest first, one JSON object a line."""
+    from quiver_hub.registry import audit
+
+    with operator_services() as services, reported(), services.sessions() as session:
+        for e in audit.events(session, None, namespace, action, limit=limit):
+            print(
+                json.dumps(
+                    {
+                        "id": e.id,
+                        "at": e.at.isoformat(),
+                        "actor": e.actor,
+                        "action": e.action,
+                        "namespace": e.namespace,
+                        "target": e.target,
+                        "details": e.details,
+                        "address": e.address,
+                    }
+                )
+            )
 
 
 def gc(
@@ -70,11 +204,8 @@ def gc(
     """Remove blobs that no version references, and stale temporary files."""
     from quiver_hub.registry.gc import collect_garbage
 
-    state = Services.open(Settings())
-    try:
-        report = collect_garbage(state.sessions, state.store, grace_s=grace)
-    finally:
-        state.close()
+    with operator_services() as services:
+        report = collect_garbage(services.sessions, services.store, grace_s=grace)
     print(
         f"removed {report.rows} unreferenced blobs, {report.orphan_files} orphan files, "
         f"{report.temp_files} stale temporary files"
@@ -87,7 +218,7 @@ def migrate() -> None:
     print("database is up to date")
 
 
-def _redact(url: str) -> str:
+def redact(url: str) -> str:
     from sqlalchemy.engine import make_url
 
     return make_url(url).render_as_string(hide_password=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Annotated
 
 from fastapi import Depends, Request, Security
@@ -49,7 +50,8 @@ def get_principal(
 ) -> Principal:
     token = bearer_token(request)
     with state.sessions() as session:
-        return authenticate(session, token)
+        principal = authenticate(session, token)
+    return replace(principal, address=request.client.host if request.client else None)
 
 
 StateDep = Annotated[Services, Depends(get_state)]

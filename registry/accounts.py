@@ -1,25 +1,47 @@
-"""Users, organisations, tokens, and who may read or write what.
+"""Who is calling, and what they may do (README.md, "Accounts, roles and tokens").
 
-Tokens are random bearer secrets; only their sha256 is stored. A read token reads what its user
-may see (public adapters, and private ones of the user's own namespace and organisations);
-a write token may also publish, edit and delete in those namespaces.
+A caller is a Principal: anonymous, or a user acting through one bearer token. The token's scope (read or
+write) and the namespaces it is limited to narrow what the user's roles allow. One table says what a role
+may do, and one function (`allowed`) answers every route's question:
+
+| role in a namespace        | read private adapters | write adapters | manage members and tokens |
+|----------------------------|-----------------------|----------------|---------------------------|
+| owner (the user's own)     | yes                   | yes            | yes                       |
+| admin of an organisation   | yes                   | yes            | yes                       |
+| write member               | yes                   | yes            | no                        |
+| read member                | yes                   | no             | no                        |
+| anyone else, and anonymous | no                    | no             | no                        |
+
+Writing adapters is publishing, editing, tagging, moving and deleting them. A read token only reads,
+whatever the role. Revoked and expired tokens, and the tokens of a disabled user, are refused at once:
+every request looks the token up in the database, so every hub process sharing it agrees within one
+request.
 """
 
 from __future__ import annotations
 
 import hashlib
-import secrets
 from dataclasses import dataclass, field
+from datetime import timedelta
 
-from sqlalchemy import select
+from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
 from quiver_hub.registry.errors import Forbidden, InvalidRequest, Unauthorized
-from quiver_hub.registry.models import Membership, Namespace, Token
+from quiver_hub.registry.models import Membership, Namespace, Token, utcnow
 from quiver_hub.registry.names import check_part
 
 SCOPES = ("read", "write")
-TOKEN_PREFIX = "qv_"
+ROLES = ("admin", "write", "read")
+ACTIONS = ("read", "write", "admin")
+ROLE_ALLOWS = {
+    "owner": frozenset({"read", "write", "admin"}),
+    "admin": frozenset({"read", "write", "admin"}),
+    "write": frozenset({"read", "write"}),
+    "read": frozenset({"read"}),
+}
+TOKEN_PREFIX = "qv_"  # recognisable in leaked text (secret scanners)
+LAST_USED_EVERY = timedelta(seconds=60)  # how stale a token's last-used time may get (one write a minute)
 
 
 @dataclass(frozen=True)
@@ -29,14 +51,35 @@ class Principal:
     user: str | None = None
     user_id: int | None = None
     scope: str | None = None
-    namespace_ids: frozenset[int] = field(default_factory=frozenset)
+    roles: dict[int, str] = field(default_factory=dict)  # namespace id -> role, within the token's limits
+    token_id: int | None = None
+    address: str | None = None  # where the request came from, for the audit log
 
     @property
     def anonymous(self) -> bool:
         return self.user is None
 
+    @property
+    def namespace_ids(self) -> frozenset[int]:
+        """The namespaces whose private adapters this caller may read."""
+        return frozenset(self.roles)
+
 
 ANONYMOUS = Principal()
+
+
+def allowed(principal: Principal, action: str, namespace_id: int) -> bool:
+    """The one answer to "may this caller do this here?" (the table above)."""
+    role = principal.roles.get(namespace_id)
+    if role is None:
+        return False
+    if action != "read" and principal.scope != "write":
+        return False
+    return action in ROLE_ALLOWS[role]
+
+
+def can_read(principal: Principal, namespace_id: int, visibility: str) -> bool:
+    return visibility == "public" or allowed(principal, "read", namespace_id)
 
 
 def hash_token(token: str) -> str:
@@ -55,42 +98,42 @@ def get_or_create_namespace(session: Session, name: str, kind: str) -> Namespace
     return ns
 
 
-def create_token(session: Session, user: str, scope: str = "write", org: str | None = None) -> str:
-    """Create the user (and the organisation, with the user as a member) if new; return a new token."""
-    if scope not in SCOPES:
-        raise InvalidRequest(f"scope must be one of {', '.join(SCOPES)}, got {scope!r}")
-    user_ns = get_or_create_namespace(session, user, "user")
-    if org is not None:
-        org_ns = get_or_create_namespace(session, org, "org")
-        if session.get(Membership, (org_ns.id, user_ns.id)) is None:
-            session.add(Membership(org_id=org_ns.id, user_id=user_ns.id))
-    token = TOKEN_PREFIX + secrets.token_urlsafe(32)
-    session.add(Token(user_id=user_ns.id, token_hash=hash_token(token), scope=scope))
-    session.flush()
-    return token
-
-
 def authenticate(session: Session, token: str | None) -> Principal:
     """The principal behind a bearer token; ANONYMOUS without one, Unauthorized for a bad one."""
     if not token:
         return ANONYMOUS
     row = session.scalar(select(Token).where(Token.token_hash == hash_token(token)))
-    if row is None:
+    now = utcnow()
+    if row is None or row.revoked_at is not None:
         raise Unauthorized("invalid or revoked token")
-    orgs = session.scalars(select(Membership.org_id).where(Membership.user_id == row.user_id))
-    return Principal(
-        user=row.user.name, user_id=row.user_id, scope=row.scope, namespace_ids=frozenset([row.user_id, *orgs])
-    )
+    if row.expires_at is not None and row.expires_at <= now:
+        raise Unauthorized("this token has expired; create a new one")
+    if row.user.disabled_at is not None:
+        raise Unauthorized(f"user {row.user.name!r} is disabled")
+    roles = {row.user_id: "owner"}
+    for membership in session.execute(
+        select(Membership.org_id, Membership.role, Namespace.name)
+        .join(Namespace, Namespace.id == Membership.org_id)
+        .where(Membership.user_id == row.user_id)
+    ):
+        roles[membership.org_id] = membership.role
+    if row.namespaces is not None:  # a token limited to some namespaces acts only there
+        names = dict(session.execute(select(Namespace.id, Namespace.name).where(Namespace.id.in_(sorted(roles)))).all())
+        roles = {ns: role for ns, role in roles.items() if names.get(ns) in row.namespaces}
+    if row.last_used_at is None or now - row.last_used_at > LAST_USED_EVERY:
+        session.execute(
+            update(Token)
+            .where(Token.id == row.id, or_(Token.last_used_at.is_(None), Token.last_used_at < now - LAST_USED_EVERY))
+            .values(last_used_at=now)
+        )
+        session.commit()
+    return Principal(user=row.user.name, user_id=row.user_id, scope=row.scope, roles=roles, token_id=row.id)
 
 
 def user_orgs(session: Session, principal: Principal) -> list[str]:
-    """The organisations the caller belongs to, by name."""
+    """The organisations the caller belongs to (within its token's limits), by name."""
     query = select(Namespace.name).where(Namespace.id.in_(principal.namespace_ids), Namespace.kind == "org")
     return sorted(session.scalars(query))
-
-
-def can_read(principal: Principal, namespace_id: int, visibility: str) -> bool:
-    return visibility == "public" or namespace_id in principal.namespace_ids
 
 
 def require_write_token(principal: Principal, action: str) -> None:
@@ -101,16 +144,28 @@ def require_write_token(principal: Principal, action: str) -> None:
         raise Forbidden(f"{action} needs a write token; this one is read-only")
 
 
-def require_write(session: Session, principal: Principal, namespace: str) -> Namespace:
-    """Writes need a write token of a user who owns the namespace or belongs to the organisation.
+def require(session: Session, principal: Principal, action: str, namespace: str) -> Namespace:
+    """The namespace, when the caller may do `action` ("write" or "admin") there; else why not.
 
     Decided on the namespace alone, so the answer never reveals whether a private adapter exists.
     """
     if principal.anonymous:
-        raise Unauthorized("writing needs a token: send Authorization: Bearer <token>")
+        raise Unauthorized("this needs a token: send Authorization: Bearer <token>")
     ns = session.scalar(select(Namespace).where(Namespace.name == namespace))
-    if ns is None or ns.id not in principal.namespace_ids:
-        raise Forbidden(f"user {principal.user!r} cannot write to namespace {namespace!r}")
+    if ns is not None and allowed(principal, action, ns.id):
+        return ns
     if principal.scope != "write":
-        raise Forbidden("this token is read-only; create one with --scope write")
-    return ns
+        raise Forbidden("this token is read-only; create one with scope write")
+    role = principal.roles.get(ns.id) if ns is not None else None
+    if role is not None:
+        raise Forbidden(
+            f"your role in {namespace!r} is {role}, which may not {'manage it' if action == 'admin' else 'write'}"
+        )
+    raise Forbidden(
+        f"user {principal.user!r} cannot {'manage' if action == 'admin' else 'write to'} namespace {namespace!r}"
+    )
+
+
+def require_write(session: Session, principal: Principal, namespace: str) -> Namespace:
+    """Writes to adapters (publish, edit, tag, move, delete) need role write or more, and a write token."""
+    return require(session, principal, "write", namespace)

@@ -58,27 +58,37 @@ class Namespace(Base):
     name: Mapped[str] = mapped_column(String(96), unique=True)
     kind: Mapped[str] = mapped_column(String(8))  # "user" | "org"
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    disabled_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # a disabled user's tokens are refused
 
 
 class Membership(Base):
-    """A user belongs to an organisation."""
+    """A user belongs to an organisation, with a role: admin, write or read (registry.accounts.ROLES)."""
 
     __tablename__ = "memberships"
     org_id: Mapped[int] = mapped_column(ForeignKey("namespaces.id", ondelete="CASCADE"), primary_key=True)
     user_id: Mapped[int] = mapped_column(ForeignKey("namespaces.id", ondelete="CASCADE"), primary_key=True)
+    role: Mapped[str] = mapped_column(String(8), default="write")
+
+    user: Mapped[Namespace] = relationship(foreign_keys=[user_id])
 
 
 class Token(Base):
-    """A bearer token; only its sha256 is stored."""
+    """A bearer token; only its sha256 is stored (and `hint`, its first characters, to recognise it)."""
 
     __tablename__ = "tokens"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     user_id: Mapped[int] = mapped_column(ForeignKey("namespaces.id", ondelete="CASCADE"), index=True)
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
     scope: Mapped[str] = mapped_column(String(8))  # "read" | "write"
+    name: Mapped[str] = mapped_column(String(64), default="")
+    hint: Mapped[str] = mapped_column(String(16), default="")
+    namespaces: Mapped[list[str] | None] = mapped_column(JSON)  # limited to these (None: all of the user's)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
-    user: Mapped[Namespace] = relationship()
+    user: Mapped[Namespace] = relationship(lazy="joined")
 
 
 class Adapter(Base):
@@ -244,6 +254,23 @@ class Change(Base):
     seq: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
     adapter_id: Mapped[int] = mapped_column(Integer, index=True)  # no foreign key: the adapter may be gone
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class AuditEvent(Base):
+    """One write, recorded in the transaction that made it: who, what, when, from where. Names are kept
+    as text too, so an event still reads right after a rename or a delete."""
+
+    __tablename__ = "audit_events"
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    actor_id: Mapped[int | None] = mapped_column(Integer, index=True)
+    actor: Mapped[str] = mapped_column(String(96))  # a user name, or "operator" for quiver admin commands
+    action: Mapped[str] = mapped_column(String(32))
+    namespace_id: Mapped[int | None] = mapped_column(Integer, index=True)  # whose event it is
+    namespace: Mapped[str] = mapped_column(String(96))
+    target: Mapped[str] = mapped_column(String(255))
+    details: Mapped[dict[str, Any]]
+    address: Mapped[str | None] = mapped_column(String(64))
 
 
 class ClusterRun(Base):

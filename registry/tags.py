@@ -7,6 +7,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from quiver_hub.registry import audit
 from quiver_hub.registry.accounts import Principal, require_write
 from quiver_hub.registry.change_feed import record_change
 from quiver_hub.registry.db import writing
@@ -50,11 +51,15 @@ def create_tag(
         row = Tag(adapter_id=adapter.id, version_id=version.id, name=tag, message=message[:10_000])
         session.add(row)
         record_change(session, adapter.id)
+        audit.record(
+            session, principal, "tag.create", adapter.namespace, adapter.repo_id, tag=tag, version=version.number
+        )
         try:
             session.commit()
         except IntegrityError:  # created concurrently
             raise Conflict(f"tag {tag!r} already exists in {adapter.repo_id}") from None
         session.refresh(row)
+        _ = row.version.adapter.namespace  # loaded for the answer, which is made after the session ends
         return row
 
 
@@ -67,4 +72,5 @@ def delete_tag(sessions: sessionmaker[Session], principal: Principal, namespace:
             raise NotFound(f"tag {tag!r} not found in {adapter.repo_id}", code="revision_not_found")
         session.delete(row)
         record_change(session, adapter.id)
+        audit.record(session, principal, "tag.delete", adapter.namespace, adapter.repo_id, tag=tag)
         session.commit()

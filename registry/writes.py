@@ -20,7 +20,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from quiver_hub.registry import lora
+from quiver_hub.registry import audit, lora
 from quiver_hub.registry.accounts import Principal, require_write
 from quiver_hub.registry.analysis import VersionAnalysis, analyse_version, describe
 from quiver_hub.registry.blobs import BlobStore, StagedFile
@@ -236,6 +236,9 @@ def _publish_once(
         session.add(version)
         session.flush()
         record_change(session, adapter.id)
+        audit.record(
+            session, principal, "publish", ns, f"{namespace}/{name}", version=version.number, revision=version.revision
+        )
         for staged in files.values():
             store.install(staged)
         session.commit()  # last: the version is visible only now, with every blob in place
@@ -342,6 +345,21 @@ def update_adapter(
         if meta.visibility == "public" and adapter.visibility != "public" and adapter.versions:
             latest = adapter.versions[-1]
             check_module_shapes(session, latest.base_model, stored_shapes(store, latest), record=True)
+        changed = sorted(
+            f
+            for f in ("description", "task", "tags", "license", "visibility")
+            if getattr(meta, f) is not None and getattr(meta, f) != getattr(adapter, f)
+        )
+        action = "visibility" if "visibility" in changed else "edit"
+        audit.record(
+            session,
+            principal,
+            action,
+            adapter.namespace,
+            adapter.repo_id,
+            changed=changed,
+            **({"visibility": meta.visibility} if action == "visibility" else {}),
+        )
         meta.apply(adapter)
         card = version_card(store, adapter.versions[-1] if adapter.versions else None)
         adapter.text_embedding = text_embedding(embedder, adapter, card)
@@ -367,6 +385,8 @@ def delete_adapter(
         shas = {f.sha256 for v in doomed for f in v.files}
         deleted = [VersionIdentity.of(v) for v in doomed]
         record_change(session, adapter.id)
+        target = adapter.repo_id + (f"@{deleted[0].version}" if rev is not None else "")
+        audit.record(session, principal, "delete", adapter.namespace, target, versions=[d.version for d in deleted])
         if rev is None:
             retire_name(session, adapter)
             session.delete(adapter)
@@ -402,6 +422,7 @@ def move_adapter(
             )
         if retired is not None:
             session.delete(retired)
+        audit.record(session, principal, "move", adapter.namespace, adapter.repo_id, to=f"{target[0]}/{target[1]}")
         retire_name(session, adapter, moved_to=adapter.id)
         adapter.namespace_id, adapter.name, adapter.updated_at = ns.id, target[1], utcnow()
         record_change(session, adapter.id)
@@ -461,6 +482,7 @@ def create_adapter(
             return existing, False
         adapter = new_adapter(session, ns.id, name, "", visibility)
         session.flush()
+        audit.record(session, principal, "create", ns, f"{namespace}/{name}", visibility=visibility)
         record_change(session, adapter.id)
         session.commit()
         session.refresh(adapter)

@@ -54,7 +54,9 @@ def test_publish_creates_versions_and_reads_them_back(server: LiveServer, tmp_pa
         assert [v["version"] for v in c.get("/v1/adapters/alice/greeter/versions").json()["versions"]] == [1, 2]
         missing = c.get("/v1/adapters/alice/greeter/versions/7")
         assert missing.status_code == 404 and missing.json()["error"]["code"] == "revision_not_found"
-        bad = c.get("/v1/adapters/alice/greeter/versions/not-a-rev")
+        no_tag = c.get("/v1/adapters/alice/greeter/versions/not-a-tag")  # could be a tag: there is none
+        assert no_tag.status_code == 404 and no_tag.json()["error"]["code"] == "revision_not_found"
+        bad = c.get("/v1/adapters/alice/greeter/versions/not a rev!")
         assert bad.status_code == 400 and "revision" in bad.json()["error"]["message"]
 
 

@@ -1,0 +1,126 @@
+"""Organisations and their members, and the operators' user commands (create, disable)."""
+
+from __future__ import annotations
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from quiver_hub.registry import audit
+from quiver_hub.registry.accounts import ROLES, Principal, get_or_create_namespace, require, require_write_token
+from quiver_hub.registry.db import writing
+from quiver_hub.registry.errors import Conflict, InvalidRequest, NotFound
+from quiver_hub.registry.models import Membership, Namespace, utcnow
+from quiver_hub.registry.names import check_part
+
+
+def create_org(sessions: sessionmaker[Session], principal: Principal, name: str) -> Namespace:
+    """A new organisation; the caller is its admin."""
+    require_write_token(principal, "creating an organisation")
+    check_part(name, "organisation")
+    with writing(sessions) as session:
+        if session.scalar(select(Namespace).where(Namespace.name == name)) is not None:
+            raise Conflict(f"the name {name!r} is taken")
+        org = get_or_create_namespace(session, name, "org")
+        session.add(Membership(org_id=org.id, user_id=principal.user_id, role="admin"))
+        audit.record(session, principal, "org.create", org, name)
+        audit.record(session, principal, "member.add", org, principal.user, role="admin")
+        session.commit()
+        return org
+
+
+def get_org(session: Session, principal: Principal, name: str) -> Namespace:
+    """An organisation the caller belongs to (to anyone else, it is not found)."""
+    org = session.scalar(select(Namespace).where(Namespace.name == name, Namespace.kind == "org"))
+    if org is None or org.id not in principal.roles:
+        raise NotFound(f"organisation {name!r} not found")
+    return org
+
+
+def members(session: Session, principal: Principal, name: str) -> list[tuple[str, str]]:
+    """(user, role) of every member, for any member to read."""
+    org = get_org(session, principal, name)
+    rows = session.execute(
+        select(Namespace.name, Membership.role)
+        .join(Membership, Membership.user_id == Namespace.id)
+        .where(Membership.org_id == org.id)
+        .order_by(Namespace.name)
+    )
+    return [(user, role) for user, role in rows]
+
+
+def set_member(sessions: sessionmaker[Session], principal: Principal, org_name: str, user: str, role: str) -> None:
+    """Add a user to an organisation, or change their role (admins only)."""
+    if role not in ROLES:
+        raise InvalidRequest(f"role must be one of {', '.join(ROLES)}, got {role!r}")
+    with writing(sessions) as session:
+        org = require(session, principal, "admin", org_name)
+        if org.kind != "org":
+            raise InvalidRequest(f"{org_name!r} is a user, not an organisation")
+        member = session.scalar(select(Namespace).where(Namespace.name == user, Namespace.kind == "user"))
+        if member is None:
+            raise NotFound(f"user {user!r} not found")
+        row = session.get(Membership, (org.id, member.id))
+        if row is not None and row.role == "admin" and role != "admin":
+            keep_an_admin(session, org)
+        if row is None:
+            session.add(Membership(org_id=org.id, user_id=member.id, role=role))
+            audit.record(session, principal, "member.add", org, user, role=role)
+        elif row.role != role:
+            audit.record(session, principal, "member.role", org, user, role=role, was=row.role)
+            row.role = role
+        session.commit()
+
+
+def remove_member(sessions: sessionmaker[Session], principal: Principal, org_name: str, user: str) -> None:
+    with writing(sessions) as session:
+        org = require(session, principal, "admin", org_name)
+        member = session.scalar(select(Namespace).where(Namespace.name == user))
+        row = session.get(Membership, (org.id, member.id)) if member is not None else None
+        if row is None:
+            raise NotFound(f"{user!r} is not a member of {org_name!r}")
+        if row.role == "admin":
+            keep_an_admin(session, org)
+        session.delete(row)
+        audit.record(session, principal, "member.remove", org, user, was=row.role)
+        session.commit()
+
+
+def keep_an_admin(session: Session, org: Namespace) -> None:
+    admins = select(func.count()).select_from(Membership).where(Membership.org_id == org.id, Membership.role == "admin")
+    if session.scalar(admins) <= 1:
+        raise Conflict(f"{org.name!r} would have no admin left; make someone else admin first")
+
+
+# -- operators (quiver admin, on the hub's database) ---------------------------------------------------
+
+
+def create_user(session: Session, name: str) -> Namespace:
+    if session.scalar(select(Namespace).where(Namespace.name == name)) is not None:
+        raise Conflict(f"the name {name!r} is taken")
+    user = get_or_create_namespace(session, name, "user")
+    audit.record(session, None, "user.create", user, name)
+    return user
+
+
+def create_org_for(session: Session, name: str, admin: str) -> Namespace:
+    if session.scalar(select(Namespace).where(Namespace.name == name)) is not None:
+        raise Conflict(f"the name {name!r} is taken")
+    user = session.scalar(select(Namespace).where(Namespace.name == admin, Namespace.kind == "user"))
+    if user is None:
+        raise NotFound(f"user {admin!r} not found")
+    org = get_or_create_namespace(session, name, "org")
+    session.add(Membership(org_id=org.id, user_id=user.id, role="admin"))
+    audit.record(session, None, "org.create", org, name)
+    audit.record(session, None, "member.add", org, admin, role="admin")
+    return org
+
+
+def disable_user(session: Session, name: str) -> Namespace:
+    """Every token of a disabled user is refused from the next request on."""
+    user = session.scalar(select(Namespace).where(Namespace.name == name, Namespace.kind == "user"))
+    if user is None:
+        raise NotFound(f"user {name!r} not found")
+    if user.disabled_at is None:
+        user.disabled_at = utcnow()
+        audit.record(session, None, "user.disable", user, name)
+    return user

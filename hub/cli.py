@@ -31,12 +31,16 @@ err = Console(stderr=True, soft_wrap=True)  # never break a message across lines
 Init = Annotated[bool, typer.Option("--init", help="create the database if it does not exist yet")]
 
 
+blobs_app = typer.Typer(help="The blob store (operator commands).", no_args_is_help=True)
+
+
 def register(app: typer.Typer, hooks: dict[str, Callable] | None = None) -> None:
     """Add the operator commands to the `quiver` command; `hooks` lends it the operator's token create."""
     app.command()(serve)
     app.command()(gc)
     app.command()(migrate)
     app.add_typer(admin_app, name="admin")
+    app.add_typer(blobs_app, name="blobs")
     if hooks is not None:
         hooks["token_create"] = operator_token
 
@@ -208,8 +212,40 @@ def gc(
         report = collect_garbage(services.sessions, services.store, grace_s=grace)
     print(
         f"removed {report.rows} unreferenced blobs, {report.orphan_files} orphan files, "
-        f"{report.temp_files} stale temporary files"
+        f"{report.temp_files} stale temporary files, {report.abandoned_uploads} abandoned uploads"
     )
+
+
+@blobs_app.command("copy")
+def blobs_copy(
+    to: Annotated[str, typer.Option("--to", help="the bucket: s3://bucket/prefix")],
+    endpoint_url: Annotated[str | None, typer.Option(help="an S3-compatible endpoint (MinIO...)")] = None,
+    region: Annotated[str | None, typer.Option()] = None,
+) -> None:
+    """Copy every blob the database references from this hub's local store to a bucket, reading each
+    object back to verify its sha256. Then set QUIVER_BLOB_URL (and the S3 settings) and restart."""
+    from sqlalchemy import func, select
+
+    from quiver_hub.registry.blobs_s3 import S3BlobStore
+    from quiver_hub.registry.models import Blob
+
+    with operator_services() as services:
+        if services.store.name != "local":
+            err.print("[red]error:[/] the hub's store is not the local directory; nothing to copy from")
+            raise typer.Exit(2)
+        target = S3BlobStore(to, services.settings.blob_root, endpoint_url=endpoint_url, region=region)
+        with services.sessions() as session:
+            total = session.scalar(select(func.count()).select_from(Blob))
+            copied = size = 0
+            for blob in session.scalars(select(Blob).order_by(Blob.sha256).execution_options(yield_per=500)):
+                target.put_file(blob.sha256, services.store.local_path(blob.sha256), blob.size)
+                if not target.verify(blob.sha256):
+                    err.print(f"[red]error:[/] {blob.sha256} did not read back intact from {to}")
+                    raise typer.Exit(1)
+                copied, size = copied + 1, size + blob.size
+                err.print(f"\r{copied}/{total} blobs, {size / 1e6:.1f} MB", end="")
+    err.print()
+    print(f"copied and verified {copied} blobs ({size} bytes) to {to}")
 
 
 def migrate() -> None:

@@ -19,6 +19,22 @@ from quiver_hub.registry.embedder import TextEmbedder, default_embedder
 from quiver_hub.registry.indexes import IndexSet
 
 
+def open_store(settings: Settings) -> BlobStore:
+    """The blob store the settings name: the local directory under QUIVER_HOME, or an S3 bucket."""
+    if settings.blob_url is None:
+        return BlobStore(settings.blob_root)
+    from quiver_hub.registry.blobs_s3 import S3BlobStore
+
+    return S3BlobStore(
+        settings.blob_url,
+        settings.blob_root,
+        endpoint_url=settings.s3_endpoint_url,
+        region=settings.s3_region,
+        public_endpoint_url=settings.s3_public_endpoint_url,
+        cache_bytes=settings.blob_cache_bytes,
+    )
+
+
 @dataclass
 class Services:
     settings: Settings
@@ -35,9 +51,7 @@ class Services:
         engine = make_engine(settings.db_url)
         if migrate:
             upgrade(engine)
-        state = cls(
-            settings, engine, session_factory(engine), BlobStore(settings.blob_root), default_embedder(), IndexSet()
-        )
+        state = cls(settings, engine, session_factory(engine), open_store(settings), default_embedder(), IndexSet())
         if index:  # serving: build the search indexes; runs a stopped hub left behind cannot finish
             state.indexes.rebuild(state.sessions)
             fail_interrupted(state.sessions)

@@ -28,6 +28,18 @@ class Settings(BaseSettings):
     max_connections: int = 1000
     header_timeout_s: float = 10.0
     keep_alive_s: float = 5.0
+    # Blobs: under home (None), or an S3-compatible bucket, s3://bucket/prefix. Endpoint, region and the
+    # public endpoint (the host clients reach, for presigned URLs) for S3-compatible stores; credentials
+    # come from the usual AWS_* variables or files.
+    blob_url: str | None = None
+    s3_endpoint_url: str | None = None
+    s3_region: str | None = None
+    s3_public_endpoint_url: str | None = None
+    blob_cache_bytes: int = 10 * 1024**3  # the local read cache of an object store
+    # Downloads redirected to a short-lived presigned URL of the store (default: yes for S3; the local
+    # store always streams through the hub).
+    download_redirect: bool | None = None
+    presign_seconds: int = 300
 
     @property
     def db_url(self) -> str:

@@ -175,7 +175,7 @@ def identity(v: Version) -> dict:
 
 def version_factors(store: BlobStore, v: Version) -> dict[str, lora.Factors]:
     weights = v.file(lora.WEIGHTS_FILE)
-    return lora.load_factors(store.path(weights.sha256), v.adapter_config)
+    return lora.load_factors(store.local_path(weights.sha256), v.adapter_config)
 
 
 def fail_interrupted(sessions: sessionmaker[Session]) -> None:

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
 
 from sqlalchemy import delete, exists, select
 from sqlalchemy.orm import Session, sessionmaker
@@ -52,31 +50,26 @@ class GcReport:
     rows: int
     orphan_files: int
     temp_files: int
+    abandoned_uploads: int = 0
 
 
 def collect_garbage(sessions: sessionmaker[Session], store: BlobStore, grace_s: float = ORPHAN_GRACE_S) -> GcReport:
     """Remove unreferenced blob rows and their content, content with no row (left by a crash
-    before a commit) older than `grace_s`, and stale staging files."""
+    before a commit) older than `grace_s`, stale staging files, and an object store's uploads a crash
+    left in parts."""
     with sessions() as session:
         all_rows = list(session.scalars(select(Blob.sha256)))
     removed = purge_blobs(sessions, store, all_rows)
     with sessions() as session:
         known = set(session.scalars(select(Blob.sha256)))
     orphans = 0
-    for sha in list(store.stored()):
-        path = store.path(sha)
-        if sha not in known and _age(path) > grace_s:
+    for sha, age in list(store.stored()):
+        if sha not in known and age > grace_s:
             store.delete(sha)
             orphans += 1
     temps = 0
     for tmp in store.stale_temp_files(grace_s):
         tmp.unlink(missing_ok=True)
         temps += 1
-    return GcReport(rows=len(removed), orphan_files=orphans, temp_files=temps)
-
-
-def _age(path: Path) -> float:
-    try:
-        return time.time() - path.stat().st_mtime
-    except FileNotFoundError:
-        return 0.0
+    aborted = store.abandoned_uploads(grace_s)
+    return GcReport(rows=len(removed), orphan_files=orphans, temp_files=temps, abandoned_uploads=aborted)

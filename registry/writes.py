@@ -122,7 +122,7 @@ def text_embedding(embedder: TextEmbedder, adapter: Adapter, card: str | None) -
 def version_card(store: BlobStore, version: Version | None) -> str | None:
     """The model card (README.md) of a stored version, if it has one."""
     readme = version.file(README_FILE) if version else None
-    return store.path(readme.sha256).read_text(encoding="utf-8") if readme else None
+    return store.local_path(readme.sha256).read_text(encoding="utf-8") if readme else None
 
 
 def parse_tags(raw: str | None) -> list[str] | None:
@@ -321,7 +321,7 @@ def check_base_model(base_model: str) -> str:
 
 def stored_shapes(store: BlobStore, version: Version) -> dict[str, tuple[int, int]]:
     """(in_features, out_features) per module of a stored version, from its weights' header."""
-    weights = store.path(version.file(lora.WEIGHTS_FILE).sha256)
+    weights = store.local_path(version.file(lora.WEIGHTS_FILE).sha256)
     with weights.open("rb") as f:
         tensors, _ = read_header(f, weights.stat().st_size, lora.WEIGHTS_FILE)
     return factor_shapes(tensors)

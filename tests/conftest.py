@@ -31,7 +31,7 @@ from quiver_hub.hub.app import create_app
 from quiver_hub.hub.server import server_config
 from quiver_hub.hub.services import Services
 from quiver_hub.hub.settings import Settings
-from quiver_hub.registry.accounts import create_token
+from quiver_hub.registry.tokens import create_token
 
 PG_ENV = "QUIVER_TEST_DATABASE_URL"
 
@@ -64,6 +64,59 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
         with admin.begin() as conn:
             conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
         admin.dispose()
+
+
+@dataclass
+class S3:
+    """A real S3-protocol server on loopback (moto's standalone server), started once for the session."""
+
+    endpoint: str
+
+    def bucket(self) -> str:
+        """A new, empty bucket."""
+        import boto3
+
+        name = f"quiver-{uuid.uuid4().hex[:12]}"
+        boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1").create_bucket(Bucket=name)
+        return name
+
+    def env(self, bucket: str) -> dict[str, str]:
+        return {
+            "QUIVER_BLOB_URL": f"s3://{bucket}/blobs",
+            "QUIVER_S3_ENDPOINT_URL": self.endpoint,
+            "QUIVER_S3_REGION": "us-east-1",
+            **AWS_TEST_CREDENTIALS,
+        }
+
+
+AWS_TEST_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
+
+
+@pytest.fixture(scope="session")
+def s3() -> Iterator[S3]:
+    port = free_port()
+    os.environ.update(AWS_TEST_CREDENTIALS)
+    server = subprocess.Popen(
+        [str(Path(sys.executable).with_name("moto_server")), "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    endpoint = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert server.poll() is None, "moto_server exited"
+            try:
+                httpx.get(endpoint, timeout=2)
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline, "moto_server did not start"
+                time.sleep(0.2)
+        yield S3(endpoint)
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
 
 
 @pytest.fixture

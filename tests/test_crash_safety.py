@@ -33,6 +33,8 @@ CHILD = textwrap.dedent(
     def die(*_a, **_k):
         os._exit(9)
 
+    with state.sessions() as s:  # before any patch: authenticating may record the token's last use
+        principal = authenticate(s, token)
     if point == "install":  # after the first blob is renamed into place
         original = blobs.BlobStore.install
         def install_then_die(self, staged):
@@ -42,8 +44,6 @@ CHILD = textwrap.dedent(
     elif point == "commit":  # every blob in place, rows flushed, the commit never happens
         Session.commit = die
 
-    with state.sessions() as s:
-        principal = authenticate(s, token)
     staged = {}
     for f in sorted(folder.iterdir()):
         with f.open("rb") as fh:
@@ -91,7 +91,7 @@ def test_crash_mid_publish_leaves_nothing_visible(server: LiveServer, tmp_path: 
     assert leftovers, "the dead publish should have left staging or blob files behind"
     gc = server.cli("gc", "--grace", "0")
     assert gc.returncode == 0, gc.stderr
-    assert set(server.state.store.stored()) == referenced
+    assert {sha for sha, _ in server.state.store.stored()} == referenced
     assert not any(server.state.store.tmp.iterdir())
 
     # The same publish, done again, works and the kept adapter still reads back.
@@ -110,9 +110,9 @@ def test_gc_keeps_young_orphans_and_referenced_blobs(server: LiveServer, tmp_pat
         c.post("/v1/adapters/alice/a", files=upload_parts(write_adapter(tmp_path / "a")))
     crashy = write_adapter(tmp_path / "crashy", seed=5)
     assert run_child(server, "commit", crashy, token).returncode == 9
-    before = set(server.state.store.stored())
+    before = {sha for sha, _ in server.state.store.stored()}
     out = server.cli("gc")  # default grace: a publish may still be in flight
     assert out.returncode == 0 and "removed 0 unreferenced blobs, 0 orphan files" in out.stdout
-    assert set(server.state.store.stored()) == before
+    assert {sha for sha, _ in server.state.store.stored()} == before
     out = server.cli("gc", "--grace", "0")
-    assert "orphan files" in out.stdout and len(set(server.state.store.stored())) < len(before)
+    assert "orphan files" in out.stdout and len({sha for sha, _ in server.state.store.stored()}) < len(before)

@@ -8,11 +8,11 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import FileResponse
 from safetensors.numpy import save
 
 from quiver_hub.hub import schemas
 from quiver_hub.hub.deps import PrincipalDep, SessionDep, StateDep
+from quiver_hub.hub.downloads import blob_response
 from quiver_hub.hub.uploads import form_meta, read_form, stage_files
 from quiver_hub.registry import reads, tags, writes
 from quiver_hub.registry.accounts import require_write
@@ -178,15 +178,15 @@ def download_file(
     entry = version.file(path)
     if entry is None:
         raise NotFound(f"{adapter.repo_id} version {version.number} has no file {path!r}", code="entry_not_found")
-    blob = state.store.path(entry.sha256)
     media_type = MEDIA_TYPES.get(path.rsplit(".", 1)[-1], "application/octet-stream")
-    return FileResponse(
-        blob,
-        media_type=media_type,
-        headers={"ETag": f'"{entry.sha256}"', "X-Quiver-Revision": version.revision, "Cache-Control": "no-cache"},
-        filename=path.rsplit("/", 1)[-1],
-        content_disposition_type="inline" if media_type != "application/octet-stream" else "attachment",
-    )
+    headers = {
+        "ETag": f'"{entry.sha256}"',
+        "X-Quiver-Revision": version.revision,
+        "X-Linked-Size": str(entry.size),
+        "Cache-Control": "no-cache",
+    }
+    filename = path.rsplit("/", 1)[-1]
+    return blob_response(state, entry.sha256, filename, headers, media_type, media_type != "application/octet-stream")
 
 
 @router.get(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
@@ -30,7 +29,7 @@ def readyz(state: StateDep) -> JSONResponse:
         checks["database"] = "ok"
     except Exception as e:  # noqa: BLE001 - reported, not raised
         checks["database"] = f"unavailable: {type(e).__name__}"
-    checks["blobs"] = "ok" if os.access(state.store.tmp, os.W_OK) else "not writable"
+    checks["blobs"] = state.store.ready()
     try:
         state.fresh_indexes()  # searches and routes answer from these: a failure to catch up is not ready
         checks["indexes"] = "ok"

@@ -13,9 +13,10 @@ import hashlib
 from typing import Annotated
 
 from fastapi import APIRouter, Form, Query, Request, Response
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import JSONResponse
 
 from quiver_hub.hub.deps import PrincipalDep, SessionDep, StateDep
+from quiver_hub.hub.downloads import blob_response
 from quiver_hub.hub.errors import HF_TAG
 from quiver_hub.hub.hf import EMPTY_COMMIT, entry_not_found, file_entry, model_json, version_for
 from quiver_hub.registry import reads
@@ -50,18 +51,14 @@ def resolve(
     if entry is None:
         return entry_not_found(f"{path} not found in {adapter.repo_id} at {version.revision}", version.revision)
     etag = f'"{entry.sha256}"'
-    return FileResponse(
-        state.store.path(entry.sha256),
-        media_type="application/octet-stream",
-        headers={
-            "X-Repo-Commit": version.revision,
-            "ETag": etag,
-            "X-Linked-Etag": etag,
-            "X-Linked-Size": str(entry.size),
-            "Cache-Control": "no-cache",
-        },
-        filename=path.rsplit("/", 1)[-1],
-    )
+    headers = {
+        "X-Repo-Commit": version.revision,
+        "ETag": etag,
+        "X-Linked-Etag": etag,
+        "X-Linked-Size": str(entry.size),
+        "Cache-Control": "no-cache",
+    }
+    return blob_response(state, entry.sha256, path.rsplit("/", 1)[-1], headers, "application/octet-stream")
 
 
 @router.get("/api/models/{namespace}/{name}")

@@ -1,0 +1,135 @@
+"""Upload and download throughput of a 40 MB adapter through the local store and through an S3-compatible
+store (moto's server on loopback), proxied by the hub and redirected to a presigned URL, in one run.
+
+    python bench/bench_blobs.py [--repeat 3]
+
+Each row: a real `quiver serve` on SQLite; upload = POST /v1/adapters (staging, validation, analysis,
+install); download = GET .../files/adapter_model.safetensors, the client following any redirect. The
+S3 proxied row is measured cold (the hub's read cache empty: fetched from the bucket first) and warm.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.common import table  # noqa: E402
+from tests.adapters import lora_config, upload_parts, write_factors  # noqa: E402
+from tests.conftest import free_port, serve_process  # noqa: E402
+
+MB = 1e6
+
+
+def adapter(folder: Path) -> Path:
+    """~40 MB: rank 16 on q, k, v, o of 20 layers at width 4096 (fp32)."""
+    g = torch.Generator().manual_seed(0)
+    factors = {
+        f"model.layers.{i}.self_attn.{p}": (torch.randn(16, 4096, generator=g), torch.randn(4096, 16, generator=g))
+        for i in range(20)
+        for p in ("q_proj", "k_proj", "v_proj", "o_proj")
+    }
+    return write_factors(folder, factors, lora_config(r=16, targets=["q_proj", "k_proj", "v_proj", "o_proj"]))
+
+
+def moto() -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).with_name("moto_server")), "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    endpoint = f"http://127.0.0.1:{port}"
+    for _ in range(300):
+        try:
+            httpx.get(endpoint, timeout=1)
+            return proc, endpoint
+        except httpx.TransportError:
+            time.sleep(0.1)
+    raise RuntimeError("moto_server did not start")
+
+
+def measure(env: dict[str, str], folder: Path, repeat: int, cold_cache: Path | None) -> tuple[list, list, list]:
+    size = (folder / "adapter_model.safetensors").stat().st_size
+    token = subprocess.run(
+        [sys.executable, "-m", "quiver_hub", "token", "create", "--user", "bench", "--init"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()[-1]
+    uploads, colds, warms = [], [], []
+    with serve_process(env) as url, httpx.Client(timeout=600, follow_redirects=True) as c:
+        auth = {"Authorization": f"Bearer {token}"}
+        for i in range(repeat):
+            t = time.perf_counter()
+            r = c.post(f"{url}/v1/adapters/bench/a{i}", files=upload_parts(folder), headers=auth)
+            uploads.append(size / (time.perf_counter() - t) / MB)
+            assert r.status_code == 201, r.text
+            path = f"{url}/v1/adapters/bench/a{i}/versions/1/files/adapter_model.safetensors"
+            if cold_cache is not None:
+                for p in cold_cache.iterdir():
+                    p.unlink()
+            t = time.perf_counter()
+            body = c.get(path).content
+            colds.append(size / (time.perf_counter() - t) / MB)
+            assert len(body) == size
+            t = time.perf_counter()
+            assert len(c.get(path).content) == size
+            warms.append(size / (time.perf_counter() - t) / MB)
+    return uploads, colds, warms
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+    base = {k: v for k, v in os.environ.items() if not k.startswith("QUIVER_")}
+    base.update(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", QUIVER_MAX_UPLOAD_BYTES=str(256 << 20))
+    proc, endpoint = moto()
+    rows = []
+    try:
+        import boto3
+
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = adapter(Path(tmp) / "adapter")
+            size = (folder / "adapter_model.safetensors").stat().st_size
+            boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket="bench")
+            s3 = {"QUIVER_BLOB_URL": "s3://bench/blobs", "QUIVER_S3_ENDPOINT_URL": endpoint}
+            cases = [
+                ("local directory (streamed by the hub)", {}, False),
+                ("S3, proxied by the hub", {**s3, "QUIVER_DOWNLOAD_REDIRECT": "0"}, True),
+                ("S3, redirected to a presigned URL", {**s3, "QUIVER_DOWNLOAD_REDIRECT": "1"}, False),
+            ]
+            for i, (label, extra, cold) in enumerate(cases):
+                home = Path(tmp) / f"home{i}"
+                env = {**base, **extra, "QUIVER_HOME": str(home), "QUIVER_PORT": str(free_port())}
+                up, first, again = measure(env, folder, args.repeat, home / "blobs" / "cache" if cold else None)
+                med = statistics.median
+                rows.append(
+                    [
+                        label,
+                        f"{med(up):.0f}",
+                        f"{med(first):.0f}" + (" (cold cache)" if cold else ""),
+                        f"{med(again):.0f}",
+                    ]
+                )
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+    print(f"A {size / MB:.0f} MB adapter, median of {args.repeat} runs, MB/s (one client on loopback, SQLite)")
+    print(table(["blob store", "upload (publish)", "download", "download again"], rows))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,31 @@
+"""Serving a blob: streamed by the hub from a local file (Range and ETag honoured), or, where the store
+can serve it itself and the hub is configured to (QUIVER_DOWNLOAD_REDIRECT; the default for S3), a 302 to a
+short-lived presigned URL. The redirect carries the headers clients read from it without following it
+(huggingface_hub's HEAD: X-Repo-Commit, X-Linked-Etag, X-Linked-Size)."""
+
+from __future__ import annotations
+
+from fastapi.responses import FileResponse, RedirectResponse, Response
+
+from quiver_hub.hub.services import Services
+
+
+def redirects(state: Services) -> bool:
+    setting = state.settings.download_redirect
+    return state.store.name != "local" if setting is None else setting
+
+
+def blob_response(
+    state: Services, sha256: str, filename: str, headers: dict[str, str], media_type: str, inline: bool = False
+) -> Response:
+    if redirects(state):
+        url = state.store.presigned_url(sha256, filename, state.settings.presign_seconds)
+        if url is not None:
+            return RedirectResponse(url, status_code=302, headers=headers)
+    return FileResponse(
+        state.store.local_path(sha256),
+        media_type=media_type,
+        headers=headers,
+        filename=filename,
+        content_disposition_type="inline" if inline else "attachment",
+    )

@@ -7,14 +7,17 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
+from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
+from starlette.middleware.sessions import SessionMiddleware
 
 import quiver_hub
 from quiver_hub.hub import errors
 from quiver_hub.hub.limits import BodyLimit
-from quiver_hub.hub.routes import accounts, adapters, clusters, discovery, health, hf, hf_commits, hf_repos
+from quiver_hub.hub.routes import accounts, adapters, clusters, discovery, health, hf, hf_commits, hf_repos, pages
 from quiver_hub.hub.services import Services
 from quiver_hub.hub.settings import Settings
+from quiver_hub.hub.web import HERE, secret_key
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -44,7 +47,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(accounts.router)
     app.include_router(hf_repos.router)
     app.include_router(hf_commits.router)
-    app.include_router(hf.router)  # last: its /{namespace}/{name}/resolve/... is the broadest path
+    app.include_router(hf.router)  # after the API: its /{namespace}/{name}/resolve/... is broad
+    app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
+    app.include_router(pages.router)  # last: /{namespace} and /{namespace}/{name} are the broadest paths
+    app.add_middleware(
+        SessionMiddleware,
+        secret_key=secret_key(settings),
+        session_cookie="quiver_session",
+        same_site="lax",
+        https_only=False,
+    )
     app.add_middleware(BodyLimit, settings=settings)
     errors.install(app)  # last: its middleware wraps all the others
     return app

@@ -21,7 +21,7 @@ from quiver_hub.registry.db import writing
 from quiver_hub.registry.embedder import TextEmbedder
 from quiver_hub.registry.errors import Conflict, InvalidRequest, NotFound
 from quiver_hub.registry.limits import MAX_DB_ID
-from quiver_hub.registry.mbc import METHODS, cluster, params_matrix, sketch_matrix
+from quiver_hub.registry.mbc import METHODS, cluster, params_matrix, project_2d, sketch_matrix
 from quiver_hub.registry.models import Adapter, ClusterRun, Embedding, Version, utcnow
 from quiver_hub.registry.reads import VersionIdentity, latest_versions, visible
 from quiver_hub.registry.vectors import from_bytes
@@ -133,6 +133,7 @@ def compute(
                 X = params_matrix([version_factors(store, v) for v in versions], sparsity=req.sparsity, seed=req.seed)
             progress(0.3)
             partition = cluster(X, req.k, req.seed, progress=lambda f: progress(0.3 + 0.7 * f))
+            xy = project_2d(X)
             clusters = []
             for index in range(partition.k):
                 rows = [i for i, label in enumerate(partition.labels) if label == index]
@@ -145,6 +146,7 @@ def compute(
                                 **identity(versions[i]),
                                 "task": versions[i].adapter.task,
                                 "distance": float(partition.distances[i]),
+                                "xy": [round(float(xy[i, 0]), 4), round(float(xy[i, 1]), 4)],
                             }
                             for i in rows
                         ],

@@ -71,6 +71,17 @@ def params_matrix(
     return normalise_rows(reduced.astype(np.float64))
 
 
+def project_2d(X: np.ndarray) -> np.ndarray:
+    """Each adapter's embedding projected on the two principal directions of the run (for a picture of
+    the library; the clustering itself uses every dimension)."""
+    centred = X - X.mean(axis=0, keepdims=True)
+    if centred.shape[0] < 2 or not np.any(centred):
+        return np.zeros((X.shape[0], 2))
+    u, s, _ = np.linalg.svd(centred, full_matrices=False)
+    out = u[:, :2] * s[:2]
+    return np.pad(out, ((0, 0), (0, 2 - out.shape[1])))
+
+
 def normalise_rows(X: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(X, axis=1, keepdims=True)
     return X / np.where(norms > 0, norms, 1.0)

@@ -115,6 +115,20 @@ def visible(principal: Principal, query: Select) -> Select:
     return query.where(or_(Adapter.visibility == "public", Adapter.namespace_id.in_(sorted(principal.namespace_ids))))
 
 
+def recent_adapters(session: Session, principal: Principal, limit: int = 10) -> list[Adapter]:
+    """The most recently updated adapters the caller may see."""
+    query = visible(principal, select(Adapter).join(Namespace)).order_by(Adapter.updated_at.desc(), Adapter.id.desc())
+    return list(session.scalars(query.limit(limit)))
+
+
+def base_model_counts(session: Session, principal: Principal, limit: int = 20) -> list[tuple[str, int]]:
+    """(base model, how many adapters the caller may see of it), most first."""
+    count = func.count(Adapter.id)
+    query = visible(principal, select(Adapter.base_model, count).join(Namespace)).where(Adapter.base_model != "")
+    rows = session.execute(query.group_by(Adapter.base_model).order_by(count.desc(), Adapter.base_model).limit(limit))
+    return [(base, n) for base, n in rows]
+
+
 def list_adapters(
     session: Session, principal: Principal, filters: AdapterFilter, cursor: str | None, limit: int
 ) -> tuple[list[Adapter], str | None]:

@@ -46,7 +46,11 @@ def route(
     top_k: int = 3,
     temperature: float = 1.0,
     limit: int = 10,
+    all_scores: bool = False,
 ) -> list[Ranked]:
+    """Adapters ranked by the formula above, best first: the `limit` best, or with `all_scores` every one
+    with a score above zero (what a client that splits one long input over several requests combines:
+    the answers' scores add up, weighted by each request's share of the modules and tokens)."""
     check_params(top_k, temperature, limit)
     base = filters.base_model
     if not base:
@@ -85,7 +89,7 @@ def route(
         for module, h in hidden.items():
             for version_id, weight in module_weights(per_module[module], h, top_k, temperature).items():
                 scores[version_id] = scores.get(version_id, 0.0) + weight / len(hidden)
-        return ranked(indexes, scores, limit, keep=lambda s: s > 0)
+        return ranked(indexes, scores, len(scores) if all_scores else limit, keep=lambda s: s > 0)
 
 
 def visible_modules(

@@ -61,6 +61,7 @@ class RouteRequest(BaseModel):
     task: str | None = None
     tags: list[str] = []
     namespace: str | None = None
+    all_scores: bool = Field(False, description="every adapter with a score above zero, not the `limit` best")
 
 
 class RouteAnswer(Ranked):
@@ -87,6 +88,7 @@ def answer(ranked: list[routing.Ranked]) -> list[Result]:
 class RouteModules(BaseModel):
     base_model: str
     modules: dict[str, int] = Field(description="module name -> in_features (the width of its input rows)")
+    max_rows: int = Field(routing.MAX_TOKENS, description="token rows a route request may hold, over its modules")
 
 
 @router.get("/route/modules", response_model=RouteModules)
@@ -140,6 +142,7 @@ async def route(
     top_k: Annotated[int, Query()] = 3,
     temperature: Annotated[float, Query()] = 1.0,
     limit: Annotated[int, Query()] = 10,
+    all_scores: Annotated[bool, Query(description="every adapter scoring above zero")] = False,
     task: Annotated[str | None, Query()] = None,
     tags: Annotated[str | None, Query(description="comma separated")] = None,
     namespace: Annotated[str | None, Query()] = None,
@@ -155,6 +158,7 @@ async def route(
             top_k=top_k,
             temperature=temperature,
             limit=limit,
+            all_scores=all_scores,
             task=task,
             tags=tuple(parse_tags(tags) or ()),
             namespace=namespace,
@@ -166,6 +170,7 @@ async def route(
             top_k=body.top_k,
             temperature=body.temperature,
             limit=body.limit,
+            all_scores=body.all_scores,
             task=body.task,
             tags=tuple(body.tags),
             namespace=body.namespace,
@@ -179,7 +184,14 @@ async def route(
 
     def run() -> list[routing.Ranked]:  # off the event loop: it reads the change sequence, then searches
         return routing.route(
-            state.fresh_indexes(), principal, hidden, filters, params["top_k"], params["temperature"], params["limit"]
+            state.fresh_indexes(),
+            principal,
+            hidden,
+            filters,
+            params["top_k"],
+            params["temperature"],
+            params["limit"],
+            params["all_scores"],
         )
 
     ranked = await run_in_threadpool(run)

@@ -1,0 +1,191 @@
+"""The pages, in a real headless Chromium against a real hub: find an adapter by meaning and open it, read
+its card, versions and files (a download gives the exact bytes), run the snippet it shows, see nothing run
+from a card that tries, never see another user's private adapter (until signed in as its owner), and a
+cluster run drawn as one point per member. Screenshots of the home, adapter and cluster pages go to
+docs/screenshots when QUIVER_UPDATE_SCREENSHOTS=1."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.adapters import upload_parts, write_adapter
+from tests.browser import browser, offline_page
+from tests.conftest import LiveServer
+
+pytestmark = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+ROOT = Path(__file__).resolve().parents[1]
+FR_CARD = b"""---
+license: mit
+tags: [translation]
+---
+# French translator
+
+Translates English sentences into **French**.
+
+| metric | value |
+|---|---|
+| BLEU | 31.2 |
+"""
+EVIL_CARD = b"""# Harmless
+
+<script>window.__pwned = "script"</script>
+<img src="x" onerror="window.__pwned = 'onerror'">
+<a href="javascript:window.__pwned='link'" id="evil-link">click me</a>
+<div onmouseover="window.__pwned='hover'">hover me</div>
+<iframe src="javascript:window.__pwned='iframe'"></iframe>
+[markdown link](javascript:window.__pwned='md')
+"""
+
+
+@pytest.fixture
+def site(server: LiveServer, tmp_path: Path) -> dict:
+    alice, bob = server.token("alice"), server.token("bob")
+    with server.client(alice) as c:
+        for i, (name, card, description) in enumerate(
+            [
+                ("fr", FR_CARD, "Translates English into French"),
+                ("summaries", b"# Summaries\n\nCondenses long articles.\n", "Summarises long news articles"),
+                ("sql", b"# SQL\n\nWrites SQL queries.\n", "Turns questions into SQL queries"),
+            ]
+        ):
+            folder = write_adapter(tmp_path / name, seed=i, extra_files={"README.md": card})
+            r = c.post(f"/v1/adapters/alice/{name}", files=upload_parts(folder), data={"description": description})
+            assert r.status_code == 201, r.text
+        run = c.post("/v1/clusters", json={"base_model": "quiver-test/tiny-llama", "k": 2}).json()
+    with server.client(bob) as c:
+        secret = write_adapter(tmp_path / "secret", seed=7, extra_files={"README.md": b"# Secret French work\n"})
+        assert (
+            c.post(
+                "/v1/adapters/bob/secret",
+                files=upload_parts(secret),
+                data={"visibility": "private", "description": "Secret French translation"},
+            ).status_code
+            == 201
+        )
+        evil = write_adapter(tmp_path / "evil", seed=8, extra_files={"README.md": EVIL_CARD})
+        assert c.post("/v1/adapters/bob/evil", files=upload_parts(evil)).status_code == 201
+    return {"alice": alice, "bob": bob, "run": run, "fr": tmp_path / "fr"}
+
+
+def screenshot(page, name: str, tmp_path: Path) -> None:  # noqa: ANN001
+    page.screenshot(path=str(tmp_path / f"{name}.png"), full_page=True)
+    if os.environ.get("QUIVER_UPDATE_SCREENSHOTS") == "1":
+        (ROOT / "docs" / "screenshots").mkdir(exist_ok=True)
+        page.screenshot(path=str(ROOT / "docs" / "screenshots" / f"{name}.png"), full_page=True)
+
+
+def test_find_read_download_and_load(server: LiveServer, site: dict, tmp_path: Path) -> None:
+    blocked: list[str] = []
+    with browser() as b:
+        page = offline_page(b, server.url, blocked)
+        page.set_viewport_size({"width": 1280, "height": 900})
+        page.goto(server.url + "/")
+        assert "alice/fr" in page.inner_text("ul.adapters")  # recently updated
+        assert "quiver-test/tiny-llama" in page.inner_text("ul.counts")
+        screenshot(page, "home", tmp_path)
+        page.fill(".hero input[name=q]", "a model that speaks French")
+        page.click(".hero button")
+        page.wait_for_selector("ol.ranked")
+        assert page.locator("ol.ranked a.name").first.inner_text() == "alice/fr"  # by meaning
+        page.locator("ol.ranked a.name").first.click()
+        page.wait_for_selector(".card h1")
+        assert page.inner_text(".card h1") == "French translator"
+        assert page.locator(".card table").count() == 1 and "BLEU" in page.inner_text(".card table")
+        assert "v1" in page.inner_text("ul.versions")
+        files = page.locator("table.files a")
+        assert {files.nth(i).inner_text() for i in range(files.count())} == {
+            "README.md",
+            "adapter_config.json",
+            "adapter_model.safetensors",
+        }
+        href = page.locator("table.files a", has_text="adapter_model.safetensors").get_attribute("href")
+        downloaded = page.request.get(server.url + href)
+        assert downloaded.body() == (site["fr"] / "adapter_model.safetensors").read_bytes()
+        snippet = page.inner_text('[data-snippet="Python (quiver_hub)"]')
+        screenshot(page, "adapter", tmp_path)
+        page.goto(server.url + "/login")  # a cluster run is its maker's
+        page.fill("input[name=token]", site["alice"])
+        page.click("form.stack button")
+        page.goto(f"{server.url}/clusters/{site['run']['id']}")
+        page.wait_for_selector("svg.scatter")
+        circles = page.locator("svg.scatter circle").count()
+        members = sum(len(c["members"]) for c in site["run"]["clusters"])
+        assert circles == members == 3 and page.locator("section.cluster").count() == 2
+        screenshot(page, "cluster", tmp_path)
+    assert blocked == []  # the pages need nothing from outside the hub
+    env = {k: v for k, v in os.environ.items() if not k.startswith("QUIVER_")}
+    env["QUIVER_CACHE"] = str(tmp_path / "cache")
+    ran = subprocess.run([sys.executable, "-c", snippet], env=env, capture_output=True, text=True, timeout=120)
+    assert ran.returncode == 0, ran.stderr
+    folder = Path(ran.stdout.split()[0])
+    assert (folder / "adapter_model.safetensors").read_bytes() == (
+        site["fr"] / "adapter_model.safetensors"
+    ).read_bytes()
+
+
+def test_a_card_cannot_run_anything(server: LiveServer, site: dict) -> None:
+    blocked: list[str] = []
+    with browser() as b:
+        page = offline_page(b, server.url, blocked)
+        response = page.goto(server.url + "/bob/evil")
+        assert "script-src 'self'" in response.headers["content-security-policy"]
+        page.wait_for_selector(".card h1")
+        page.hover("text=hover me")
+        page.locator("#evil-link, .card a", has_text="click me").first.click()
+        page.wait_for_timeout(300)
+        assert page.evaluate("window.__pwned") is None
+        card = page.inner_html(".card")
+        for bad in ("<script", "onerror", "onmouseover", "<iframe"):
+            assert bad not in card, bad
+        attributes = page.evaluate(
+            "[...document.querySelectorAll('.card *')].flatMap(e => [...e.attributes].map(a => a.name + '=' + a.value))"
+        )
+        assert not [a for a in attributes if "javascript:" in a or a.startswith("on")], attributes
+
+
+def test_private_adapters_stay_private_until_their_owner_signs_in(server: LiveServer, site: dict) -> None:
+    with browser() as b:
+        page = b.new_page()
+        for path in (
+            "/",
+            "/search?q=secret+French+translation",
+            "/search?by=name&q=secret",
+            "/bob",
+            "/models/quiver-test/tiny-llama",
+            "/find?text=Secret+French",
+            f"/clusters/{site['run']['id']}",
+        ):
+            page.goto(server.url + path)
+            assert "bob/secret" not in page.content(), path
+        response = page.goto(server.url + "/bob/secret")
+        assert response.status == 404 and "not found" in page.inner_text("main")
+        page.goto(server.url + "/login")
+        page.fill("input[name=token]", "qv_wrong")
+        page.click("form.stack button")
+        assert "invalid or revoked token" in page.inner_text("main")
+        page.fill("input[name=token]", site["bob"])
+        page.click("form.stack button")
+        page.wait_for_url(server.url + "/bob")
+        assert "bob/secret" in page.inner_text("ul.adapters")
+        assert page.goto(server.url + "/bob/secret").status == 200
+        page.goto(server.url + "/settings/tokens")
+        page.fill("form.stack input[name=name]", "from the browser")
+        page.click("form.stack button")
+        new_token = page.inner_text("#new-token")
+        assert new_token.startswith("qv_") and "from the browser" in page.inner_text("table.tokens")
+        page.locator("form.inline button", has_text="Sign out").click()
+        assert page.goto(server.url + "/bob/secret").status == 404
+    with server.client(new_token) as c:  # the token made in the browser works
+        assert c.get("/v1/whoami").json()["user"] == "bob"
+
+
+def test_forms_without_the_csrf_token_are_refused(server: LiveServer, site: dict) -> None:
+    with server.client() as c:
+        r = c.post("/login", data={"token": site["bob"], "csrf": "forged"})
+        assert r.status_code == 400 and "stale" in r.text
+        assert c.post("/logout", data={"csrf": ""}).status_code in (400, 422)

@@ -20,6 +20,8 @@ _EXPORTS = {
     "apply_arrow": "arrow",
     "remove_arrow": "arrow",
     "Hub": "api",
+    "compose": "composition",
+    "Composition": "composition",
     "merge": "merging",
     "merged": "merging",
     "unmerge": "merging",
@@ -30,6 +32,7 @@ _EXPORTS = {
 }
 __all__ = [
     "Adapter",
+    "Composition",
     "BadRequest",
     "Conflict",
     "Forbidden",
@@ -40,6 +43,7 @@ __all__ = [
     "TooLarge",
     "Unauthorized",
     "apply_arrow",
+    "compose",
     "merge",
     "merged",
     "remove_arrow",
@@ -64,6 +68,7 @@ if TYPE_CHECKING:  # what type checkers and editors see
     from quiver_hub.adapter import Adapter
     from quiver_hub.api import Hub
     from quiver_hub.arrow import apply_arrow, remove_arrow
+    from quiver_hub.composition import Composition, compose
     from quiver_hub.errors import (
         BadRequest,
         Conflict,

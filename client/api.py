@@ -8,19 +8,20 @@ import json
 import os
 import tempfile
 import warnings
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import httpx
-import numpy as np
 import torch
-from safetensors.numpy import save
 from safetensors.torch import load
 
 from quiver_hub.cache import Cache
+from quiver_hub.capture import capture_inputs, chat_tokens, routing_payload, text_tokens
+from quiver_hub.composition import Composition
 from quiver_hub.credentials import default_endpoint, default_token
 from quiver_hub.errors import HubError, error_for
+from quiver_hub.routing import Routing, combine, split_requests
 
 SKIPPED_DIRS = (".git", ".cache", "__pycache__", ".ipynb_checkpoints")
 
@@ -39,44 +40,6 @@ def upload_paths(folder: Path, exclude: Sequence[str] = ()) -> dict[str, Path]:
             continue
         out[rel] = path
     return out
-
-
-def capture_inputs(
-    model: torch.nn.Module, tokenizer: Any, text: str | Sequence[str], modules: Collection[str]
-) -> dict[str, torch.Tensor]:
-    """The inputs (tokens x in_features) of the named modules while the model reads `text`, captured with
-    forward pre-hooks, on the model's device (the tokens are moved there)."""
-    present = {name: module for name, module in model.named_modules() if name in modules}
-    if not present:
-        raise ValueError(f"the model has none of the modules {sorted(modules)}")
-    captured: dict[str, list[torch.Tensor]] = {}
-    hooks = [
-        module.register_forward_pre_hook(
-            lambda _m, args, name=name: captured.setdefault(name, []).append(
-                args[0].detach().reshape(-1, args[0].shape[-1])
-            )
-        )
-        for name, module in present.items()
-    ]
-    inputs = tokenizer(text, return_tensors="pt", padding=not isinstance(text, str))
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    try:
-        with torch.no_grad():
-            model(**inputs.to(device))
-    finally:
-        for hook in hooks:
-            hook.remove()
-    return {name: torch.cat(rows) for name, rows in captured.items()}
-
-
-def routing_payload(hidden_states: dict[str, Any]) -> bytes:
-    """What POST /v1/route reads: safetensors of fp32 tokens x in_features per module, from tensors of
-    any shape (..., in_features), device and dtype, or numpy arrays."""
-    arrays = {}
-    for module, h in hidden_states.items():
-        h = torch.as_tensor(h).detach().to("cpu", torch.float32)
-        arrays[module] = np.ascontiguousarray(h.reshape(-1, h.shape[-1]).numpy())
-    return save(arrays)
 
 
 def offline() -> bool:
@@ -147,6 +110,7 @@ class Hub:
         license: str | None = None,  # noqa: A002
         base_model: str | None = None,
         exclude: Sequence[str] = (),
+        derived_from: dict | None = None,
     ) -> dict:
         """Publish a PEFT adapter folder (or a PeftModel, saved first) as the next version of repo.
 
@@ -174,6 +138,7 @@ class Hub:
                     "visibility": visibility,
                     "base_model": base_model,
                     "tags": ",".join(tags) if tags else None,
+                    "derived_from": json.dumps(derived_from) if derived_from is not None else None,
                 }.items()
                 if v is not None
             }
@@ -278,44 +243,111 @@ class Hub:
             "results"
         ]
 
+    def route_modules(self, base_model: str) -> dict:
+        """{"modules": {module: in_features}, "max_rows"}: what the hub can route on for this base model."""
+        return self._call("GET", "/v1/route/modules", params={"base_model": base_model})
+
     def route(
         self,
         hidden_states: dict[str, Any] | None = None,
         *,
         model: torch.nn.Module | None = None,
         tokenizer: Any = None,
-        text: str | Sequence[str] | None = None,
+        messages: Sequence[Mapping[str, str]] | None = None,
+        text: str | None = None,
+        input_ids: Sequence[int] | torch.Tensor | None = None,
+        mask: Sequence[bool] | torch.Tensor | None = None,
         base_model: str | None = None,
         top_k: int = 3,
         temperature: float = 1.0,
         limit: int = 10,
-    ) -> list[dict]:
-        """Arrow retrieval. Give the inputs of adapted modules (module -> tokens x in_features), or a model,
-        its tokenizer and text: the inputs are then captured locally with hooks and sent."""
+        task: str | None = None,
+        tags: Sequence[str] = (),
+        namespace: str | None = None,
+    ) -> Routing:
+        """Which adapters fit this input? Arrow retrieval on the model's own hidden states.
+
+        Give the inputs of adapted modules (module -> tokens x in_features); or a model and its tokenizer
+        with `messages` (a chat as apps hold it: the chat is run whole, the last user message's tokens are
+        routed), `text` (a bare prompt, every token routed) or `input_ids` with a `mask` of the tokens to
+        route. Inputs too long for one request are split over several and combined exactly. The answer
+        is a list of adapters, best first, with merge_plan() for the recommended merge."""
         if hidden_states is None:
-            if model is None or tokenizer is None or text is None:
-                raise ValueError("give hidden_states, or model, tokenizer and text")
+            if model is None or tokenizer is None:
+                raise ValueError("give hidden_states, or a model and its tokenizer with messages, text or input_ids")
             base_model = base_model or getattr(model, "name_or_path", None) or model.config.name_or_path
-            hidden_states = self.capture(model, tokenizer, text, base_model)
+            if messages is not None:
+                input_ids, mask = chat_tokens(tokenizer, messages)
+            elif text is not None:
+                input_ids, mask = text_tokens(tokenizer, text)
+            elif input_ids is None:
+                raise ValueError("give messages, text or input_ids to route")
+            known = self.route_modules(base_model)
+            if not known["modules"]:
+                raise ValueError(f"no adapter of {base_model} is on the hub to route to")
+            hidden_states = capture_inputs(model, tokenizer, None, known["modules"], input_ids=input_ids, mask=mask)
+            max_rows = known["max_rows"]
+        else:
+            max_rows = self.route_modules(base_model)["max_rows"] if base_model else 0
         if not base_model:
             raise ValueError("base_model is required")
         params = {"base_model": base_model, "top_k": top_k, "temperature": temperature, "limit": limit}
+        params |= {k: v for k, v in {"task": task, "tags": ",".join(tags), "namespace": namespace}.items() if v}
+        requests = split_requests(hidden_states, max_rows) if max_rows else [(1.0, hidden_states)]
+        if len(requests) == 1:
+            return Routing(self._route_request(requests[0][1], params))
+        answers = [(w, self._route_request(states, {**params, "all_scores": True})) for w, states in requests]
+        return combine(answers, limit)
+
+    def _route_request(self, states: Mapping[str, Any], params: dict) -> list[dict]:
         return self._call(
             "POST",
             "/v1/route",
             params=params,
-            content=routing_payload(hidden_states),
+            content=routing_payload(states),
             headers={"Content-Type": "application/octet-stream"},
         )["results"]
 
-    def capture(
-        self, model: torch.nn.Module, tokenizer: Any, text: str | Sequence[str], base_model: str
-    ) -> dict[str, torch.Tensor]:
-        """Inputs of the modules the hub can route on for base_model, captured with forward pre-hooks."""
-        known = self._call("GET", "/v1/route/modules", params={"base_model": base_model})["modules"]
-        if not known:
-            raise ValueError(f"no adapter of {base_model} is on the hub to route to")
-        return capture_inputs(model, tokenizer, text, known)
+    # -- compositions --
+
+    def publish_composition(
+        self,
+        composition: Composition,
+        repo: str,
+        base_model: str,
+        rank: int | None = None,
+        description: str | None = None,
+        visibility: str | None = None,
+        examples: Sequence[str] | None = None,
+    ) -> dict:
+        """Publish a composition (quiver_hub.compose) as an ordinary PEFT adapter: the weighted sum of its
+        members' deltas as concatenated factors, or rank-`rank` compressed, with its lineage (every member
+        version and its weight), which the hub checks against the versions you may see."""
+        lineage = {
+            "method": f"composition:{composition.method}",
+            "rank": rank,
+            "versions": [
+                {"id": a.origin[0], "revision": a.origin[1], "weight": w}
+                if a.origin
+                else {"id": a.name, "weight": w, "local": True}
+                for a, w in zip(composition.adapters, composition.weights, strict=True)
+            ],
+        }
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = composition.save(Path(tmp) / "composition", base_model, rank)
+            parts = ", ".join(f"{v['id']} x {v['weight']:.3g}" for v in lineage["versions"])
+            (folder / "README.md").write_text(
+                f"# {repo}\n\n{description or 'A few-shot composition of library adapters.'}\n\n"
+                f"Composed ({composition.method}) from: {parts}.\n"
+            )
+            return self.push(
+                folder,
+                repo,
+                description=description,
+                visibility=visibility,
+                examples=examples,
+                derived_from=lineage,
+            )
 
     # -- clustering (MBC) --
 

@@ -9,10 +9,11 @@ from quiver_hub.registry.blobs import BlobStore, StagedFile
 from quiver_hub.registry.errors import InvalidRequest, RegistryError
 from quiver_hub.registry.limits import MAX_DESCRIPTION_CHARS, MAX_FILES
 from quiver_hub.registry.names import check_file_path
+from quiver_hub.registry.parsing import parse_json
 from quiver_hub.registry.writes import AdapterMeta, parse_tags
 
 MAX_FIELD_BYTES = 4 * MAX_DESCRIPTION_CHARS  # a text field (UTF-8: up to 4 bytes a character)
-FIELDS = ("description", "task", "tags", "license", "visibility", "base_model")
+FIELDS = ("description", "task", "tags", "license", "visibility", "base_model", "derived_from")
 
 
 async def read_form(request: Request) -> FormData:
@@ -47,12 +48,22 @@ def stage_files(form: FormData, store: BlobStore, limit: int) -> dict[str, Stage
     return staged
 
 
+def text_field(form: FormData, key: str) -> str | None:
+    value = form.get(key)
+    if value is not None and not isinstance(value, str):
+        raise InvalidRequest(f"form field {key!r} must be text, not a file")
+    return value
+
+
+def form_lineage(form: FormData) -> dict | None:
+    """The `derived_from` field: the lineage a composition declares (registry.writes.check_lineage)."""
+    raw = text_field(form, "derived_from")
+    return parse_json(raw, "derived_from", InvalidRequest) if raw else None
+
+
 def form_meta(form: FormData) -> AdapterMeta:
     def text(key: str) -> str | None:
-        value = form.get(key)
-        if value is not None and not isinstance(value, str):
-            raise InvalidRequest(f"form field {key!r} must be text, not a file")
-        return value
+        return text_field(form, key)
 
     unknown = set(form.keys()) - {"files", *FIELDS}
     if unknown:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -306,42 +305,15 @@ def cluster_adapter_files(
     store: BlobStore, members: list[MergeMember], base_model: str, rank: int | None
 ) -> tuple[dict[str, StagedFile], dict]:
     """adapter_config.json and adapter_model.safetensors of the averaged adapter, staged."""
-    factor_sets = [m.factors for m in members]
     fan = {bool(m.config.get("fan_in_fan_out")) for m in members}
     if len(fan) > 1:
         raise InvalidRequest("members disagree on fan_in_fan_out; they cannot be averaged into one adapter")
-    n = len(factor_sets)
-    modules = sorted({m for fs in factor_sets for m in fs})
-    merged: dict[str, lora.Factors] = {}
-    for module in modules:
-        # Members without the module contribute a zero delta: scale the others by their share of n.
-        present = [fs[module] for fs in factor_sets if module in fs]
-        average = lora.concat_average(present)
-        average = lora.Factors(average.A, average.B * (len(present) / n), 1.0)
-        merged[module] = lora.truncate(average, rank) if rank else average
-    ranks = {name: f.A.shape[0] for name, f in merged.items()}
-    r = max(ranks.values())
-    pattern = {re.escape(name): k for name, k in ranks.items() if k != r}
+    n = len(members)
+    merged = lora.weighted_sum([m.factors for m in members], [1.0 / n] * n, rank)
     task_types = {m.config.get("task_type") for m in members}
-    config = {
-        "peft_type": "LORA",
-        "r": r,
-        "lora_alpha": r,
-        "target_modules": modules,
-        "base_model_name_or_path": base_model,
-        "rank_pattern": pattern,
-        "alpha_pattern": dict(pattern),
-        "use_rslora": False,
-        "fan_in_fan_out": fan.pop(),
-        "lora_dropout": 0.0,
-        "bias": "none",
-        "task_type": task_types.pop() if len(task_types) == 1 else None,
-        "inference_mode": True,
-    }
-    tensors = {}
-    for name, f in merged.items():
-        tensors[lora.factor_key(name, "A")] = f.A.float().contiguous()
-        tensors[lora.factor_key(name, "B")] = f.B.float().contiguous()
+    config, tensors = lora.adapter_files(
+        merged, base_model, fan.pop(), task_types.pop() if len(task_types) == 1 else None
+    )
     staged = {
         lora.CONFIG_FILE: store.stage(io.BytesIO(json.dumps(config, indent=2).encode())),
         lora.WEIGHTS_FILE: store.stage(io.BytesIO(save(tensors))),

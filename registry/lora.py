@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -192,16 +193,64 @@ def sketch(factors: Mapping[str, Factors], p: int = SKETCH_P, q: int = SKETCH_Q)
     return (flat / norm if norm > 0 else flat).numpy().astype(np.float32)
 
 
-# --- Averages of adapters (cluster adapters) ------------------------------------------------------
+# --- Weighted sums of adapters (cluster adapters, compositions) ------------------------------------
 
 
 def concat_average(members: list[Factors]) -> Factors:
     """The exact average of the members' deltas, (1/n) sum_i s_i B_i A_i, as one factor pair of rank
     sum r_i: A = [A_1; ...; A_n], B = [s_1 B_1 | ... | s_n B_n] / n, scaling 1."""
-    n = len(members)
+    return concat_sum(members, [1.0 / len(members)] * len(members))
+
+
+def concat_sum(members: list[Factors], weights: list[float]) -> Factors:
+    """sum_i w_i s_i B_i A_i exactly, as one factor pair of rank sum r_i: A = [A_1; ...; A_n],
+    B = [w_1 s_1 B_1 | ... | w_n s_n B_n], scaling 1 (never a dense delta)."""
     A = torch.cat([m.A.double() for m in members], dim=0)
-    B = torch.cat([m.B.double() * (m.scaling / n) for m in members], dim=1)
+    B = torch.cat([m.B.double() * (m.scaling * w) for m, w in zip(members, weights, strict=True)], dim=1)
     return Factors(A, B, 1.0)
+
+
+def weighted_sum(
+    adapters: list[Mapping[str, Factors]], weights: list[float], rank: int | None = None
+) -> dict[str, Factors]:
+    """Per module, sum_i w_i s_i B_i A_i over the adapters that adapt it (the others add nothing): the
+    concatenated factors, or with `rank` the best rank-`rank` approximation of that sum."""
+    out = {}
+    for module in sorted({m for factors in adapters for m in factors}):
+        present = [(f[module], w) for f, w in zip(adapters, weights, strict=True) if module in f]
+        total = concat_sum([f for f, _ in present], [w for _, w in present])
+        out[module] = truncate(total, rank) if rank else total
+    return out
+
+
+def adapter_files(
+    factors: Mapping[str, Factors], base_model: str, fan_in_fan_out: bool = False, task_type: str | None = None
+) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """(adapter_config.json, adapter_model.safetensors tensors) of a PEFT LoRA adapter holding these factors
+    (scaling 1 each: lora_alpha = r, per-module ranks in rank_pattern/alpha_pattern), which PEFT loads."""
+    ranks = {name: f.A.shape[0] for name, f in factors.items()}
+    r = max(ranks.values())
+    pattern = {re.escape(name): k for name, k in ranks.items() if k != r}
+    config = {
+        "peft_type": "LORA",
+        "r": r,
+        "lora_alpha": r,
+        "target_modules": sorted(factors),
+        "base_model_name_or_path": base_model,
+        "rank_pattern": pattern,
+        "alpha_pattern": dict(pattern),
+        "use_rslora": False,
+        "fan_in_fan_out": fan_in_fan_out,
+        "lora_dropout": 0.0,
+        "bias": "none",
+        "task_type": task_type,
+        "inference_mode": True,
+    }
+    tensors = {}
+    for name, f in factors.items():
+        tensors[factor_key(name, "A")] = f.A.float().contiguous()
+        tensors[factor_key(name, "B")] = f.B.float().contiguous()
+    return config, tensors
 
 
 def truncate(f: Factors, rank: int) -> Factors:

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import re
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 
 from sqlalchemy import select
 from sqlalchemy.dialects import postgresql, sqlite
@@ -317,6 +318,44 @@ def check_base_model(base_model: str) -> str:
             "`quiver push --base-model`, or `base_model:` in the card's metadata"
         )
     return base_model
+
+
+MAX_LINEAGE = 256
+
+
+def check_lineage(sessions: sessionmaker[Session], principal: Principal, lineage: object) -> dict:
+    """A declared lineage ({"method", "rank"?, "versions": [{"id", "revision", "weight"?} or a local
+    {"id", "weight", "local": true}]}), with every named version checked to exist and be visible to the
+    publisher, and its number filled in. Nothing else is kept."""
+    if not isinstance(lineage, dict) or not isinstance(lineage.get("versions"), list):
+        raise InvalidRequest('derived_from must be {"method": ..., "versions": [{"id", "revision", "weight"}]}')
+    members = lineage["versions"]
+    if not 1 <= len(members) <= MAX_LINEAGE:
+        raise InvalidRequest(f"derived_from names 1 to {MAX_LINEAGE} versions")
+    method = lineage.get("method")
+    if not isinstance(method, str) or not 0 < len(method) <= 64:
+        raise InvalidRequest("derived_from.method must be a short string")
+    rank = lineage.get("rank")
+    if rank is not None and (type(rank) is not int or rank < 1):
+        raise InvalidRequest("derived_from.rank must be a positive integer")
+    out = []
+    with sessions() as session:
+        for m in members:
+            if not isinstance(m, dict) or not isinstance(m.get("id"), str) or len(m["id"]) > 200:
+                raise InvalidRequest("each derived_from version needs an id")
+            weight = m.get("weight")
+            if weight is not None and not (isinstance(weight, int | float) and math.isfinite(weight)):
+                raise InvalidRequest("derived_from weights must be finite numbers")
+            if m.get("local"):
+                out.append({"id": m["id"], "weight": weight, "local": True})
+                continue
+            namespace, _, name = m["id"].partition("/")
+            revision = m.get("revision")
+            if not isinstance(revision, str):
+                raise InvalidRequest(f"derived_from: {m['id']} needs its revision")
+            version = get_version(session, get_adapter(session, principal, namespace, name), revision)
+            out.append({**asdict(VersionIdentity.of(version)), "weight": weight})
+    return {"method": method, "rank": rank, "versions": out}
 
 
 def stored_shapes(store: BlobStore, version: Version) -> dict[str, tuple[int, int]]:

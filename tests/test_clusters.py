@@ -94,7 +94,8 @@ def test_mbc_recovers_planted_groups(server: LiveServer, tmp_path: Path, method:
     assert adjusted_rand_score(truth, labels(result, names)) >= 0.9
     for cluster in result["clusters"]:
         for m in cluster["members"]:
-            assert set(m) == {"id", "version", "revision", "task", "distance"} and m["distance"] >= 0
+            assert set(m) == {"id", "version", "revision", "task", "distance", "xy"} and m["distance"] >= 0
+            assert len(m["xy"]) == 2
         assert [m["distance"] for m in cluster["members"]] == sorted(m["distance"] for m in cluster["members"])
     chosen = run(server, token, method=method)  # k by silhouette
     assert chosen["k"] == 3 and chosen["silhouette"] > 0.3

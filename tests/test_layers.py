@@ -140,3 +140,12 @@ def test_a_planted_violation_is_caught(tmp_path: Path) -> None:
         "registry/lora.py:1: registry.lora may not import registry (quiver_hub.registry.reads)",
         "migrations/env.py:1: migrations may not import hub (quiver_hub.hub.settings)",
     ]
+
+
+def test_public_names_are_never_submodule_names() -> None:
+    """`from quiver_hub import merge` must give the function even after something imported a submodule of
+    that name (which binds the package attribute): the lazy exports and the modules never share a name."""
+    import quiver_hub
+
+    modules = {p.stem for p in (ROOT / "client").glob("*.py")} | {"hub", "registry", "migrations"}
+    assert not set(quiver_hub.__all__) & modules

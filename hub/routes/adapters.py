@@ -13,7 +13,7 @@ from safetensors.numpy import save
 from quiver_hub.hub import schemas
 from quiver_hub.hub.deps import PrincipalDep, SessionDep, StateDep
 from quiver_hub.hub.downloads import blob_response
-from quiver_hub.hub.uploads import form_meta, read_form, stage_files
+from quiver_hub.hub.uploads import form_lineage, form_meta, read_form, stage_files
 from quiver_hub.registry import reads, tags, writes
 from quiver_hub.registry.accounts import require_write
 from quiver_hub.registry.errors import NotFound
@@ -44,6 +44,11 @@ UPLOAD_BODY = {
                         "tags": {"type": "string", "description": "comma separated"},
                         "license": {"type": "string"},
                         "visibility": {"type": "string", "enum": ["public", "private"]},
+                        "base_model": {"type": "string", "description": "sets or corrects the config's"},
+                        "derived_from": {
+                            "type": "string",
+                            "description": 'JSON lineage: {"method", "versions": [{"id", "revision", "weight"}]}',
+                        },
                     },
                 }
             }
@@ -59,7 +64,8 @@ async def publish_adapter(
     namespace: str, name: str, request: Request, state: StateDep, principal: PrincipalDep
 ) -> schemas.VersionOut:
     """Publish a new version. Multipart: parts named `files` (filename = path in the adapter folder),
-    and optional fields description, task, tags (comma separated), license, visibility."""
+    and optional fields description, task, tags (comma separated), license, visibility, base_model and
+    derived_from (a composition's lineage, JSON)."""
 
     def precheck() -> None:
         check_repo_id(namespace, name)
@@ -70,9 +76,21 @@ async def publish_adapter(
     form = await read_form(request)
     try:
         meta = form_meta(form)
+        lineage = form_lineage(form)
+        if lineage is not None:
+            lineage = await run_in_threadpool(writes.check_lineage, state.sessions, principal, lineage)
         files = await run_in_threadpool(stage_files, form, state.store, state.settings.max_upload_bytes)
         version = await run_in_threadpool(
-            writes.publish, state.sessions, state.store, principal, namespace, name, files, meta, state.embedder
+            writes.publish,
+            state.sessions,
+            state.store,
+            principal,
+            namespace,
+            name,
+            files,
+            meta,
+            state.embedder,
+            derived_from=lineage,
         )
     finally:
         await form.close()

@@ -1,0 +1,98 @@
+"""What a model reads, for routing: the tokens of a chat (and which of them to route on), and the inputs of
+its adapted modules captured with forward pre-hooks.
+
+Which tokens are routed matters more than anything else on a real model (bench/README.md, "Retrieval on a
+real library"): the chat template and the system prompt are the same for every input, so routing on them
+sends every input to the same adapter. A chat is therefore run through the model whole (the model reads
+the user's words in context), but only the tokens of the last user message are routed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.numpy import save
+
+Message = Mapping[str, str]
+
+
+def chat_tokens(tokenizer: Any, messages: Sequence[Message]) -> tuple[list[int], list[bool]]:
+    """(token ids of the chat as the model sees it, with the assistant's turn opened; a mask of the tokens
+    of the last user message's content). Needs a fast tokenizer (offsets) and a chat template."""
+    users = [m for m in messages if m.get("role") == "user"]
+    if not users or not users[-1].get("content"):
+        raise ValueError("route on a chat needs a user message with content")
+    content = users[-1]["content"]
+    text = tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
+    start = text.rfind(content)
+    if start < 0:
+        raise ValueError("the chat template does not hold the user's message verbatim; pass input_ids and a mask")
+    end = start + len(content)
+    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    mask = [s >= start and e <= end and e > s for s, e in encoded["offset_mapping"]]
+    if not any(mask):
+        raise ValueError("no token of the user's message was found in the tokenized chat")
+    return list(encoded["input_ids"]), mask
+
+
+def text_tokens(tokenizer: Any, text: str) -> tuple[list[int], list[bool]]:
+    """(token ids of a bare text, all of them routed)."""
+    ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    if not ids:
+        raise ValueError("the text has no tokens")
+    return ids, [True] * len(ids)
+
+
+def capture_inputs(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    text: str | Sequence[str] | None,
+    modules: Collection[str],
+    *,
+    input_ids: Sequence[int] | torch.Tensor | None = None,
+    mask: Sequence[bool] | torch.Tensor | None = None,
+) -> dict[str, torch.Tensor]:
+    """The inputs (tokens x in_features) of the named modules while the model reads `text` (or
+    `input_ids`), captured with forward pre-hooks on the model's device; with `mask`, only the masked
+    tokens' rows (a padded batch of texts: only the real tokens)."""
+    present = {name: module for name, module in model.named_modules() if name in modules}
+    if not present:
+        raise ValueError(f"the model has none of the modules {sorted(modules)}")
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    if input_ids is not None:
+        inputs = {"input_ids": torch.as_tensor(input_ids).reshape(1, -1)}
+    else:
+        inputs = dict(tokenizer(text, return_tensors="pt", padding=not isinstance(text, str)))
+    if mask is None and "attention_mask" in inputs:  # a padded batch: the padding is not routed
+        mask = inputs["attention_mask"]
+    keep = torch.as_tensor(mask, dtype=torch.bool).reshape(-1) if mask is not None else None
+    captured: dict[str, list[torch.Tensor]] = {}
+
+    def hook(name: str):  # noqa: ANN202
+        def record(_module: torch.nn.Module, args: tuple) -> None:
+            rows = args[0].detach().reshape(-1, args[0].shape[-1])
+            captured.setdefault(name, []).append(rows[keep.to(rows.device)] if keep is not None else rows)
+
+        return record
+
+    hooks = [module.register_forward_pre_hook(hook(name)) for name, module in present.items()]
+    try:
+        with torch.no_grad():
+            model(**{k: v.to(device) for k, v in inputs.items()})
+    finally:
+        for h in hooks:
+            h.remove()
+    return {name: torch.cat(rows) for name, rows in captured.items()}
+
+
+def routing_payload(hidden_states: Mapping[str, Any]) -> bytes:
+    """What POST /v1/route reads: safetensors of fp32 tokens x in_features per module, from tensors of
+    any shape (..., in_features), device and dtype, or numpy arrays."""
+    arrays = {}
+    for module, h in hidden_states.items():
+        h = torch.as_tensor(h).detach().to("cpu", torch.float32)
+        arrays[module] = np.ascontiguousarray(h.reshape(-1, h.shape[-1]).numpy())
+    return save(arrays)

@@ -1,0 +1,114 @@
+"""Hub.route as apps call it: a chat routes on the tokens of its last user message (not the template, not
+the system prompt), and an input too long for one request is routed whole, split over several requests
+and combined exactly."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from quiver_hub import Hub
+from quiver_hub.capture import capture_inputs, chat_tokens
+from quiver_hub.routing import Routing, split_requests
+from tests.adapters import BASE, upload_parts, write_adapter
+from tests.conftest import LiveServer
+from tests.test_route import HIDDEN, brute_force, dense_prototypes
+
+MODULES = [f"model.layers.{i}.self_attn.{p}" for i in range(2) for p in ("q_proj", "v_proj")]
+
+
+def chat_tokenizer():  # noqa: ANN201
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = (
+        "<|im_start|> <|im_end|> system user assistant you are helpful translate this into french good night".split()
+    )
+    vocab = {"[UNK]": 0, "[PAD]": 1, **{w: i + 2 for i, w in enumerate(words)}}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]")
+    fast.chat_template = (
+        "{% for m in messages %}<|im_start|> {{ m['role'] }} {{ m['content'] }} <|im_end|> {% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|> assistant {% endif %}"
+    )
+    return fast
+
+
+def test_a_chat_routes_on_its_last_user_message_only() -> None:
+    tok = chat_tokenizer()
+    messages = [
+        {"role": "system", "content": "you are helpful"},
+        {"role": "user", "content": "good night"},
+        {"role": "assistant", "content": "good night"},
+        {"role": "user", "content": "translate this into french"},
+    ]
+    ids, mask = chat_tokens(tok, messages)
+    routed = [tok.convert_ids_to_tokens(i) for i, keep in zip(ids, mask, strict=True) if keep]
+    assert routed == ["translate", "this", "into", "french"]
+    assert tok.convert_ids_to_tokens(ids[-2:]) == ["<|im_start|>", "assistant"]  # the model reads the whole chat
+
+
+def test_the_states_of_routed_tokens_are_those_the_model_computes_in_context() -> None:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=32,
+            hidden_size=HIDDEN,
+            intermediate_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+        )
+    ).eval()
+    tok = chat_tokenizer()
+    ids, mask = chat_tokens(tok, [{"role": "user", "content": "translate this into french"}])
+    states = capture_inputs(model, tok, None, MODULES, input_ids=ids, mask=mask)
+    full = capture_inputs(model, tok, None, MODULES, input_ids=ids)
+    keep = torch.tensor(mask)
+    for m in MODULES:
+        assert states[m].shape == (4, HIDDEN) and torch.equal(states[m], full[m][keep])
+
+
+def test_a_long_input_over_many_modules_is_routed_whole(server: LiveServer, tmp_path: Path) -> None:
+    token = server.token("alice")
+    protos = {}
+    for i in range(6):
+        folder = write_adapter(tmp_path / f"a{i}", seed=i, hidden=HIDDEN)
+        with server.client(token) as c:
+            assert c.post(f"/v1/adapters/alice/a{i}", files=upload_parts(folder)).status_code == 201
+        protos[f"alice/a{i}"] = dense_prototypes(folder)
+    rng = np.random.default_rng(0)
+    # 3 modules of 3000 tokens and one of 10000: 19000 rows, over the hub's 8192 a request
+    hidden = {
+        m: rng.standard_normal((10_000 if i == 0 else 3000, HIDDEN)).astype(np.float32) for i, m in enumerate(MODULES)
+    }
+    requests = split_requests(hidden, 8192)
+    assert len(requests) > 2 and abs(sum(w for w, _ in requests) - 1.0) < 1e-12
+    assert all(sum(len(h) for h in states.values()) <= 8192 for _, states in requests)
+    with Hub(server.url, token, cache_dir=tmp_path / "cache") as hub:
+        routed = hub.route(hidden, base_model=BASE, top_k=2, limit=6)
+    assert isinstance(routed, Routing)
+    expected = brute_force(protos, hidden, 2, 1.0)
+    assert [r["id"] for r in routed] == sorted(expected, key=lambda k: (-expected[k], k))
+    for r in routed:
+        assert abs(r["score"] - expected[r["id"]]) < 1e-5
+    assert abs(sum(r["score"] for r in routed) - 1.0) < 1e-5
+
+
+def test_merge_plan() -> None:
+    answer = Routing(
+        [
+            {"id": "a/x", "revision": "1" * 40, "score": 0.5},
+            {"id": "a/y", "revision": "2" * 40, "score": 0.3},
+            {"id": "a/z", "revision": "3" * 40, "score": 0.2},
+        ]
+    )
+    assert answer.merge_plan() == [(f"a/x@{'1' * 40}", 1.0)]
+    plan = answer.merge_plan(min_share=0.5)
+    assert [s for s, _ in plan] == [f"a/x@{'1' * 40}", f"a/y@{'2' * 40}"] and sum(w for _, w in plan) == 1.0
+    assert Routing().merge_plan() == []

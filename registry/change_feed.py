@@ -26,8 +26,13 @@ def last_seq(session: Session) -> int:
 
 
 def changed_since(session: Session, seq: int) -> tuple[int, set[int]]:
-    """(the newest seq, the adapters changed after `seq`)."""
-    rows = session.execute(select(Change.seq, Change.adapter_id).where(Change.seq > seq).order_by(Change.seq)).all()
-    if not rows:
-        return seq, set()
-    return rows[-1][0], {adapter_id for _, adapter_id in rows}
+    """(the newest seq, the adapters changed after `seq`), read in pages of 10,000 changes."""
+    changed: set[int] = set()
+    while True:
+        rows = session.execute(
+            select(Change.seq, Change.adapter_id).where(Change.seq > seq).order_by(Change.seq).limit(10_000)
+        ).all()
+        if not rows:
+            return seq, changed
+        seq = rows[-1][0]
+        changed.update(adapter_id for _, adapter_id in rows)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -57,16 +58,26 @@ def collect_garbage(sessions: sessionmaker[Session], store: BlobStore, grace_s: 
     """Remove unreferenced blob rows and their content, content with no row (left by a crash
     before a commit) older than `grace_s`, stale staging files, and an object store's uploads a crash
     left in parts."""
-    with sessions() as session:
-        all_rows = list(session.scalars(select(Blob.sha256)))
-    removed = purge_blobs(sessions, store, all_rows)
-    with sessions() as session:
-        known = set(session.scalars(select(Blob.sha256)))
+    removed: list[str] = []
+    after = ""
+    while True:  # every row, a page at a time (keyset: no query grows with the store)
+        with sessions() as session:
+            page = list(
+                session.scalars(select(Blob.sha256).where(Blob.sha256 > after).order_by(Blob.sha256).limit(BATCH))
+            )
+        if not page:
+            break
+        removed += purge_blobs(sessions, store, page)
+        after = page[-1]
     orphans = 0
-    for sha, age in list(store.stored()):
-        if sha not in known and age > grace_s:
-            store.delete(sha)
-            orphans += 1
+    old = ((sha, age) for sha, age in store.stored() if age > grace_s)
+    while chunk := list(itertools.islice(old, BATCH)):
+        with sessions() as session:
+            known = set(session.scalars(select(Blob.sha256).where(Blob.sha256.in_([sha for sha, _ in chunk]))))
+        for sha, _ in chunk:
+            if sha not in known:
+                store.delete(sha)
+                orphans += 1
     temps = 0
     for tmp in store.stale_temp_files(grace_s):
         tmp.unlink(missing_ok=True)

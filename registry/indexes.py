@@ -34,6 +34,7 @@ from quiver_hub.registry.reads import VersionIdentity
 from quiver_hub.registry.vectors import from_bytes
 
 PUBLIC = 0  # the partition of public adapters; private ones live in their namespace id's partition
+LOAD_BATCH = 1000  # adapters read per query when (re)building
 # This FAISS build switches flat search to BLAS only from 128k queries; a route request has tens to
 # thousands of token rows, for which BLAS is several times faster.
 faiss.cvar.distance_compute_blas_threshold = 8
@@ -160,18 +161,31 @@ class IndexSet:
     # -- keeping in step with the database --
 
     def rebuild(self, sessions: sessionmaker[Session]) -> None:
+        """Every adapter's latest version, read in batches of LOAD_BATCH adapters (keyset pages: no query
+        grows with the library, nor binds more parameters than a batch)."""
         with self.lock, sessions() as session:
             self._clear()
             self.seq = last_seq(session)  # read first: later changes are re-applied, reloading is idempotent
-            self._load(session, None)
+            after = 0
+            while True:
+                ids = list(
+                    session.scalars(
+                        select(Adapter.id).where(Adapter.id > after).order_by(Adapter.id).limit(LOAD_BATCH)
+                    )
+                )
+                if not ids:
+                    break
+                self._load(session, set(ids))
+                after = ids[-1]
 
     def refresh(self, sessions: sessionmaker[Session]) -> None:
         with self.lock, sessions() as session:
             seq, changed = changed_since(session, self.seq)
-            if changed:
-                for adapter_id in changed:
-                    self._remove(adapter_id)
-                self._load(session, changed)
+            for adapter_id in changed:
+                self._remove(adapter_id)
+            ordered = sorted(changed)
+            for start in range(0, len(ordered), LOAD_BATCH):
+                self._load(session, set(ordered[start : start + LOAD_BATCH]))
             self.seq = seq
 
     def _remove(self, adapter_id: int) -> None:
@@ -184,12 +198,14 @@ class IndexSet:
         self.text.remove(entry.partition, entry.version_id)
         self.examples.remove(entry.partition, entry.version_id)
 
-    def _load(self, session: Session, adapter_ids: set[int] | None) -> None:
-        """Index the latest version of the given adapters (all when None)."""
-        newest = select(Version.adapter_id, func.max(Version.number).label("number")).group_by(Version.adapter_id)
-        if adapter_ids is not None:
-            newest = newest.where(Version.adapter_id.in_(adapter_ids))
-        newest = newest.subquery()
+    def _load(self, session: Session, adapter_ids: set[int]) -> None:
+        """Index the latest version of the given adapters (at most LOAD_BATCH of them)."""
+        newest = (
+            select(Version.adapter_id, func.max(Version.number).label("number"))
+            .where(Version.adapter_id.in_(sorted(adapter_ids)))
+            .group_by(Version.adapter_id)
+            .subquery()
+        )
         rows = session.execute(
             select(Version, Adapter, Namespace.name)
             .join(newest, (Version.adapter_id == newest.c.adapter_id) & (Version.number == newest.c.number))

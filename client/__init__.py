@@ -20,6 +20,7 @@ _EXPORTS = {
     "apply_arrow": "arrow",
     "remove_arrow": "arrow",
     "Hub": "api",
+    "reference_means": "capture",
     "compose": "composition",
     "Composition": "composition",
     "merge": "merging",
@@ -46,6 +47,7 @@ __all__ = [
     "compose",
     "merge",
     "merged",
+    "reference_means",
     "remove_arrow",
     "unmerge",
 ]
@@ -68,6 +70,7 @@ if TYPE_CHECKING:  # what type checkers and editors see
     from quiver_hub.adapter import Adapter
     from quiver_hub.api import Hub
     from quiver_hub.arrow import apply_arrow, remove_arrow
+    from quiver_hub.capture import reference_means
     from quiver_hub.composition import Composition, compose
     from quiver_hub.errors import (
         BadRequest,

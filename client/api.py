@@ -17,13 +17,14 @@ import torch
 from safetensors.torch import load
 
 from quiver_hub.cache import Cache
-from quiver_hub.capture import capture_inputs, chat_tokens, routing_payload, text_tokens
+from quiver_hub.capture import capture_inputs, chat_tokens, reference_means, routing_payload, text_tokens
 from quiver_hub.composition import Composition
 from quiver_hub.credentials import default_endpoint, default_token
 from quiver_hub.errors import HubError, error_for
 from quiver_hub.routing import Routing, combine, split_requests
 
 SKIPPED_DIRS = (".git", ".cache", "__pycache__", ".ipynb_checkpoints")
+ROUTE_METHODS = ("arrow", "arrow-centered", "arrow+examples")
 
 
 def upload_paths(folder: Path, exclude: Sequence[str] = ()) -> dict[str, Path]:
@@ -264,6 +265,7 @@ class Hub:
         task: str | None = None,
         tags: Sequence[str] = (),
         namespace: str | None = None,
+        method: str = "arrow+examples",
     ) -> Routing:
         """Which adapters fit this input? Arrow retrieval on the model's own hidden states.
 
@@ -271,28 +273,44 @@ class Hub:
         with `messages` (a chat as apps hold it: the chat is run whole, the last user message's tokens are
         routed), `text` (a bare prompt, every token routed) or `input_ids` with a `mask` of the tokens to
         route. Inputs too long for one request are split over several and combined exactly. The answer
-        is a list of adapters, best first, with merge_plan() for the recommended merge."""
+        is a list of adapters, best first, with merge_plan() for the recommended merge.
+
+        method (README, "Finding adapters"): "arrow", the paper's, on the states as they are;
+        "arrow-centered", on the states minus each module's mean input over ordinary text
+        (capture.reference_means), which all inputs share; "arrow+examples" (the default), centered, and
+        averaged with how close the user's words are to each adapter's example inputs."""
+        if method not in ROUTE_METHODS:
+            raise ValueError(f"method must be one of {', '.join(ROUTE_METHODS)}, got {method!r}")
+        words = None
         if hidden_states is None:
             if model is None or tokenizer is None:
                 raise ValueError("give hidden_states, or a model and its tokenizer with messages, text or input_ids")
             base_model = base_model or getattr(model, "name_or_path", None) or model.config.name_or_path
             if messages is not None:
                 input_ids, mask = chat_tokens(tokenizer, messages)
+                words = next(m["content"] for m in reversed(messages) if m.get("role") == "user")
             elif text is not None:
                 input_ids, mask = text_tokens(tokenizer, text)
+                words = text
             elif input_ids is None:
                 raise ValueError("give messages, text or input_ids to route")
             known = self.route_modules(base_model)
             if not known["modules"]:
                 raise ValueError(f"no adapter of {base_model} is on the hub to route to")
             hidden_states = capture_inputs(model, tokenizer, None, known["modules"], input_ids=input_ids, mask=mask)
+            if method != "arrow":
+                means = reference_means(model, tokenizer, known["modules"], chat=messages is not None)
+                hidden_states = {m: h - means[m].to(h.device, h.dtype) for m, h in hidden_states.items()}
             max_rows = known["max_rows"]
         else:
+            words = text
             max_rows = self.route_modules(base_model)["max_rows"] if base_model else 0
         if not base_model:
             raise ValueError("base_model is required")
         params = {"base_model": base_model, "top_k": top_k, "temperature": temperature, "limit": limit}
         params |= {k: v for k, v in {"task": task, "tags": ",".join(tags), "namespace": namespace}.items() if v}
+        if method == "arrow+examples" and words:
+            params["text"] = words[:20000]
         requests = split_requests(hidden_states, max_rows) if max_rows else [(1.0, hidden_states)]
         if len(requests) == 1:
             return Routing(self._route_request(requests[0][1], params))

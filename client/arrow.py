@@ -38,9 +38,12 @@ class ArrowRouter:
         temperature: float,
         dtype: torch.dtype,
         device: torch.device,
+        center: torch.Tensor | None = None,
     ):
-        """dtype and device: the layer's weight's; the experts move there, wherever they were loaded."""
+        """dtype and device: the layer's weight's; the experts move there, wherever they were loaded.
+        center: subtracted from each token before its logits (the module's mean input over ordinary text)."""
         self.top_k, self.temperature = min(top_k, len(experts)), temperature
+        self.center = center.to(device, torch.float32) if center is not None else None
         self.P = torch.stack([p.to(device, torch.float32) for _, _, _, p in experts])  # E x in, routing in fp32
         self.ranks = [a.shape[0] for a, _, _, _ in experts]
         # Mixing runs in the layer's dtype on a GPU, in fp32 on a CPU (bf16/fp16 GEMMs are slow on most CPUs).
@@ -54,7 +57,8 @@ class ArrowRouter:
 
     def weights(self, x: torch.Tensor) -> torch.Tensor:
         """Routing weights, tokens x E (zero outside each token's top k)."""
-        logits = (x.float() @ self.P.T).abs_() / self.temperature
+        x = x.float() - self.center if self.center is not None else x.float()
+        logits = (x @ self.P.T).abs_() / self.temperature
         top, idx = logits.topk(self.top_k, dim=1)
         return torch.zeros_like(logits).scatter_(1, idx, torch.softmax(top, dim=1))
 
@@ -85,12 +89,16 @@ def apply_arrow(
     temperature: float = 1.0,
     prototypes: Sequence[dict[str, torch.Tensor] | None] | None = None,
     hub: Hub | None = None,
+    center: dict[str, torch.Tensor] | None = None,
 ) -> None:
     """Route every token of every adapted Linear over the adapters (experts), unmerged.
 
     Prototypes: `prototypes` (one dict per adapter, module -> unit vector) when given; else, with a
     `hub`, the hub's for adapters pulled from it (computed exactly at publish); else computed exactly
-    here from the factors. remove_arrow(model) puts the model back.
+    here from the factors. `center` (module -> vector; quiver_hub.capture.reference_means(model,
+    tokenizer, modules)) is subtracted from each token before routing it: "arrow-centered", which the
+    real-library benchmark measured better than the paper's plain routing. remove_arrow(model) puts the
+    model back.
     """
     adapters = as_adapters(adapters)
     if prototypes is None and hub is not None:
@@ -112,8 +120,9 @@ def apply_arrow(
             v = protos[module] if protos and module in protos else prototype(f.A, f.B)[0]
             per_module.setdefault(module, (layer, []))[1].append((f.A, f.B, f.scaling, v))
     handles = []
-    for layer, experts in per_module.values():
-        router = ArrowRouter(experts, top_k, temperature, layer.weight.dtype, layer.weight.device)
+    for module, (layer, experts) in per_module.items():
+        mean = center.get(module) if center is not None else None
+        router = ArrowRouter(experts, top_k, temperature, layer.weight.dtype, layer.weight.device, mean)
         handles.append(layer.register_forward_hook(lambda _m, args, out, r=router: out + r.delta(args[0])))
     setattr(model, _STATE, handles)
 

@@ -18,6 +18,27 @@ from safetensors.numpy import save
 
 Message = Mapping[str, str]
 
+# A little ordinary text, read by the model to measure what every input to a module shares (its mean):
+# subtracted before routing, it stops that shared part deciding which adapter a token goes to.
+REFERENCE = [
+    "The weather was mild for the season, and people walked along the river after work.",
+    "Please send me the report by Friday so that I can review it before the meeting.",
+    "Photosynthesis converts light energy into chemical energy stored in glucose.",
+    "She bought three apples, a loaf of bread and some cheese at the market.",
+    "How do I reset my password if I no longer have access to my email?",
+    "The committee approved the budget after a long discussion about priorities.",
+    "In 1969, astronauts landed on the Moon for the first time.",
+    "Can you explain the difference between a list and a tuple in Python?",
+    "The museum is open every day except Monday, from ten in the morning until six.",
+    "He played the guitar quietly while the others were reading in the garden.",
+    "Write a short poem about the sea at night.",
+    "What are the main causes of inflation in a growing economy?",
+    "The train to the airport leaves from platform four every twenty minutes.",
+    "Our team fixed the bug and released a new version of the application.",
+    "Translate this sentence into Spanish: the cat is sleeping on the sofa.",
+    "Summarize the following paragraph in two sentences.",
+]
+
 
 def chat_tokens(tokenizer: Any, messages: Sequence[Message]) -> tuple[list[int], list[bool]]:
     """(token ids of the chat as the model sees it, with the assistant's turn opened; a mask of the tokens
@@ -86,6 +107,32 @@ def capture_inputs(
         for h in hooks:
             h.remove()
     return {name: torch.cat(rows) for name, rows in captured.items()}
+
+
+def reference_means(
+    model: torch.nn.Module, tokenizer: Any, modules: Collection[str], chat: bool | None = None
+) -> dict[str, torch.Tensor]:
+    """The mean input of each module over REFERENCE (every token, each text chat-formatted as a user
+    message when `chat`, by default when the tokenizer has a chat template), kept on the model so it is
+    measured once."""
+    chat = bool(getattr(tokenizer, "chat_template", None)) if chat is None else chat
+    cache: dict[str, torch.Tensor] = model.__dict__.setdefault("_quiver_reference", {}).setdefault(chat, {})
+    missing = [m for m in modules if m not in cache]
+    if missing:
+        sums: dict[str, torch.Tensor] = {}
+        count = 0
+        for text in REFERENCE:
+            ids = (
+                chat_tokens(tokenizer, [{"role": "user", "content": text}])[0]
+                if chat
+                else text_tokens(tokenizer, text)[0]
+            )
+            states = capture_inputs(model, tokenizer, None, missing, input_ids=ids)
+            for m, h in states.items():
+                sums[m] = sums.get(m, 0) + h.double().sum(0)
+            count += len(ids)
+        cache.update({m: (s / count).float() for m, s in sums.items()})
+    return {m: cache[m] for m in modules if m in cache}
 
 
 def routing_payload(hidden_states: Mapping[str, Any]) -> bytes:

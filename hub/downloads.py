@@ -10,6 +10,13 @@ from fastapi.responses import FileResponse, RedirectResponse, Response
 from quiver_hub.hub.services import Services
 
 
+class BlobFileResponse(FileResponse):
+    """Starlette's FileResponse (Range, ETag, HEAD) read in 1 MiB chunks instead of 64 KiB: a quarter of the
+    Python work per byte on large weights files."""
+
+    chunk_size = 1024 * 1024
+
+
 def redirects(state: Services) -> bool:
     setting = state.settings.download_redirect
     return state.store.name != "local" if setting is None else setting
@@ -22,7 +29,7 @@ def blob_response(
         url = state.store.presigned_url(sha256, filename, state.settings.presign_seconds)
         if url is not None:
             return RedirectResponse(url, status_code=302, headers=headers)
-    return FileResponse(
+    return BlobFileResponse(
         state.store.local_path(sha256),
         media_type=media_type,
         headers=headers,

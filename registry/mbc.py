@@ -95,14 +95,36 @@ class Partition:
     silhouette: float | None
 
 
+# Up to this many adapters MBC is the paper's recipe exactly: k-means on the rows of the n x n similarity
+# matrix (20,000: 1.6 GB of float32). Beyond, the rows are approximated by their columns at LANDMARKS
+# adapters (Nystrom: n x m, never n x n), which agrees with the exact recipe where both run
+# (bench/bench_clusters.py, tests/test_clusters.py).
+EXACT_MAX = 20_000
+LANDMARKS = 1_000
+SILHOUETTE_SAMPLE = 5_000
+
+
+def similarity_rows(embeddings: np.ndarray, seed: int, exact_max: int = EXACT_MAX) -> np.ndarray:
+    """What k-means clusters: every row of S = E E^T (n x n) while n <= exact_max, else each adapter's
+    similarities to LANDMARKS adapters drawn at random (n x m)."""
+    n = embeddings.shape[0]
+    E = embeddings.astype(np.float32)
+    if n <= exact_max:
+        return E @ E.T
+    landmarks = np.random.default_rng(seed).choice(n, size=min(LANDMARKS, n), replace=False)
+    return E @ E[np.sort(landmarks)].T
+
+
 def cluster(
     embeddings: np.ndarray,
     k: int | None = None,
     seed: int = 0,
     k_range: tuple[int, int] = K_RANGE,
     progress: Callable[[float], None] = lambda _: None,
+    exact_max: int = EXACT_MAX,
 ) -> Partition:
-    """KMeans on the rows of the cosine-similarity matrix; k by silhouette when not given."""
+    """KMeans on the rows of the cosine-similarity matrix (landmark columns past `exact_max` adapters);
+    k by silhouette (on a sample of at most SILHOUETTE_SAMPLE adapters) when not given."""
     from sklearn.cluster import KMeans
     from sklearn.metrics import silhouette_score
 
@@ -111,13 +133,17 @@ def cluster(
         raise InvalidRequest(f"clustering needs at least 2 adapters; {n} match")
     if k is not None and not 1 <= k <= n:
         raise InvalidRequest(f"k must be between 1 and the number of adapters ({n}), got {k}")
-    S = embeddings @ embeddings.T
+    S = similarity_rows(embeddings, seed, exact_max)
     candidates = [k] if k is not None else list(range(k_range[0], min(k_range[1], n - 1) + 1)) or [1]
     best: tuple[float, KMeans] | None = None
     for i, kk in enumerate(candidates):
         model = KMeans(n_clusters=kk, init="k-means++", n_init=RESTARTS, random_state=seed).fit(S)
         distinct = len(set(model.labels_))
-        score = float(silhouette_score(S, model.labels_)) if 1 < distinct < n else float("-inf")
+        score = (
+            float(silhouette_score(S, model.labels_, sample_size=min(n, SILHOUETTE_SAMPLE), random_state=seed))
+            if 1 < distinct < n
+            else float("-inf")
+        )
         if best is None or score > best[0]:
             best = (score, model)
         progress((i + 1) / len(candidates))

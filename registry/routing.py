@@ -47,10 +47,16 @@ def route(
     temperature: float = 1.0,
     limit: int = 10,
     all_scores: bool = False,
+    examples_query: np.ndarray | None = None,
 ) -> list[Ranked]:
     """Adapters ranked by the formula above, best first: the `limit` best, or with `all_scores` every one
     with a score above zero (what a client that splits one long input over several requests combines:
-    the answers' scores add up, weighted by each request's share of the modules and tokens)."""
+    the answers' scores add up, weighted by each request's share of the modules and tokens).
+
+    With `examples_query` (the MiniLM embedding of the input's text), method "arrow+examples": the score
+    is the average of the Arrow score and the adapter's share of softmax(cos / EXAMPLES_TEMPERATURE) of
+    that text to the mean embedding of its examples.jsonl, over the candidates of this base model that
+    have examples (the others get 0 from that half; with none, the Arrow score alone)."""
     check_params(top_k, temperature, limit)
     base = filters.base_model
     if not base:
@@ -89,7 +95,29 @@ def route(
         for module, h in hidden.items():
             for version_id, weight in module_weights(per_module[module], h, top_k, temperature).items():
                 scores[version_id] = scores.get(version_id, 0.0) + weight / len(hidden)
+        if examples_query is not None and (text := example_shares(indexes, principal, filters, examples_query)):
+            scores = {v: (scores.get(v, 0.0) + text.get(v, 0.0)) / 2 for v in scores.keys() | text.keys()}
         return ranked(indexes, scores, len(scores) if all_scores else limit, keep=lambda s: s > 0)
+
+
+EXAMPLES_TEMPERATURE = 0.05  # cosines of MiniLM embeddings are close: a sharp softmax separates them
+
+
+def example_shares(
+    indexes: IndexSet, principal: Principal, filters: Filters, query: np.ndarray
+) -> dict[int, float]:
+    """softmax(cos(query, examples_e) / EXAMPLES_TEMPERATURE) over every candidate with examples that the
+    caller may see and the filters (base model included) pass."""
+    cosines: dict[int, float] = {}
+    for part in indexes.candidates(indexes.examples, principal, filters):
+        d, ids = part.index.search(query[None, :], part.count, part.allowed)
+        cosines.update((int(v), float(s)) for s, v in zip(d[0], ids[0], strict=True) if v >= 0)
+    if not cosines:
+        return {}
+    values = np.array(list(cosines.values()), dtype=np.float64) / EXAMPLES_TEMPERATURE
+    weights = np.exp(values - values.max())
+    weights /= weights.sum()
+    return dict(zip(cosines, weights.tolist(), strict=True))
 
 
 def visible_modules(

@@ -112,3 +112,91 @@ def test_merge_plan() -> None:
     plan = answer.merge_plan(min_share=0.5)
     assert [s for s, _ in plan] == [f"a/x@{'1' * 40}", f"a/y@{'2' * 40}"] and sum(w for _, w in plan) == 1.0
     assert Routing().merge_plan() == []
+
+
+def test_arrow_plus_examples_equals_its_brute_force_and_keeps_private_examples_private(
+    server: LiveServer, tmp_path: Path
+) -> None:
+    from quiver_hub.registry.embedder import default_embedder
+    from quiver_hub.registry.routing import EXAMPLES_TEMPERATURE
+    from quiver_hub.registry.vectors import normalised_mean
+
+    alice, bob = server.token("alice"), server.token("bob")
+    embedder = default_embedder()
+    texts = {
+        "alice/fr": ["Translate into French: good night", "Say this in French: thank you"],
+        "alice/sql": ["Write a SQL query listing all users", "SELECT the names of customers from Paris"],
+        "alice/plain": None,  # no examples: only its Arrow half counts
+        "bob/fr-secret": ["Translate into French: good morning", "French please: see you"],
+    }
+    protos, examples = {}, {}
+    for i, (repo, lines) in enumerate(texts.items()):
+        extra = {"examples.jsonl": "".join(f'"{x}"\n' for x in lines).encode()} if lines else {}
+        folder = write_adapter(tmp_path / repo.replace("/", "-"), seed=i, hidden=HIDDEN, extra_files=extra)
+        owner = repo.split("/")[0]
+        with server.client(alice if owner == "alice" else bob) as c:
+            data = {"visibility": "private" if owner == "bob" else "public"}
+            assert c.post(f"/v1/adapters/{repo}", files=upload_parts(folder), data=data).status_code == 201
+        protos[repo] = dense_prototypes(folder)
+        if lines:
+            examples[repo] = normalised_mean(embedder.embed(lines))
+    rng = np.random.default_rng(1)
+    hidden = {m: rng.standard_normal((4, HIDDEN)).astype(np.float32) for m in MODULES[:2]}
+    text = "Please translate into French: good evening"
+    query = embedder.embed_one(text)
+
+    def expected(visible: set[str]) -> dict[str, float]:
+        arrow = brute_force({r: p for r, p in protos.items() if r in visible}, hidden, 2, 1.0)
+        cos = {r: float(v @ query) for r, v in examples.items() if r in visible}
+        z = np.array(list(cos.values())) / EXAMPLES_TEMPERATURE
+        share = dict(zip(cos, np.exp(z - z.max()) / np.exp(z - z.max()).sum(), strict=True))
+        return {r: (arrow.get(r, 0.0) + share.get(r, 0.0)) / 2 for r in visible}
+
+    public = {"alice/fr", "alice/sql", "alice/plain"}
+    for token, visible in ((None, public), (bob, public | {"bob/fr-secret"})):
+        with Hub(server.url, token or "", cache_dir=tmp_path / "cache") as hub:
+            routed = hub.route(hidden, base_model=BASE, top_k=2, limit=10, text=text)
+        want = expected(visible)
+        assert {r["id"] for r in routed} == {r for r, s in want.items() if s > 0}
+        for r in routed:
+            assert abs(r["score"] - want[r["id"]]) < 1e-5, (r, want)
+    assert routed[0]["id"] in ("alice/fr", "bob/fr-secret")  # the words decide among the French ones
+
+
+def test_hub_route_on_a_chat_sends_the_centered_states_of_the_users_words(server: LiveServer, tmp_path: Path) -> None:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from quiver_hub import reference_means
+
+    token = server.token("alice")
+    protos = {}
+    for i in range(4):
+        folder = write_adapter(tmp_path / f"a{i}", seed=20 + i, hidden=HIDDEN)
+        with server.client(token) as c:
+            assert c.post(f"/v1/adapters/alice/c{i}", files=upload_parts(folder)).status_code == 201
+        protos[f"alice/c{i}"] = dense_prototypes(folder)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=32,
+            hidden_size=HIDDEN,
+            intermediate_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+        )
+    ).eval()
+    model.name_or_path = BASE
+    tok = chat_tokenizer()
+    messages = [
+        {"role": "system", "content": "you are helpful"},
+        {"role": "user", "content": "translate this into french"},
+    ]
+    ids, mask = chat_tokens(tok, messages)
+    states = capture_inputs(model, tok, None, MODULES, input_ids=ids, mask=mask)
+    means = reference_means(model, tok, MODULES, chat=True)
+    with Hub(server.url, token, cache_dir=tmp_path / "cache") as hub:
+        for method, sent in (("arrow", states), ("arrow-centered", {m: h - means[m] for m, h in states.items()})):
+            routed = hub.route(model=model, tokenizer=tok, messages=messages, method=method, top_k=2, limit=4)
+            want = brute_force(protos, {m: h.numpy() for m, h in sent.items()}, 2, 1.0)
+            assert {r["id"]: round(r["score"], 5) for r in routed} == {k: round(v, 5) for k, v in want.items() if v > 0}

@@ -62,6 +62,9 @@ class RouteRequest(BaseModel):
     tags: list[str] = []
     namespace: str | None = None
     all_scores: bool = Field(False, description="every adapter with a score above zero, not the `limit` best")
+    text: str | None = Field(
+        None, max_length=20000, description='the input as text: method "arrow+examples" adds its match to examples'
+    )
 
 
 class RouteAnswer(Ranked):
@@ -143,12 +146,15 @@ async def route(
     temperature: Annotated[float, Query()] = 1.0,
     limit: Annotated[int, Query()] = 10,
     all_scores: Annotated[bool, Query(description="every adapter scoring above zero")] = False,
+    text: Annotated[str | None, Query(max_length=20000, description="the input's text (arrow+examples)")] = None,
     task: Annotated[str | None, Query()] = None,
     tags: Annotated[str | None, Query(description="comma separated")] = None,
     namespace: Annotated[str | None, Query()] = None,
 ) -> RouteAnswer:
     """Arrow retrieval: which adapters' prototypes best explain these hidden states (the inputs of the
-    adapted modules), scored by the routing weight averaged over tokens and modules."""
+    adapted modules), scored by the routing weight averaged over tokens and modules. With `text` (the
+    same input as text), method "arrow+examples": averaged with the adapters' share of a sharp softmax
+    of its similarity to their example inputs (README, "Finding adapters")."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip()
     body = await request.body()  # bounded by QUIVER_MAX_ROUTE_BYTES (hub.limits); parsed off the event loop
     if content_type == "application/octet-stream":
@@ -159,6 +165,7 @@ async def route(
             temperature=temperature,
             limit=limit,
             all_scores=all_scores,
+            text=text,
             task=task,
             tags=tuple(parse_tags(tags) or ()),
             namespace=namespace,
@@ -171,6 +178,7 @@ async def route(
             temperature=body.temperature,
             limit=body.limit,
             all_scores=body.all_scores,
+            text=body.text,
             task=body.task,
             tags=tuple(body.tags),
             namespace=body.namespace,
@@ -183,6 +191,7 @@ async def route(
     )
 
     def run() -> list[routing.Ranked]:  # off the event loop: it reads the change sequence, then searches
+        query = state.embedder.embed_one(params["text"]) if params["text"] else None
         return routing.route(
             state.fresh_indexes(),
             principal,
@@ -192,6 +201,7 @@ async def route(
             params["temperature"],
             params["limit"],
             params["all_scores"],
+            query,
         )
 
     ranked = await run_in_threadpool(run)

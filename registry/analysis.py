@@ -35,26 +35,27 @@ class ModulePrototype:
 class VersionAnalysis:
     prototypes: list[ModulePrototype]
     sketch: np.ndarray
+    outputs: np.ndarray  # lora.output_sketch: MBC's default embedding
     examples: np.ndarray | None  # mean MiniLM embedding of examples.jsonl, or None
 
 
-def analyse_weights(weights: Path, config: dict[str, Any]) -> tuple[list[ModulePrototype], np.ndarray]:
+def analyse_weights(weights: Path, config: dict[str, Any]) -> tuple[list[ModulePrototype], np.ndarray, np.ndarray]:
     factors = lora.load_factors(weights, config)
     for module, f in factors.items():
         if not (torch.isfinite(f.A).all() and torch.isfinite(f.B).all()):
             raise InvalidAdapter(f"{lora.WEIGHTS_FILE}: {module} has NaN or infinite values")
     protos = [ModulePrototype(module, v.numpy(), sigma) for module, (v, sigma) in lora.prototypes(factors).items()]
-    return protos, lora.sketch(factors)
+    return protos, lora.sketch(factors), lora.output_sketch(factors)
 
 
 def analyse_version(files: dict[str, Path], config: dict[str, Any], embedder: TextEmbedder) -> VersionAnalysis:
-    protos, sketch = analyse_weights(files[lora.WEIGHTS_FILE], config)
+    protos, sketch, outputs = analyse_weights(files[lora.WEIGHTS_FILE], config)
     examples = None
     if EXAMPLES_FILE in files:
         texts = [t[:MAX_EMBEDDED_CHARS] for t in read_examples(files[EXAMPLES_FILE])[:EMBEDDED_EXAMPLES]]
         if texts:
             examples = normalised_mean(embedder.embed(texts))
-    return VersionAnalysis(protos, sketch, examples)
+    return VersionAnalysis(protos, sketch, outputs, examples)
 
 
 def card_text(readme: str | None) -> str:

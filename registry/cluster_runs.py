@@ -34,7 +34,7 @@ BACKGROUND_OVER = 200  # runs over more adapters than this go to the background
 class ClusterRequest:
     base_model: str
     k: int | None = None
-    method: str = "sketch"
+    method: str = "outputs"
     seed: int = 0
     sparsity: float = 0.5
     task: str | None = None
@@ -120,14 +120,21 @@ def compute(
     try:
         with sessions() as session:
             versions = list(session.scalars(select(Version).where(Version.id.in_(version_ids)).order_by(Version.id)))
-            if req.method == "sketch":
-                sketches = {
+            if req.method in ("sketch", "outputs"):
+                stored = {
                     e.version_id: from_bytes(e.vector)
                     for e in session.scalars(
-                        select(Embedding).where(Embedding.version_id.in_(version_ids), Embedding.kind == "sketch")
+                        select(Embedding).where(Embedding.version_id.in_(version_ids), Embedding.kind == req.method)
                     )
                 }
-                X = sketch_matrix([(v.target_modules, sketches[v.id]) for v in versions])
+                if req.method == "outputs":  # versions published before output sketches: computed now
+                    for v in versions:
+                        if v.id not in stored:
+                            stored[v.id] = lora.output_sketch(version_factors(store, v))
+                    block = lora.output_block()
+                else:
+                    block = lora.SKETCH_P * lora.SKETCH_Q
+                X = sketch_matrix([(v.target_modules, stored[v.id]) for v in versions], block)
             else:
                 X = params_matrix([version_factors(store, v) for v in versions], sparsity=req.sparsity, seed=req.seed)
             progress(0.3)

@@ -169,9 +169,7 @@ class IndexSet:
             after = 0
             while True:
                 ids = list(
-                    session.scalars(
-                        select(Adapter.id).where(Adapter.id > after).order_by(Adapter.id).limit(LOAD_BATCH)
-                    )
+                    session.scalars(select(Adapter.id).where(Adapter.id > after).order_by(Adapter.id).limit(LOAD_BATCH))
                 )
                 if not ids:
                     break

@@ -193,6 +193,44 @@ def sketch(factors: Mapping[str, Factors], p: int = SKETCH_P, q: int = SKETCH_Q)
     return (flat / norm if norm > 0 else flat).numpy().astype(np.float32)
 
 
+OUTPUT_Q = 16
+
+
+def output_block(q: int = OUTPUT_Q) -> int:
+    """The length of one module's block of an output sketch: the upper triangle of a q x q Gram."""
+    return q * (q + 1) // 2
+
+
+def output_sketch(factors: Mapping[str, Factors], q: int = OUTPUT_Q) -> np.ndarray:
+    """What each delta writes, compared across adapters (MBC's default embedding).
+
+    Per module, the Gram of the delta's outputs seen through a fixed Gaussian L (q x out, seeded like the
+    sketch's): G = (L dW)(L dW)^T = (L B s)(A A^T)(L B s)^T, a q x q matrix from r x r products. Its upper
+    triangle (off-diagonal entries times sqrt 2, so dot products are Frobenius products of Grams), scaled
+    to unit norm so every module counts the same; blocks in sorted module order, L2-normalised.
+
+    It depends on dW alone (not on how it is factorised) and not on the input side, where a LoRA keeps
+    most of its random initialisation of A: on the real library it groups the families of tasks better
+    than the delta sketch or the paper's flattened parameters (bench/README.md). float32, length
+    len(modules) * q (q + 1) / 2.
+    """
+    rows, cols = torch.triu_indices(q, q)
+    scale = torch.where(rows == cols, 1.0, math.sqrt(2.0)).double()
+    parts = []
+    for module in sorted(factors):
+        f = factors[module]
+        _, L = sketch_matrices(module, f.in_features, f.out_features, SKETCH_P, q)
+        LB = (L @ f.B.double()) * f.scaling
+        A = f.A.double()
+        G = LB @ (A @ A.T) @ LB.T
+        block = G[rows, cols] * scale
+        norm = block.norm()
+        parts.append(block / norm if norm > 0 else block)
+    flat = torch.cat(parts) if parts else torch.zeros(0, dtype=torch.float64)
+    norm = flat.norm()
+    return (flat / norm if norm > 0 else flat).numpy().astype(np.float32)
+
+
 # --- Weighted sums of adapters (cluster adapters, compositions) ------------------------------------
 
 

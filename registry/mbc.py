@@ -2,8 +2,12 @@
 
 Embeddings per adapter, then KMeans (k-means++, several restarts, fixed seed) on the rows of their
 cosine-similarity matrix; k given, or chosen by silhouette.
+- "outputs" (the default): what each delta writes (registry.lora.output_sketch: the Gram of the delta's
+  outputs through a fixed projection, each module's block of unit norm), computed at publish; it groups
+  related tasks better than the others on the real library (bench/README.md), because a LoRA's input
+  side keeps much of its random initialisation;
 - "sketch": the parameter sketches computed at publish (registry.lora.sketch), aligned module by
-  module; invariant to re-factorising an adapter as (B M, M^-1 A).
+  module; invariant to re-factorising an adapter as (B M, M^-1 A), as "outputs" is.
 - "params": the paper's recipe: every A and B entry flattened, the smallest entries zeroed
   (sparsity, default 0.5), TruncatedSVD to 64 dimensions (fewer with fewer adapters), L2-normalised.
 """
@@ -18,15 +22,17 @@ import numpy as np
 from quiver_hub.registry import lora
 from quiver_hub.registry.errors import InvalidRequest
 
-METHODS = ("sketch", "params")
+METHODS = ("outputs", "sketch", "params")
 K_RANGE = (2, 10)
 RESTARTS = 10
 
 
-def sketch_matrix(sketches: Sequence[tuple[Sequence[str], np.ndarray]]) -> np.ndarray:
-    """Rows of aligned sketches: each adapter's per-module blocks placed at its modules' columns (zeros
-    for modules it lacks), so adapters with different target modules compare module by module."""
-    block = lora.SKETCH_P * lora.SKETCH_Q
+def sketch_matrix(
+    sketches: Sequence[tuple[Sequence[str], np.ndarray]], block: int = lora.SKETCH_P * lora.SKETCH_Q
+) -> np.ndarray:
+    """Rows of aligned sketches (or output sketches, with their `block`): each adapter's per-module blocks
+    placed at its modules' columns (zeros for modules it lacks), so adapters with different target
+    modules compare module by module."""
     columns = {m: i for i, m in enumerate(sorted({m for modules, _ in sketches for m in modules}))}
     X = np.zeros((len(sketches), len(columns) * block), dtype=np.float64)
     for row, (modules, vector) in enumerate(sketches):

@@ -234,8 +234,8 @@ class Prototype(Base):
 
 
 class Embedding(Base):
-    """A float32 embedding of a version: "sketch" (parameter sketch, MBC) or "examples" (mean MiniLM
-    embedding of examples.jsonl)."""
+    """A float32 embedding of a version: "outputs" (output sketch, MBC's default), "sketch" (delta
+    sketch, MBC) or "examples" (mean MiniLM embedding of examples.jsonl)."""
 
     __tablename__ = "embeddings"
     __table_args__ = (UniqueConstraint("version_id", "kind"),)

@@ -103,9 +103,7 @@ def route(
 EXAMPLES_TEMPERATURE = 0.05  # cosines of MiniLM embeddings are close: a sharp softmax separates them
 
 
-def example_shares(
-    indexes: IndexSet, principal: Principal, filters: Filters, query: np.ndarray
-) -> dict[int, float]:
+def example_shares(indexes: IndexSet, principal: Principal, filters: Filters, query: np.ndarray) -> dict[int, float]:
     """softmax(cos(query, examples_e) / EXAMPLES_TEMPERATURE) over every candidate with examples that the
     caller may see and the filters (base model included) pass."""
     cosines: dict[int, float] = {}

@@ -226,7 +226,10 @@ def _publish_once(
                 Prototype(module=p.module, in_features=len(p.vector), sigma=p.sigma, vector=to_bytes(p.vector))
                 for p in analysis.prototypes
             ],
-            embeddings=[Embedding(kind="sketch", dim=len(analysis.sketch), vector=to_bytes(analysis.sketch))]
+            embeddings=[
+                Embedding(kind="sketch", dim=len(analysis.sketch), vector=to_bytes(analysis.sketch)),
+                Embedding(kind="outputs", dim=len(analysis.outputs), vector=to_bytes(analysis.outputs)),
+            ]
             + (
                 [Embedding(kind="examples", dim=len(analysis.examples), vector=to_bytes(analysis.examples))]
                 if analysis.examples is not None

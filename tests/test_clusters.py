@@ -83,7 +83,7 @@ def labels(result: dict, names: list[str]) -> list[int]:
     return [where[n] for n in names]
 
 
-@pytest.mark.parametrize("method", ["sketch", "params"])
+@pytest.mark.parametrize("method", ["outputs", "sketch", "params"])
 def test_mbc_recovers_planted_groups(server: LiveServer, tmp_path: Path, method: str) -> None:
     token = server.token("alice")
     library = planted()
@@ -102,11 +102,12 @@ def test_mbc_recovers_planted_groups(server: LiveServer, tmp_path: Path, method:
     assert adjusted_rand_score(truth, labels(chosen, names)) >= 0.9
 
 
-def test_sketch_partition_ignores_refactorising(server: LiveServer, tmp_path: Path) -> None:
+@pytest.mark.parametrize("method", ["outputs", "sketch"])
+def test_sketch_partition_ignores_refactorising(server: LiveServer, tmp_path: Path, method: str) -> None:
     token = server.token("alice")
     library = planted(noise=0.6, seed=1)
     names = publish_library(server, token, tmp_path, library)
-    before = run(server, token, method="sketch", k=3)
+    before = run(server, token, method=method, k=3)
     g = torch.Generator().manual_seed(7)
     refactored = []
     for truth, factors in library:
@@ -116,7 +117,7 @@ def test_sketch_partition_ignores_refactorising(server: LiveServer, tmp_path: Pa
             new[m] = (torch.linalg.solve(M, a.double()), b.double() @ M)
         refactored.append((truth, new))
     publish_library(server, token, tmp_path / "again", refactored)  # version 2 of every adapter
-    after = run(server, token, method="sketch", k=3)
+    after = run(server, token, method=method, k=3)
     assert all(m["version"] == 2 for c in after["clusters"] for m in c["members"])
     assert adjusted_rand_score(labels(before, names), labels(after, names)) == 1.0
 
@@ -255,7 +256,7 @@ def test_quiver_cluster_command(server: LiveServer, tmp_path: Path) -> None:
         timeout=300,
     )
     assert out.returncode == 0, out.stderr
-    assert "sketch, k=3, silhouette" in out.stdout
+    assert "outputs, k=3, silhouette" in out.stdout
     assert all(name in out.stdout for name in names)
     assert out.stdout.count("(rank 2)") == 3 and "published alice/cluster-" in out.stdout
     bad = subprocess.run(
@@ -266,3 +267,23 @@ def test_quiver_cluster_command(server: LiveServer, tmp_path: Path) -> None:
         timeout=300,
     )
     assert bad.returncode == 1 and "error 400" in bad.stderr and "at least 2 adapters" in bad.stderr
+
+
+def test_landmark_rows_agree_with_the_exact_recipe() -> None:
+    """Past EXACT_MAX adapters k-means runs on similarities to landmark adapters (n x m) instead of
+    the n x n matrix; on a library with real groups both find the same partition."""
+    import numpy as np
+
+    from quiver_hub.registry.mbc import cluster, normalise_rows
+
+    rng = np.random.default_rng(0)
+    centres = rng.standard_normal((6, 48))
+    truth = np.arange(3000) % 6
+    X = normalise_rows(centres[truth] + 1.2 * rng.standard_normal((3000, 48)))
+    exact = cluster(X, k=6)
+    approximate = cluster(X, k=6, exact_max=500)  # 1,000 landmarks of 3,000
+    assert exact.labels.shape == approximate.labels.shape == (3000,)
+    assert adjusted_rand_score(truth, exact.labels) > 0.9  # there is something to find
+    assert adjusted_rand_score(exact.labels, approximate.labels) >= 0.95
+    chosen = cluster(X, exact_max=500)  # k chosen by silhouette on the landmark rows too
+    assert chosen.k == 6

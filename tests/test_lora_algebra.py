@@ -84,6 +84,30 @@ def test_sketch_is_invariant_to_refactorising() -> None:
     assert a.dtype == np.float32 and a.shape == (3 * lora.SKETCH_P * lora.SKETCH_Q,)
     assert math.isclose(float(np.linalg.norm(a)), 1.0, rel_tol=1e-5)
     np.testing.assert_allclose(a, b, atol=1e-5)
+    a, b = lora.output_sketch(factors), lora.output_sketch(refactored)
+    assert a.dtype == np.float32 and a.shape == (3 * lora.output_block(),)
+    np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_output_sketch_is_the_gram_of_the_deltas_outputs() -> None:
+    """Dot products of output sketches are (per module, normalised) Frobenius products of the Grams
+    (L dW)(L dW)^T, computed here densely."""
+    x, y = library(6), library(7)
+    blocks = lora.output_block()
+    sx, sy = lora.output_sketch(x), lora.output_sketch(y)
+    for i, module in enumerate(sorted(x)):
+        grams = []
+        for factors in (x, y):
+            f = factors[module]
+            _, L = lora.sketch_matrices(module, f.in_features, f.out_features, lora.SKETCH_P, lora.OUTPUT_Q)
+            LD = L @ (f.scaling * f.B.double() @ f.A.double())
+            grams.append(LD @ LD.T)
+        cos = float((grams[0] * grams[1]).sum() / (grams[0].norm() * grams[1].norm()))
+        block = slice(i * blocks, (i + 1) * blocks)
+        got = float(sx[block].astype(np.float64) @ sy[block]) / float(
+            np.linalg.norm(sx[block]) * np.linalg.norm(sy[block])
+        )
+        assert abs(got - cos) < 1e-5
 
 
 def test_sketch_cosine_tracks_delta_cosine() -> None:
@@ -105,8 +129,8 @@ def test_sketch_cosine_tracks_delta_cosine() -> None:
 
 def test_sketch_is_identical_in_another_process() -> None:
     code = (
-        "import sys, torch; from registry import lora; from tests.test_lora_algebra import library; "
-        "sys.stdout.write(lora.sketch(library(5)).tobytes().hex())"
+        "import sys, torch; from quiver_hub.registry import lora; from tests.test_lora_algebra import library; "
+        "sys.stdout.write((lora.sketch(library(5)).tobytes() + lora.output_sketch(library(5)).tobytes()).hex())"
     )
     other = subprocess.run(
         [sys.executable, "-c", code],
@@ -115,4 +139,4 @@ def test_sketch_is_identical_in_another_process() -> None:
         check=True,
         env={"PYTHONHASHSEED": "123", "PATH": ""},
     ).stdout
-    assert other == lora.sketch(library(5)).tobytes().hex()
+    assert other == (lora.sketch(library(5)).tobytes() + lora.output_sketch(library(5)).tobytes()).hex()

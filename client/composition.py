@@ -15,6 +15,7 @@ removes. Needs `pip install nevergrad`.
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ from quiver_hub.adapter import Adapter, as_adapters, target_layer
 from quiver_hub.registry import lora
 
 Example = tuple[str, str]
+LORAHUB_BUDGET = 40  # LoraHub's own default number of evaluations
 
 
 @dataclass
@@ -148,8 +150,13 @@ def compose(
     progress: Callable[[int, float], None] | None = None,
 ) -> Composition:
     """Weights over `adapters` that fit `examples` ((input, output) pairs; chat-formatted when the
-    tokenizer has a chat template, unless `chat` says otherwise). The model is left as it was."""
+    tokenizer has a chat template, unless `chat` says otherwise). The model is left as it was.
+
+    progress(step, loss) is called after every step; by default the loss is reported on stderr when it
+    is a terminal."""
     adapters = as_adapters(adapters)
+    if progress is None and sys.stderr.isatty():
+        progress = report_progress(steps if method == "gradient" else LORAHUB_BUDGET)
     if not adapters or not examples:
         raise ValueError("compose needs at least one adapter and one example")
     chat = bool(getattr(tokenizer, "chat_template", None)) if chat is None else chat
@@ -164,6 +171,14 @@ def compose(
     else:
         raise ValueError(f"method must be 'gradient' or 'lorahub', got {method!r}")
     return Composition(adapters, weights, losses, method, time.perf_counter() - started, combine)
+
+
+def report_progress(total: int) -> Callable[[int, float], None]:
+    def report(step: int, loss: float) -> None:
+        end = "\n" if step + 1 >= total else ""
+        print(f"\rcompose: step {step + 1}/{total}, loss {loss:.4f}", end=end, file=sys.stderr, flush=True)
+
+    return report
 
 
 def gradient_fit(
@@ -218,7 +233,7 @@ def lorahub_search(
     adapters: list[Adapter],
     batch: tuple[torch.Tensor, ...],
     progress: Callable[[int, float], None] | None,
-    budget: int = 40,
+    budget: int = LORAHUB_BUDGET,
 ) -> tuple[list[float], list[float]]:
     try:
         import nevergrad as ng

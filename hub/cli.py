@@ -50,12 +50,17 @@ def serve(
     port: Annotated[int | None, typer.Option(help="default: QUIVER_PORT or 8000")] = None,
 ) -> None:
     """Apply migrations and start the hub (QUIVER_HOME, QUIVER_DATABASE_URL)."""
+    import torch
     import uvicorn
 
     from quiver_hub.hub.app import create_app
     from quiver_hub.hub.server import server_config
 
     settings = Settings()
+    # Analysis at publish (QR, SVD, sketches) runs in worker threads; torch's own thread pool would fight
+    # the server's threads for the same cores and slow every publish on a busy hub several times. This
+    # is the process's entry point, so it sets the process-wide pool (an app embedded elsewhere does not).
+    torch.set_num_threads(settings.analysis_threads)
     Services.open(settings).close()  # migrate before accepting connections, and fail early if we cannot
     err.print(f"[bold]quiver[/] database {redact(settings.db_url)}, files under {settings.home.resolve()}")
     uvicorn.Server(server_config(create_app(settings), settings, host or settings.host, port or settings.port)).run()

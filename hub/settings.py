@@ -40,6 +40,8 @@ class Settings(BaseSettings):
     # store always streams through the hub).
     download_redirect: bool | None = None
     presign_seconds: int = 300
+    # Threads torch may use for the analysis of a publish (the rest of the cores serve requests).
+    analysis_threads: int = 1
     # Signs the pages' session cookies; default: made once and kept in QUIVER_HOME (replicas: set one).
     secret_key: str | None = None
 

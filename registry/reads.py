@@ -70,7 +70,9 @@ def get_version(session: Session, adapter: Adapter, rev: str) -> Version:
     query = select(Version).where(Version.adapter_id == adapter.id)
     if rev in ("latest", "main"):
         query = query.order_by(Version.number.desc()).limit(1)
-    elif rev.isascii() and rev.isdigit() and len(rev) < 10:
+    elif rev.isascii() and rev.isdigit():
+        if len(rev) >= 10:  # tags are never all digits, so this can only be a number, and too large for one
+            raise InvalidRequest(f"version number {rev[:100]} is out of range")
         query = query.where(Version.number == int(rev))
     elif REVISION_RE.fullmatch(rev):
         query = query.where(Version.revision == rev)

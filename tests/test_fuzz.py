@@ -23,12 +23,13 @@ def test_schemathesis_finds_no_server_error_and_no_schema_violation(tmp_path: Pa
     env = {k: v for k, v in os.environ.items() if not k.startswith("QUIVER_")}
     env.update(QUIVER_HOME=str(tmp_path / "home"), QUIVER_PORT=str(port))
     token_run = subprocess.run(
-        [sys.executable, "-m", "quiver_hub", "token", "create", "--user", "alice"],
+        [sys.executable, "-m", "quiver_hub", "token", "create", "--user", "alice", "--init"],  # no hub ran here yet
         env=env,
         capture_output=True,
         text=True,
         timeout=120,
     )
+    assert token_run.returncode == 0, token_run.stderr
     token = token_run.stdout.strip().splitlines()[-1]
     log = tmp_path / "serve.log"
     with serve_process(env, log=log) as url:

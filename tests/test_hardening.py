@@ -155,7 +155,10 @@ def test_commits_and_deletes_racing_for_many_rounds_never_lose_a_file(server: Li
             t.join()
         assert results["delete"].status_code == 200, results["delete"].text
         status = results["commit"].status_code
-        assert status in (200, 409, 422), results["commit"].text  # never a 500
+        # Never a 500. The delete may win outright: the commit then starts from an adapter with no version,
+        # and a README alone is not an adapter (a clear 400).
+        emptied = status == 400 and "adapter_config.json is missing" in results["commit"].text
+        assert status in (200, 409, 422) or emptied, results["commit"].text
         outcomes[status] = outcomes.get(status, 0) + 1
         if status == 200:  # the new version has every file, byte for byte, for good
             with server.client(token) as c:

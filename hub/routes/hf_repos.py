@@ -191,9 +191,14 @@ LINEAR = (
 )
 
 
-@router.api_route("/api/models/{namespace}/{name}/branch/{branch:path}", methods=["POST", "DELETE"])
 @router.api_route("/api/models/{namespace}/{name}/discussions", methods=["GET", "POST"])
-def no_branches(namespace: str, name: str, session: SessionDep, principal: PrincipalDep) -> None:
-    """create_branch, delete_branch, pull requests and discussions: refused, with why."""
+def no_discussions(namespace: str, name: str, session: SessionDep, principal: PrincipalDep) -> None:
+    """Pull requests and discussions: refused, with why."""
     reads.get_adapter(session, principal, namespace, name)  # another user's private repo stays a 404
     raise InvalidRequest(LINEAR)
+
+
+@router.api_route("/api/models/{namespace}/{name}/branch/{branch:path}", methods=["POST", "DELETE"])
+def no_branches(namespace: str, name: str, branch: str, session: SessionDep, principal: PrincipalDep) -> None:
+    """create_branch and delete_branch: refused, with why (the branch is named in the path)."""
+    no_discussions(namespace, name, session, principal)

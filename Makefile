@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 TORCH := torch==2.13.0
 
-.PHONY: serve test lint bench browser clean
+.PHONY: serve test lint bench services clean
 
 $(BIN)/quiver: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,16 +17,19 @@ $(BIN)/quiver: pyproject.toml
 serve: $(BIN)/quiver
 	$(BIN)/quiver serve
 
-test: $(BIN)/quiver browser
+test: $(BIN)/quiver services
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
-# The browser tests drive Debian's Chromium (browsers cannot be downloaded): installed when missing and
-# this user can; otherwise those tests skip (outside CI) and say why.
-browser:
-	@command -v chromium >/dev/null 2>&1 || { \
-	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null; \
-	  else echo "make: no chromium here; the browser tests will skip (apt-get install chromium to run them)"; fi; }
+# Some tests drive real system programs from Debian: Chromium (the pages; browsers cannot be downloaded)
+# and nginx (docs/nginx.conf in front of a hub). Installed when missing and this user can; otherwise
+# those tests skip (outside CI) and say why.
+services:
+	@missing=""; command -v chromium >/dev/null 2>&1 || missing="chromium"; \
+	  test -x /usr/sbin/nginx || missing="$$missing nginx-light"; \
+	  if [ -n "$$missing" ]; then \
+	    if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	    else echo "make: no$$missing here; the tests that need it will skip (apt-get install$$missing)"; fi; fi
 
 lint: $(BIN)/quiver
 	$(BIN)/ruff check hub registry client migrations tests bench examples

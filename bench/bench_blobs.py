@@ -1,5 +1,6 @@
 """Upload and download throughput of a 40 MB adapter through the local store and through an S3-compatible
-store (moto's server on loopback), proxied by the hub and redirected to a presigned URL, in one run.
+store (moto's server on loopback), proxied by the hub and redirected to a presigned URL, and through nginx
+in front of the local store (docs/nginx.conf, X-Accel-Redirect), in one run.
 
     python bench/bench_blobs.py [--repeat 3]
 
@@ -18,6 +19,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -27,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import table  # noqa: E402
 from tests.adapters import lora_config, upload_parts, write_factors  # noqa: E402
 from tests.conftest import free_port, serve_process  # noqa: E402
+from tests.nginx import nginx  # noqa: E402
 
 MB = 1e6
 
@@ -60,7 +64,36 @@ def moto() -> tuple[subprocess.Popen, str]:
     raise RuntimeError("moto_server did not start")
 
 
-def measure(env: dict[str, str], folder: Path, repeat: int, cold_cache: Path | None) -> tuple[list, list, list]:
+@contextmanager
+def fronted(env: dict[str, str], proxy: bool) -> Iterator[str]:
+    """A real `quiver serve`, and (proxy) docs/nginx.conf in front of it; yields the URL clients use."""
+    with serve_process(env) as url:
+        if not proxy:
+            yield url
+            return
+        home = Path(env["QUIVER_HOME"])
+        with nginx(url, home, home.parent / f"{home.name}-nginx") as proxied:
+            yield proxied
+
+
+def hub_cpu_seconds(port: str) -> float:
+    """User + system CPU time so far of the `quiver serve` process listening on `port` (Linux /proc)."""
+    for proc in Path("/proc").iterdir():
+        try:
+            if (
+                b"QUIVER_PORT=" + port.encode() + b"\0" in (proc / "environ").read_bytes()
+                and b"serve" in (proc / "cmdline").read_bytes()
+            ):
+                fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+                return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except (OSError, ValueError):
+            continue
+    raise RuntimeError(f"no quiver serve on port {port}")
+
+
+def measure(
+    env: dict[str, str], folder: Path, repeat: int, cold_cache: Path | None, proxy: bool = False
+) -> tuple[list, list, list, list]:
     size = (folder / "adapter_model.safetensors").stat().st_size
     token = subprocess.run(
         [sys.executable, "-m", "quiver_hub", "token", "create", "--user", "bench", "--init"],
@@ -69,8 +102,8 @@ def measure(env: dict[str, str], folder: Path, repeat: int, cold_cache: Path | N
         text=True,
         check=True,
     ).stdout.split()[-1]
-    uploads, colds, warms = [], [], []
-    with serve_process(env) as url, httpx.Client(timeout=600, follow_redirects=True) as c:
+    uploads, colds, warms, hub_cpu = [], [], [], []
+    with fronted(env, proxy) as url, httpx.Client(timeout=600, follow_redirects=True) as c:
         auth = {"Authorization": f"Bearer {token}"}
         for i in range(repeat):
             t = time.perf_counter()
@@ -85,10 +118,11 @@ def measure(env: dict[str, str], folder: Path, repeat: int, cold_cache: Path | N
             body = c.get(path).content
             colds.append(size / (time.perf_counter() - t) / MB)
             assert len(body) == size
-            t = time.perf_counter()
+            t, cpu = time.perf_counter(), hub_cpu_seconds(env["QUIVER_PORT"])
             assert len(c.get(path).content) == size
             warms.append(size / (time.perf_counter() - t) / MB)
-    return uploads, colds, warms
+            hub_cpu.append((hub_cpu_seconds(env["QUIVER_PORT"]) - cpu) * 1000)
+    return uploads, colds, warms, hub_cpu
 
 
 def main() -> None:
@@ -105,17 +139,26 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             folder = adapter(Path(tmp) / "adapter")
             size = (folder / "adapter_model.safetensors").stat().st_size
-            boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket="bench")
+            boto3.client(
+                "s3",
+                endpoint_url=endpoint,
+                region_name="us-east-1",
+                aws_access_key_id="bench",
+                aws_secret_access_key="bench",
+            ).create_bucket(Bucket="bench")
             s3 = {"QUIVER_BLOB_URL": "s3://bench/blobs", "QUIVER_S3_ENDPOINT_URL": endpoint}
+            accel = {"QUIVER_ACCEL_REDIRECT": "/_quiver_blobs/"}
             cases = [
-                ("local directory (streamed by the hub)", {}, False),
-                ("S3, proxied by the hub", {**s3, "QUIVER_DOWNLOAD_REDIRECT": "0"}, True),
-                ("S3, redirected to a presigned URL", {**s3, "QUIVER_DOWNLOAD_REDIRECT": "1"}, False),
+                ("local directory (streamed by the hub)", {}, False, False),
+                ("local directory, nginx in front (X-Accel-Redirect)", accel, False, True),
+                ("S3, proxied by the hub", {**s3, "QUIVER_DOWNLOAD_REDIRECT": "0"}, True, False),
+                ("S3, redirected to a presigned URL", {**s3, "QUIVER_DOWNLOAD_REDIRECT": "1"}, False, False),
             ]
-            for i, (label, extra, cold) in enumerate(cases):
+            for i, (label, extra, cold, proxy) in enumerate(cases):
                 home = Path(tmp) / f"home{i}"
                 env = {**base, **extra, "QUIVER_HOME": str(home), "QUIVER_PORT": str(free_port())}
-                up, first, again = measure(env, folder, args.repeat, home / "blobs" / "cache" if cold else None)
+                cache = home / "blobs" / "cache" if cold else None
+                up, first, again, cpu = measure(env, folder, args.repeat, cache, proxy)
                 med = statistics.median
                 rows.append(
                     [
@@ -123,12 +166,14 @@ def main() -> None:
                         f"{med(up):.0f}",
                         f"{med(first):.0f}" + (" (cold cache)" if cold else ""),
                         f"{med(again):.0f}",
+                        f"{med(cpu):.0f}",
                     ]
                 )
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
     print(f"A {size / MB:.0f} MB adapter, median of {args.repeat} runs, MB/s (one client on loopback, SQLite)")
-    print(table(["blob store", "upload (publish)", "download", "download again"], rows))
+    print(table(["blob store", "upload (publish)", "download", "download again", "hub CPU ms / download"], rows))
+    print("hub CPU: what the `quiver serve` process spent on one download (again); nginx's and S3's not counted")
 
 
 if __name__ == "__main__":

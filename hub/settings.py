@@ -40,6 +40,10 @@ class Settings(BaseSettings):
     # store always streams through the hub).
     download_redirect: bool | None = None
     presign_seconds: int = 300
+    # Local blobs served by a fronting nginx: the hub answers a download with X-Accel-Redirect to this
+    # prefix + the blob's path under objects/ (an `internal` location aliasing QUIVER_HOME/blobs/objects/,
+    # docs/nginx.conf), and nginx sends the file with sendfile, Range included.
+    accel_redirect: str | None = None
     # Threads torch may use for the analysis of a publish (the rest of the cores serve requests).
     analysis_threads: int = 1
     # Signs the pages' session cookies; default: made once and kept in QUIVER_HOME (replicas: set one).

@@ -1,6 +1,6 @@
 """A real headless Chromium (Debian's, driven by Playwright: browsers cannot be downloaded here) for the
 tests that look at pages. Outside CI, the tests skip when there is no Chromium; in CI it must be there
-(`make browser` installs it)."""
+(`make services` installs it)."""
 
 from __future__ import annotations
 
@@ -28,8 +28,8 @@ def require_chromium() -> None:
     if shutil.which(CHROMIUM) or os.path.exists(CHROMIUM):
         return
     if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-        pytest.fail(f"CI must run the browser tests: no Chromium at {CHROMIUM} (make browser installs it)")
-    pytest.skip(f"browser tests need Chromium at {CHROMIUM} (make browser installs it)")
+        pytest.fail(f"CI must run the browser tests: no Chromium at {CHROMIUM} (make services installs it)")
+    pytest.skip(f"browser tests need Chromium at {CHROMIUM} (make services installs it)")
 
 
 @contextmanager

@@ -29,7 +29,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import table  # noqa: E402
 from tests.adapters import lora_config, upload_parts, write_factors  # noqa: E402
-from tests.conftest import free_port, serve_process  # noqa: E402
+from tests.conftest import free_port, operator_token, serve_process  # noqa: E402
 from tests.nginx import nginx  # noqa: E402
 
 MB = 1e6
@@ -95,13 +95,7 @@ def measure(
     env: dict[str, str], folder: Path, repeat: int, cold_cache: Path | None, proxy: bool = False
 ) -> tuple[list, list, list, list]:
     size = (folder / "adapter_model.safetensors").stat().st_size
-    token = subprocess.run(
-        [sys.executable, "-m", "quiver_hub", "token", "create", "--user", "bench", "--init"],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()[-1]
+    token = operator_token(env, "bench")
     uploads, colds, warms, hub_cpu = [], [], [], []
     with fronted(env, proxy) as url, httpx.Client(timeout=600, follow_redirects=True) as c:
         auth = {"Authorization": f"Bearer {token}"}

@@ -34,7 +34,7 @@ from bench.common import table  # noqa: E402
 from bench.real_library import BASE_MODEL, Recipe, chat, generate, library, load_model  # noqa: E402
 from bench.tasks import FAMILIES, TASKS  # noqa: E402
 from quiver_hub import Adapter, Hub, apply_arrow, merged, reference_means, remove_arrow  # noqa: E402
-from tests.conftest import free_port, serve_process  # noqa: E402
+from tests.conftest import free_port, operator_token, serve_process  # noqa: E402
 
 WAYS = [
     ("Hub.route, chat messages, arrow+examples (default)", "messages", "arrow+examples"),
@@ -88,15 +88,7 @@ def main() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("QUIVER_")}
     with tempfile.TemporaryDirectory() as home:
         env.update(QUIVER_HOME=home, QUIVER_PORT=str(free_port()))
-        import subprocess
-
-        token = subprocess.run(
-            [sys.executable, "-m", "quiver_hub", "token", "create", "--user", "lib", "--init"],
-            env=env,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.split()[-1]
+        token = operator_token(env, "lib")
         with serve_process(env) as url, Hub(url, token, cache_dir=Path(home) / "cache") as hub:
             repos = publish_library(hub, folders)
             by_repo = {r: n for n, r in repos.items()}

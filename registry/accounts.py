@@ -27,6 +27,7 @@ from datetime import timedelta
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
+from quiver_hub.registry.db import begin_write
 from quiver_hub.registry.errors import Forbidden, InvalidRequest, Unauthorized
 from quiver_hub.registry.models import Membership, Namespace, Token, utcnow
 from quiver_hub.registry.names import check_part
@@ -121,6 +122,7 @@ def authenticate(session: Session, token: str | None) -> Principal:
         names = dict(session.execute(select(Namespace.id, Namespace.name).where(Namespace.id.in_(sorted(roles)))).all())
         roles = {ns: role for ns, role in roles.items() if names.get(ns) in row.namespaces}
     if row.last_used_at is None or now - row.last_used_at > LAST_USED_EVERY:
+        begin_write(session)  # requests of one token arrive together: each would upgrade its read
         session.execute(
             update(Token)
             .where(Token.id == row.id, or_(Token.last_used_at.is_(None), Token.last_used_at < now - LAST_USED_EVERY))

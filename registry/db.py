@@ -48,5 +48,13 @@ def writing(sessions: sessionmaker[Session]) -> Iterator[Session]:
         yield session
 
 
+def begin_write(session: Session) -> None:
+    """End what `session` was reading and start a write transaction. On SQLite a read transaction
+    cannot become a write one once another writer has committed since it began (SQLITE_BUSY at once,
+    whatever the timeout), so a write after reads starts afresh, waiting for the lock up front."""
+    session.commit()
+    session.connection(execution_options={WRITE_OPTION: True})
+
+
 def session_factory(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)

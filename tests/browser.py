@@ -5,11 +5,10 @@ tests that look at pages. Outside CI, the tests skip when there is no Chromium; 
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-import pytest
+from tests.conftest import require_program
 
 CHROMIUM = os.environ.get("QUIVER_TEST_CHROMIUM", "/usr/bin/chromium")
 # As the machine's own probe starts it: no sandbox (root), and nothing that reaches for Google's hosts.
@@ -24,18 +23,10 @@ ARGS = [
 ]
 
 
-def require_chromium() -> None:
-    if shutil.which(CHROMIUM) or os.path.exists(CHROMIUM):
-        return
-    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-        pytest.fail(f"CI must run the browser tests: no Chromium at {CHROMIUM} (make services installs it)")
-    pytest.skip(f"browser tests need Chromium at {CHROMIUM} (make services installs it)")
-
-
 @contextmanager
 def browser() -> Iterator:
     """A Playwright Browser on the system Chromium."""
-    require_chromium()
+    require_program(CHROMIUM, "browser")
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:

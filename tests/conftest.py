@@ -8,6 +8,7 @@ an error, never a skip; in CI (CI=true) it must be set.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -37,7 +38,7 @@ PG_ENV = "QUIVER_TEST_DATABASE_URL"
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
-    if os.environ.get("CI", "").lower() in ("1", "true", "yes") and not os.environ.get(PG_ENV):
+    if in_ci() and not os.environ.get(PG_ENV):
         raise pytest.UsageError(f"CI must run the Postgres tests: set {PG_ENV}")
 
 
@@ -131,10 +132,38 @@ def state(settings: Settings) -> Iterator[Services]:
     s.close()
 
 
+def in_ci() -> bool:
+    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def require_program(path: str, tests: str) -> None:
+    """A system program some tests drive (Debian's, installed by `make services`): outside CI, its
+    tests skip when it is missing; in CI they fail."""
+    if shutil.which(path) or os.path.exists(path):
+        return
+    if in_ci():
+        pytest.fail(f"CI must run the {tests} tests: no {path} (make services installs it)")
+    pytest.skip(f"{tests} tests need {path} (make services installs it)")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def operator_token(env: dict[str, str], user: str) -> str:
+    """`quiver token create --user USER --init` as an operator runs it (the real CLI, on the database
+    `env` names, created if new); the token it prints."""
+    made = subprocess.run(
+        [sys.executable, "-m", "quiver_hub", "token", "create", "--user", user, "--init"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert made.returncode == 0, made.stderr
+    return made.stdout.strip().splitlines()[-1]
 
 
 @contextmanager

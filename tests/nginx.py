@@ -4,7 +4,6 @@ installs it). Outside CI the tests skip when there is no nginx; in CI it must be
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -12,27 +11,18 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
-import pytest
 
-from tests.conftest import free_port
+from tests.conftest import free_port, require_program
 
 NGINX = os.environ.get("QUIVER_TEST_NGINX", "/usr/sbin/nginx")
 CONFIG = Path(__file__).resolve().parents[1] / "docs" / "nginx.conf"
-
-
-def require_nginx() -> None:
-    if shutil.which(NGINX) or os.path.exists(NGINX):
-        return
-    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-        pytest.fail(f"CI must run the nginx tests: no nginx at {NGINX} (make services installs it)")
-    pytest.skip(f"nginx tests need nginx at {NGINX} (make services installs it)")
 
 
 @contextmanager
 def nginx(hub_url: str, home: Path, workdir: Path) -> Iterator[str]:
     """docs/nginx.conf as written, with its three site-specific values replaced: the port it listens
     on, the hub's address and QUIVER_HOME. Yields nginx's URL."""
-    require_nginx()
+    require_program(NGINX, "nginx")
     port = free_port()
     site = CONFIG.read_text()
     for old, new in (

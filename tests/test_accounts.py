@@ -241,3 +241,25 @@ def test_operator_commands_refuse_a_database_that_does_not_exist(server: LiveSer
     audit = server.cli("admin", "audit", "--action", "token.create")
     assert audit.returncode == 0
     assert any(json.loads(line)["target"].startswith("token") for line in audit.stdout.splitlines())
+
+
+def test_a_token_is_recorded_as_used_although_another_write_committed_while_it_was_read(server: LiveServer) -> None:
+    """Requests of one token arrive together: each reads the token, then records its use. On SQLite a
+    read transaction that tries to write after another writer committed gets SQLITE_BUSY at once; the
+    use is recorded in a write transaction of its own instead."""
+    from quiver_hub.registry.accounts import authenticate
+    from quiver_hub.registry.db import writing
+
+    token = server.token("alice")
+    other = server.token("bob")
+    with server.state.sessions() as reader:
+        assert reader.scalar(select(func.count()).select_from(Token)) == 2  # a read transaction, begun
+        with writing(server.state.sessions) as writer:  # another request commits a write meanwhile
+            writer.execute(update(Token).where(Token.user.has(name="bob")).values(name="bob's"))
+            writer.commit()
+        principal = authenticate(reader, token)
+        assert principal.user == "alice"
+    with server.state.sessions() as session:
+        used = session.scalar(select(Token.last_used_at).where(Token.user.has(name="alice")))
+        assert used is not None
+        assert authenticate(session, other).user == "bob"

@@ -37,6 +37,21 @@ def chat_tokenizer():  # noqa: ANN201
     return fast
 
 
+def tiny_llama():  # noqa: ANN201
+    """A random two-layer Llama that reads chat_tokenizer's ids."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=32,
+        hidden_size=HIDDEN,
+        intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+    )
+    return LlamaForCausalLM(config).eval()
+
+
 def test_a_chat_routes_on_its_last_user_message_only() -> None:
     tok = chat_tokenizer()
     messages = [
@@ -52,19 +67,8 @@ def test_a_chat_routes_on_its_last_user_message_only() -> None:
 
 
 def test_the_states_of_routed_tokens_are_those_the_model_computes_in_context() -> None:
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     torch.manual_seed(0)
-    model = LlamaForCausalLM(
-        LlamaConfig(
-            vocab_size=32,
-            hidden_size=HIDDEN,
-            intermediate_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            num_key_value_heads=1,
-        )
-    ).eval()
+    model = tiny_llama()
     tok = chat_tokenizer()
     ids, mask = chat_tokens(tok, [{"role": "user", "content": "translate this into french"}])
     states = capture_inputs(model, tok, None, MODULES, input_ids=ids, mask=mask)
@@ -164,8 +168,6 @@ def test_arrow_plus_examples_equals_its_brute_force_and_keeps_private_examples_p
 
 
 def test_hub_route_on_a_chat_sends_the_centered_states_of_the_users_words(server: LiveServer, tmp_path: Path) -> None:
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     from quiver_hub import reference_means
 
     token = server.token("alice")
@@ -176,16 +178,7 @@ def test_hub_route_on_a_chat_sends_the_centered_states_of_the_users_words(server
             assert c.post(f"/v1/adapters/alice/c{i}", files=upload_parts(folder)).status_code == 201
         protos[f"alice/c{i}"] = dense_prototypes(folder)
     torch.manual_seed(0)
-    model = LlamaForCausalLM(
-        LlamaConfig(
-            vocab_size=32,
-            hidden_size=HIDDEN,
-            intermediate_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            num_key_value_heads=1,
-        )
-    ).eval()
+    model = tiny_llama()
     model.name_or_path = BASE
     tok = chat_tokenizer()
     messages = [

@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from tests.adapters import upload_parts, write_adapter
-from tests.conftest import S3, free_port, serve_process
+from tests.conftest import S3, free_port, operator_token, serve_process
 
 pytestmark = pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
 
@@ -41,7 +41,7 @@ def test_two_hubs_share_one_database_and_one_bucket(database_url: str, s3: S3, t
     bucket = s3.bucket()
     env_a = hub_env(database_url, s3, bucket, tmp_path / "home-a")  # redirects downloads to the bucket
     env_b = hub_env(database_url, s3, bucket, tmp_path / "home-b", QUIVER_DOWNLOAD_REDIRECT="0")  # proxies them
-    token = quiver(env_a, "token", "create", "--user", "alice", "--init").stdout.strip().splitlines()[-1]
+    token = operator_token(env_a, "alice")
     folder = write_adapter(tmp_path / "a", hidden=16, extra_files={"README.md": b"# Translates into French.\n"})
     auth = {"Authorization": f"Bearer {token}"}
     with serve_process(env_a) as a, serve_process(env_b) as b:
@@ -97,7 +97,7 @@ def test_a_hub_killed_during_a_multipart_upload_leaves_nothing_visible(
 ) -> None:
     bucket = s3.bucket()
     env = hub_env(database_url, s3, bucket, tmp_path / "home")
-    token = quiver(env, "token", "create", "--user", "alice", "--init").stdout.strip().splitlines()[-1]
+    token = operator_token(env, "alice")
     big = tmp_path / "big"  # ~67 MB of weights: uploaded in 16 MB parts
     factors = {
         f"model.layers.{i}.self_attn.{p}": (torch.randn(16, 4096), torch.randn(4096, 16))

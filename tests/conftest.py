@@ -173,6 +173,7 @@ def serve_process(
     """`quiver serve` in a child process (the real CLI), on QUIVER_PORT; yields its URL once ready. Its
     output goes to `log` (a file: a pipe nobody reads would stall a busy server)."""
     url = f"http://127.0.0.1:{env['QUIVER_PORT']}"
+    own_log = log is None  # a temporary file of ours: removed at the end (a failure has quoted it by then)
     log = log or Path(tempfile.mkstemp(prefix="quiver-serve-", suffix=".log")[1])
     with open(log, "wb") as out:
         server = subprocess.Popen(
@@ -198,6 +199,8 @@ def serve_process(
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
+        if own_log:
+            log.unlink(missing_ok=True)
 
 
 @dataclass

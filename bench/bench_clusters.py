@@ -1,7 +1,8 @@
-"""MBC clustering time for 1k and 10k adapters (both embeddings), and cluster-adapter construction:
-ours (QR + small SVD from the factors) vs PEFT add_weighted_adapter(combination_type="svd").
+"""MBC clustering time and memory for 1k, 10k and 100k adapters (each embedding; exact and landmark
+rows), and cluster-adapter construction: ours (QR + small SVD from the factors) vs PEFT
+add_weighted_adapter(combination_type="svd").
 
-    python bench/bench_clusters.py [--sizes 1000,10000]
+    python bench/bench_clusters.py [--sizes 1000,10000,100000]
 """
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+import tracemalloc
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -18,62 +21,94 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import median_time, table  # noqa: E402
 from quiver_hub.registry import lora  # noqa: E402
-from quiver_hub.registry.mbc import cluster, params_matrix, sketch_matrix  # noqa: E402
+from quiver_hub.registry.mbc import EXACT_MAX, LANDMARKS, Partition, cluster, params_matrix, sketch_matrix  # noqa: E402
 
 MODULES = [f"layers.{i}.{p}" for i in range(8) for p in ("q", "v")]  # 16 modules
 HIDDEN, RANK, K = 64, 4, 10
+PARAMS_MAX = 10_000  # "params" reads every factor of every adapter: measured up to here
+AGREEMENT_AT = 10_000  # from here up to EXACT_MAX both ways run, and their agreement is measured
 
 
-def library(n: int, seed: int = 0) -> list[dict[str, lora.Factors]]:
-    """n adapters around K centres (the clustering has real structure to find)."""
+def library(n: int, seed: int = 0) -> Iterator[dict[str, lora.Factors]]:
+    """n adapters around K centres (the clustering has real structure to find), made one at a time."""
     g = torch.Generator().manual_seed(seed)
     centres = [
         {m: (torch.randn(RANK, HIDDEN, generator=g), torch.randn(HIDDEN, RANK, generator=g)) for m in MODULES}
         for _ in range(K)
     ]
-    out = []
     for i in range(n):
-        c = centres[i % K]
-        out.append(
-            {
-                m: lora.Factors(
-                    a + 0.5 * torch.randn(RANK, HIDDEN, generator=g),
-                    b + 0.5 * torch.randn(HIDDEN, RANK, generator=g),
-                    2.0,
-                )
-                for m, (a, b) in c.items()
-            }
-        )
-    return out
+        yield {
+            m: lora.Factors(
+                a + 0.5 * torch.randn(RANK, HIDDEN, generator=g), b + 0.5 * torch.randn(HIDDEN, RANK, generator=g), 2.0
+            )
+            for m, (a, b) in centres[i % K].items()
+        }
+
+
+def timed_cluster(X: np.ndarray, exact_max: int) -> tuple[Partition, float, float]:
+    """The partition, seconds, and peak MiB of memory allocated while clustering (tracemalloc sees numpy's)."""
+    tracemalloc.start()
+    t = time.perf_counter()
+    partition = cluster(X.astype(np.float32), k=K, exact_max=exact_max)
+    seconds = time.perf_counter() - t
+    peak = tracemalloc.get_traced_memory()[1] / 2**20
+    tracemalloc.stop()
+    return partition, seconds, peak
 
 
 def clustering_rows(sizes: list[int]) -> list[list[str]]:
+    from sklearn.metrics import adjusted_rand_score
+
     rows = []
     for n in sizes:
-        lib = library(n)
-        sketches = [(MODULES, lora.sketch(f)) for f in lib]  # computed once at publish in the hub
+        # Sketches and output sketches are computed once at publish in the hub; "params" reads every weight.
+        outputs, sketches, lib = [], [], []
+        t = time.perf_counter()
+        for f in library(n):
+            outputs.append((MODULES, lora.output_sketch(f)))
+            sketches.append((MODULES, lora.sketch(f)))
+            if n <= PARAMS_MAX:
+                lib.append(f)
+        print(f"  {n:,} adapters made and sketched in {time.perf_counter() - t:.0f} s", file=sys.stderr)
         truth = np.arange(n) % K
-        for method in ("sketch", "params"):
+        for method in ("outputs", "sketch", "params"):
+            if method == "params" and n > PARAMS_MAX:
+                continue
             t = time.perf_counter()
-            X = sketch_matrix(sketches) if method == "sketch" else params_matrix(lib)
+            if method == "outputs":
+                X = sketch_matrix(outputs, lora.output_block())
+            elif method == "sketch":
+                X = sketch_matrix(sketches)
+            else:
+                X = params_matrix(lib)
             embed = time.perf_counter() - t
-            t = time.perf_counter()
-            partition = cluster(X.astype(np.float32), k=K)
-            kmeans = time.perf_counter() - t
-            from sklearn.metrics import adjusted_rand_score
-
-            ari = adjusted_rand_score(truth, partition.labels)
-            rows.append(
-                [
-                    f"{n:,}",
-                    method,
-                    f"{X.shape[1]}",
-                    f"{embed:.2f}",
-                    f"{kmeans:.2f}",
-                    f"{embed + kmeans:.2f}",
-                    f"{ari:.3f}",
-                ]
-            )
+            exact = None
+            # The hub's switch: exact up to EXACT_MAX; where both run, the landmark rows are measured too.
+            ways = [("exact", n)] if n <= EXACT_MAX else []
+            ways += [(f"landmarks ({LANDMARKS:,})", 0)] if n > EXACT_MAX or n >= AGREEMENT_AT else []
+            for way, exact_max in ways:
+                partition, seconds, peak = timed_cluster(X, exact_max)
+                exact = partition.labels if way == "exact" else exact
+                agreement = (
+                    f"{adjusted_rand_score(exact, partition.labels):.3f}"
+                    if exact is not None and way != "exact"
+                    else "-"
+                )
+                rows.append(
+                    [
+                        f"{n:,}",
+                        method,
+                        way,
+                        f"{X.shape[1]}",
+                        f"{embed:.2f}",
+                        f"{seconds:.2f}",
+                        f"{peak:,.0f}",
+                        f"{adjusted_rand_score(truth, partition.labels):.3f}",
+                        agreement,
+                    ]
+                )
+                print(f"  {rows[-1]}", file=sys.stderr)
+        del outputs, sketches, lib
     return rows
 
 
@@ -146,22 +181,25 @@ def merge_rows(members: int = 8, d: int = 1024, layers: int = 8, rank: int = 16)
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--sizes", default="1000,10000")
+    parser.add_argument("--sizes", default="1000,10000,100000")
     sizes = [int(s) for s in parser.parse_args().sizes.split(",")]
     print(
         f"MBC clustering: synthetic adapters around {K} centres, {len(MODULES)} modules {HIDDEN}x{HIDDEN} rank {RANK};"
-        f" KMeans k={K}, k-means++, 10 restarts, on the rows of the similarity matrix (one run each)"
+        f" KMeans k={K}, k-means++, 10 restarts, on the rows of the similarity matrix (exact) or on the"
+        f" similarities to {LANDMARKS:,} landmark adapters (past {EXACT_MAX:,} adapters); one run each"
     )
     print(
         table(
             [
                 "adapters",
-                "method",
+                "embedding",
+                "rows",
                 "embedding dim",
                 "embed (s)",
                 "similarity + KMeans (s)",
-                "total (s)",
+                "peak MiB",
                 "ARI vs planted",
+                "ARI vs exact",
             ],
             clustering_rows(sizes),
         )

@@ -1,12 +1,14 @@
 """/v1/route over HTTP with 1k, 10k and 100k synthetic adapters, against brute-force numpy on the
-same prototypes; index build time and memory.
+same prototypes; start-up (indexes built from the database, then a restart from their snapshot) and memory.
 
     python bench/bench_route.py [--sizes 1000,10000,100000]
+    python bench/bench_route.py --sizes 100000,1000000 --requests 5 --db postgres   # start-up rows
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -31,6 +33,7 @@ from quiver_hub.registry.models import Adapter, Namespace, Prototype, Version, u
 BASE = "bench/base"
 MODULES = ["model.layers.0.self_attn.q_proj", "model.layers.0.self_attn.v_proj"]
 DIM, TOKENS, TOP_K, REQUESTS = 512, 16, 3, 100
+POSTGRES = os.environ.get("QUIVER_BENCH_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
 
 def fill(state: Services, n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -118,10 +121,22 @@ def serve(settings: Settings, port: int) -> tuple[uvicorn.Server, threading.Thre
     return server, thread, time.perf_counter() - t
 
 
-def run(n: int, port: int) -> list[object]:
+def fresh_postgres(url: str) -> str:
+    """A new empty database `quiver_bench` on the server of `url` (dropped first if there)."""
+    import psycopg
+
+    plain = url.replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(plain, autocommit=True) as conn:
+        conn.execute("DROP DATABASE IF EXISTS quiver_bench WITH (FORCE)")
+        conn.execute("CREATE DATABASE quiver_bench")
+    return url.rsplit("/", 1)[0] + "/quiver_bench"
+
+
+def run(n: int, port: int, db: str, requests: int) -> list[object]:
     rng = np.random.default_rng(n)
     with tempfile.TemporaryDirectory() as home:
-        settings = Settings(home=Path(home), max_upload_bytes=64 << 20)
+        db_url = fresh_postgres(POSTGRES) if db == "postgres" else None
+        settings = Settings(home=Path(home), database_url=db_url, max_upload_bytes=64 << 20)
         state = Services.open(settings)
         t = time.perf_counter()
         protos = fill(state, n, rng)
@@ -130,7 +145,7 @@ def run(n: int, port: int) -> list[object]:
         server, thread, start_s = serve(settings, port)
         try:
             queries = [
-                {m: rng.standard_normal((TOKENS, DIM), dtype=np.float32) for m in MODULES} for _ in range(REQUESTS)
+                {m: rng.standard_normal((TOKENS, DIM), dtype=np.float32) for m in MODULES} for _ in range(requests)
             ]
             bodies = [save(q) for q in queries]
             params = {"base_model": BASE, "top_k": TOP_K, "limit": 10}
@@ -160,9 +175,18 @@ def run(n: int, port: int) -> list[object]:
             brute = [0.0] * 5
             for i in range(5):
                 t = time.perf_counter()
-                brute_force(protos, queries[i])
+                brute_force(protos, queries[i % len(queries)])
                 brute[i] = time.perf_counter() - t
             memory = server.config.app.state.services.indexes.memory_bytes()
+        finally:
+            server.should_exit = True  # saves the indexes' snapshot on the way out
+            thread.join()
+        server, thread, restart_s = serve(settings, port)
+        try:
+            assert server.config.app.state.services.opened.from_snapshot, "the restart did not use the snapshot"
+            with httpx.Client(timeout=120, headers={"Content-Type": "application/octet-stream"}) as c:
+                again = c.post(url, content=bodies[0], params=params).json()["results"]
+            assert again == first, "the answer after a restart from the snapshot differs"
         finally:
             server.should_exit = True
             thread.join()
@@ -170,8 +194,10 @@ def run(n: int, port: int) -> list[object]:
     p50, p99 = statistics.median(lat), lat[min(len(lat) - 1, int(0.99 * len(lat)))]
     return [
         f"{n:,}",
+        db,
         f"{fill_s:.1f}",
         f"{start_s:.1f}",
+        f"{restart_s:.1f}",
         f"{1e3 * p50:.1f}",
         f"{1e3 * p99:.1f}",
         f"{throughput:.1f}",
@@ -183,21 +209,28 @@ def run(n: int, port: int) -> list[object]:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--sizes", default="1000,10000,100000")
-    sizes = [int(s) for s in parser.parse_args().sizes.split(",")]
+    parser.add_argument("--db", default="sqlite", help="sqlite, postgres or both (Postgres: QUIVER_BENCH_POSTGRES)")
+    parser.add_argument("--requests", type=int, default=REQUESTS)
+    args = parser.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",")]
+    dbs = ["sqlite", "postgres"] if args.db == "both" else [args.db]
     from tests.conftest import free_port
 
-    rows = [run(n, free_port()) for n in sizes]
+    rows = [run(n, free_port(), db, args.requests) for n in sizes for db in dbs]
     print(
         f"/v1/route over HTTP: {len(MODULES)} modules x {TOKENS} tokens of dim {DIM}, top_k={TOP_K}, "
-        f"safetensors body; {REQUESTS} sequential requests (p50/p99), then 4 concurrent clients (throughput); "
-        "brute force = the same formula in dense numpy, in process, no HTTP (median of 5)"
+        f"safetensors body; {args.requests} sequential requests (p50/p99), then 4 concurrent clients (throughput); "
+        "brute force = the same formula in dense numpy, in process, no HTTP (median of 5); start = process start "
+        "to serving, indexes built from the database; restart = the same from the snapshot saved at shutdown"
     )
     print(
         table(
             [
                 "adapters",
+                "database",
                 "load DB (s)",
-                "hub start + index build (s)",
+                "start, index built (s)",
+                "restart from snapshot (s)",
                 "p50 (ms)",
                 "p99 (ms)",
                 "throughput (req/s)",

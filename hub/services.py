@@ -3,6 +3,7 @@ embedder, the search indexes, the settings."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -16,7 +17,11 @@ from quiver_hub.registry.blobs import BlobStore
 from quiver_hub.registry.cluster_runs import fail_interrupted
 from quiver_hub.registry.db import make_engine, session_factory
 from quiver_hub.registry.embedder import TextEmbedder, default_embedder
+from quiver_hub.registry.index_snapshot import Opened, open_indexes, save, snapshot_seq
 from quiver_hub.registry.indexes import IndexSet
+
+log = logging.getLogger("quiver.indexes")
+SAVE_EVERY = 1000  # changes applied since the last snapshot before the next is written (in the background)
 
 
 def open_store(settings: Settings) -> BlobStore:
@@ -44,16 +49,26 @@ class Services:
     embedder: TextEmbedder
     indexes: IndexSet
     jobs: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="quiver-job"))
+    opened: Opened | None = None  # how the indexes were made at start-up (None: not serving)
+    saved_seq: int = 0  # the change sequence number of the snapshot on disk, or being written
 
     @classmethod
     def open(cls, settings: Settings, migrate: bool = True, index: bool = False) -> Services:
-        """Connect (and migrate); with index=True also build the search indexes from the database."""
+        """Connect (and migrate); with index=True (serving) also open the search indexes: the snapshot in
+        QUIVER_HOME/indexes caught up from the change sequence, or built from the database."""
         engine = make_engine(settings.db_url)
         if migrate:
             upgrade(engine)
-        state = cls(settings, engine, session_factory(engine), open_store(settings), default_embedder(), IndexSet())
-        if index:  # serving: build the search indexes; runs a stopped hub left behind cannot finish
-            state.indexes.rebuild(state.sessions)
+        sessions = session_factory(engine)
+        indexes, opened = open_indexes(sessions, settings.index_dir) if index else (IndexSet(), None)
+        state = cls(settings, engine, sessions, open_store(settings), default_embedder(), indexes)
+        if opened is not None:  # serving; runs a stopped hub left behind cannot finish
+            state.opened = opened
+            if opened.from_snapshot:
+                log.info("search indexes: snapshot at change %d, caught up %d", opened.snapshot_seq, opened.caught_up)
+            if not opened.from_snapshot or opened.caught_up:
+                state.background(state.save_indexes)
+            state.saved_seq = indexes.seq
             fail_interrupted(state.sessions)
         return state
 
@@ -64,8 +79,22 @@ class Services:
     def fresh_indexes(self) -> IndexSet:
         """The indexes, brought up to date with the change sequence (this and other hub processes)."""
         self.indexes.refresh(self.sessions)
+        if self.opened is not None and self.indexes.seq - self.saved_seq >= SAVE_EVERY:
+            self.saved_seq = self.indexes.seq
+            self.background(self.save_indexes)
         return self.indexes
+
+    def save_indexes(self) -> None:
+        """Snapshot the indexes (registry.index_snapshot), so the next start only catches up."""
+        save(self.indexes, self.settings.index_dir, self.sessions)
 
     def close(self) -> None:
         self.jobs.shutdown(wait=False, cancel_futures=True)
+        if self.opened is not None:  # the next start catches up only what changes after this
+            try:
+                self.indexes.refresh(self.sessions)
+                if snapshot_seq(self.settings.index_dir) != self.indexes.seq:
+                    self.save_indexes()
+            except Exception:  # derived state: the next start rebuilds or catches up what this one missed
+                log.exception("search indexes: not saved at shutdown")
         self.engine.dispose()

@@ -54,5 +54,10 @@ class Settings(BaseSettings):
         return self.database_url or f"sqlite:///{(self.home / 'quiver.db').resolve()}"
 
     @property
+    def index_dir(self) -> Path:
+        """Where the search indexes' snapshot is kept (registry.index_snapshot)."""
+        return self.home / "indexes"
+
+    @property
     def blob_root(self) -> Path:
         return self.home / "blobs"

@@ -148,9 +148,9 @@ class Candidates:
 class IndexSet:
     def __init__(self) -> None:
         self.lock = threading.RLock()
-        self._clear()
+        self.clear()
 
-    def _clear(self) -> None:
+    def clear(self) -> None:
         self.entries: dict[int, Entry] = {}  # by adapter id
         self.by_version: dict[int, Entry] = {}
         self.prototypes: dict[tuple[str, str, int], PartitionedIndex] = {}  # (base model, module, width)
@@ -164,7 +164,7 @@ class IndexSet:
         """Every adapter's latest version, read in batches of LOAD_BATCH adapters (keyset pages: no query
         grows with the library, nor binds more parameters than a batch)."""
         with self.lock, sessions() as session:
-            self._clear()
+            self.clear()
             self.seq = last_seq(session)  # read first: later changes are re-applied, reloading is idempotent
             after = 0
             while True:

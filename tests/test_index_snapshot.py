@@ -1,0 +1,116 @@
+"""The search indexes' snapshot (registry.index_snapshot): a hub starts from it and catches up what was
+published, edited and deleted while it was down; a corrupt or foreign snapshot is rebuilt, never trusted.
+On SQLite and Postgres."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from quiver_hub.hub.services import Services
+from quiver_hub.hub.settings import Settings
+from quiver_hub.registry.index_snapshot import DATA, MANIFEST, snapshot_seq
+from quiver_hub.registry.indexes import IndexSet
+from tests.adapters import upload_parts, write_adapter
+from tests.conftest import LiveServer
+
+
+def contents(indexes: IndexSet) -> dict:
+    """Everything the indexes answer from, in a comparable form: entries, and each partition's vectors by id."""
+    out: dict = {"entries": dict(indexes.entries)}
+    named = [(("prototypes", *key), index) for key, index in indexes.prototypes.items()]
+    for kind, index in [*named, (("text",), indexes.text), (("examples",), indexes.examples)]:
+        for partition, flat in index.parts.items():
+            if flat.ids:
+                ids = sorted(flat.ids)
+                vectors = np.stack([flat.index.reconstruct(i) for i in ids])
+                out[(*kind, partition)] = (ids, vectors.tobytes())
+    return out
+
+
+def rebuilt(state: Services) -> dict:
+    fresh = IndexSet()
+    fresh.rebuild(state.sessions)
+    return contents(fresh)
+
+
+def publish(server: LiveServer, token: str, repo: str, folder: Path, **form: str) -> None:
+    with server.client(token) as c:
+        r = c.post(f"/v1/adapters/{repo}", files=upload_parts(folder), data={"description": repo, **form})
+        assert r.status_code == 201, r.text
+
+
+def test_a_hub_starts_from_its_snapshot_and_catches_up(server: LiveServer, tmp_path: Path) -> None:
+    alice, bob = server.token("alice"), server.token("bob")
+    publish(server, alice, "alice/a0", write_adapter(tmp_path / "a0", seed=0))
+    publish(server, alice, "alice/a1", write_adapter(tmp_path / "a1", seed=1), tags="one")
+    publish(server, bob, "bob/b0", write_adapter(tmp_path / "b0", seed=2), visibility="private")
+
+    first = Services.open(server.settings, migrate=False, index=True)  # a hub that serves, then stops
+    assert contents(first.indexes) == rebuilt(first)
+    first.close()
+    seq = snapshot_seq(server.settings.index_dir)
+    assert seq == first.indexes.seq and seq > 0
+
+    # While that hub is down: an edit, a visibility change, a delete, a new version and a new adapter.
+    with server.client(alice) as c:
+        assert c.patch("/v1/adapters/alice/a1", json={"tags": ["two"], "visibility": "private"}).status_code == 200
+        assert c.delete("/v1/adapters/alice/a0").status_code == 200
+    publish(server, bob, "bob/b0", write_adapter(tmp_path / "b0v2", seed=3), visibility="private")
+    publish(server, alice, "alice/a2", write_adapter(tmp_path / "a2", seed=4))
+
+    second = Services.open(server.settings, migrate=False, index=True)
+    try:
+        assert second.opened.from_snapshot and second.opened.snapshot_seq == seq
+        assert second.opened.caught_up >= 4
+        assert contents(second.indexes) == rebuilt(second)
+        names = {e.identity.id: e for e in second.indexes.entries.values()}
+        assert sorted(names) == ["alice/a1", "alice/a2", "bob/b0"]
+        assert names["alice/a1"].tags == frozenset({"two"}) and names["alice/a1"].visibility == "private"
+        assert names["bob/b0"].identity.version == 2
+    finally:
+        second.close()
+    assert snapshot_seq(server.settings.index_dir) == second.indexes.seq
+
+
+def test_a_corrupt_snapshot_is_rebuilt_not_trusted(server: LiveServer, tmp_path: Path) -> None:
+    alice = server.token("alice")
+    for i in range(3):
+        publish(server, alice, f"alice/a{i}", write_adapter(tmp_path / f"a{i}", seed=i))
+    Services.open(server.settings, migrate=False, index=True).close()
+    data = server.settings.index_dir / DATA
+
+    good = data.read_bytes()
+    for damage in (good[: len(good) // 2], good[:100] + bytes([good[100] ^ 1]) + good[101:], b""):
+        data.write_bytes(damage)  # half-written, one bit flipped, emptied
+        state = Services.open(server.settings, migrate=False, index=True)
+        try:
+            assert not state.opened.from_snapshot and "checksum" in state.opened.why
+            assert contents(state.indexes) == rebuilt(state) and len(state.indexes.entries) == 3
+        finally:
+            state.close()
+        assert data.read_bytes() != damage  # replaced by a good one at shutdown
+
+    (server.settings.index_dir / MANIFEST).write_text("{not json")
+    state = Services.open(server.settings, migrate=False, index=True)
+    try:
+        assert not state.opened.from_snapshot and "unreadable" in state.opened.why
+        assert len(state.indexes.entries) == 3
+    finally:
+        state.close()
+
+
+def test_a_snapshot_of_another_database_is_not_used(server: LiveServer, tmp_path: Path) -> None:
+    alice = server.token("alice")
+    publish(server, alice, "alice/a0", write_adapter(tmp_path / "a0", seed=0))
+    Services.open(server.settings, migrate=False, index=True).close()
+    # The same home over another database (or one restored from an older backup): its change sequence
+    # does not hold the change the snapshot was taken at.
+    other = Settings(home=server.settings.home, database_url=f"sqlite:///{tmp_path / 'other.db'}")
+    state = Services.open(other, index=True)
+    try:
+        assert not state.opened.from_snapshot and "does not hold change" in state.opened.why
+        assert state.indexes.entries == {}
+    finally:
+        state.close()

@@ -21,7 +21,7 @@ import httpx
 import numpy as np
 import uvicorn
 from safetensors.numpy import save
-from sqlalchemy import insert
+from sqlalchemy import insert, text
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import table  # noqa: E402
@@ -31,21 +31,31 @@ from quiver_hub.hub.settings import Settings  # noqa: E402
 from quiver_hub.registry.models import Adapter, Namespace, Prototype, Version, utcnow  # noqa: E402
 
 BASE = "bench/base"
-MODULES = ["model.layers.0.self_attn.q_proj", "model.layers.0.self_attn.v_proj"]
-DIM, TOKENS, TOP_K, REQUESTS = 512, 16, 3, 100
+TOKENS, TOP_K, REQUESTS = 16, 3, 100
+# module -> in_features. "tiny": 2 modules of 512; "7b": a Llama-2-7B-shaped adapter on every projection
+# (224 modules: q, k, v, o, gate, up take 4096 values, down 11008), 4.3 MiB of float32 prototypes.
+SHAPES = {
+    "tiny": {"model.layers.0.self_attn.q_proj": 512, "model.layers.0.self_attn.v_proj": 512},
+    "7b": {
+        f"model.layers.{i}.{p}": 11008 if p == "mlp.down_proj" else 4096
+        for i in range(32)
+        for p in [f"self_attn.{x}_proj" for x in "qkvo"] + ["mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"]
+    },
+}
 POSTGRES = os.environ.get("QUIVER_BENCH_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
 
-def fill(state: Services, n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+def fill(state: Services, n: int, rng: np.random.Generator, widths: dict[str, int]) -> dict[str, np.ndarray]:
     """n public adapters with one version and a random unit prototype per module, inserted in bulk."""
-    protos = {m: rng.standard_normal((n, DIM), dtype=np.float32) for m in MODULES}
+    protos = {m: rng.standard_normal((n, width), dtype=np.float32) for m, width in widths.items()}
     for v in protos.values():
         v /= np.linalg.norm(v, axis=1, keepdims=True)
     now = utcnow()
+    batch = max(1, 2000 // len(widths))  # adapters per insert: about 2,000 prototype rows
     with state.sessions() as s:
         s.execute(insert(Namespace), [{"id": 1, "name": "bench", "kind": "user", "created_at": now}])
-        for lo in range(0, n, 5000):
-            ids = range(lo + 1, min(n, lo + 5000) + 1)
+        for lo in range(0, n, batch):
+            ids = range(lo + 1, min(n, lo + batch) + 1)
             s.execute(
                 insert(Adapter),
                 [
@@ -76,7 +86,7 @@ def fill(state: Services, n: int, rng: np.random.Generator) -> dict[str, np.ndar
                         base_model=BASE,
                         rank=8,
                         alpha=8.0,
-                        target_modules=MODULES,
+                        target_modules=list(widths),
                         num_parameters=0,
                         total_size=0,
                         created_at=now,
@@ -87,9 +97,9 @@ def fill(state: Services, n: int, rng: np.random.Generator) -> dict[str, np.ndar
             s.execute(
                 insert(Prototype),
                 [
-                    dict(version_id=i, module=m, in_features=DIM, sigma=1.0, vector=protos[m][i - 1].tobytes())
+                    dict(version_id=i, module=m, in_features=w, sigma=1.0, vector=protos[m][i - 1].tobytes())
                     for i in ids
-                    for m in MODULES
+                    for m, w in widths.items()
                 ],
             )
         s.commit()
@@ -121,6 +131,18 @@ def serve(settings: Settings, port: int) -> tuple[uvicorn.Server, threading.Thre
     return server, thread, time.perf_counter() - t
 
 
+def kib(size: float) -> str:
+    return f"{size / 1024:,.1f}"
+
+
+def database_bytes(state: Services) -> int:
+    """The database's size on disk: the SQLite file, or pg_database_size."""
+    if state.engine.dialect.name == "sqlite":
+        return Path(state.engine.url.database).stat().st_size
+    with state.engine.connect() as conn:
+        return conn.execute(text("SELECT pg_database_size(current_database())")).scalar_one()
+
+
 def fresh_postgres(url: str) -> str:
     """A new empty database `quiver_bench` on the server of `url` (dropped first if there)."""
     import psycopg
@@ -132,20 +154,21 @@ def fresh_postgres(url: str) -> str:
     return url.rsplit("/", 1)[0] + "/quiver_bench"
 
 
-def run(n: int, port: int, db: str, requests: int) -> list[object]:
+def run(n: int, port: int, db: str, requests: int, widths: dict[str, int]) -> list[object]:
     rng = np.random.default_rng(n)
     with tempfile.TemporaryDirectory() as home:
         db_url = fresh_postgres(POSTGRES) if db == "postgres" else None
-        settings = Settings(home=Path(home), database_url=db_url, max_upload_bytes=64 << 20)
+        settings = Settings(home=Path(home), database_url=db_url, max_route_bytes=256 << 20)
         state = Services.open(settings)
         t = time.perf_counter()
-        protos = fill(state, n, rng)
+        protos = fill(state, n, rng, widths)
         fill_s = time.perf_counter() - t
         state.close()
         server, thread, start_s = serve(settings, port)
         try:
             queries = [
-                {m: rng.standard_normal((TOKENS, DIM), dtype=np.float32) for m in MODULES} for _ in range(requests)
+                {m: rng.standard_normal((TOKENS, w), dtype=np.float32) for m, w in widths.items()}
+                for _ in range(requests)
             ]
             bodies = [save(q) for q in queries]
             params = {"base_model": BASE, "top_k": TOP_K, "limit": 10}
@@ -178,6 +201,7 @@ def run(n: int, port: int, db: str, requests: int) -> list[object]:
                 brute_force(protos, queries[i % len(queries)])
                 brute[i] = time.perf_counter() - t
             memory = server.config.app.state.services.indexes.memory_bytes()
+            db_bytes = database_bytes(server.config.app.state.services)
         finally:
             server.should_exit = True  # saves the indexes' snapshot on the way out
             thread.join()
@@ -186,10 +210,12 @@ def run(n: int, port: int, db: str, requests: int) -> list[object]:
             assert server.config.app.state.services.opened.from_snapshot, "the restart did not use the snapshot"
             with httpx.Client(timeout=120, headers={"Content-Type": "application/octet-stream"}) as c:
                 again = c.post(url, content=bodies[0], params=params).json()["results"]
-            assert again == first, "the answer after a restart from the snapshot differs"
+            assert [x["id"] for x in again] == [x["id"] for x in first], "the ranking after a restart differs"
+            assert np.allclose([x["score"] for x in again], [x["score"] for x in first], rtol=0, atol=1e-6)
         finally:
             server.should_exit = True
             thread.join()
+        snapshot_bytes = sum(p.stat().st_size for p in settings.index_dir.iterdir())
     lat = sorted(latencies)
     p50, p99 = statistics.median(lat), lat[min(len(lat) - 1, int(0.99 * len(lat)))]
     return [
@@ -203,6 +229,9 @@ def run(n: int, port: int, db: str, requests: int) -> list[object]:
         f"{throughput:.1f}",
         f"{1e3 * statistics.median(brute):.1f}",
         f"{memory / 2**20:.0f}",
+        kib(memory / n),
+        kib(db_bytes / n),
+        kib(snapshot_bytes / n),
     ]
 
 
@@ -211,14 +240,17 @@ def main() -> None:
     parser.add_argument("--sizes", default="1000,10000,100000")
     parser.add_argument("--db", default="sqlite", help="sqlite, postgres or both (Postgres: QUIVER_BENCH_POSTGRES)")
     parser.add_argument("--requests", type=int, default=REQUESTS)
+    parser.add_argument("--shape", choices=list(SHAPES), default="tiny")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     dbs = ["sqlite", "postgres"] if args.db == "both" else [args.db]
     from tests.conftest import free_port
 
-    rows = [run(n, free_port(), db, args.requests) for n in sizes for db in dbs]
+    widths = SHAPES[args.shape]
+    rows = [run(n, free_port(), db, args.requests, widths) for n in sizes for db in dbs]
+    dims = "/".join(str(w) for w in sorted(set(widths.values())))
     print(
-        f"/v1/route over HTTP: {len(MODULES)} modules x {TOKENS} tokens of dim {DIM}, top_k={TOP_K}, "
+        f"/v1/route over HTTP: {len(widths)} modules x {TOKENS} tokens of dim {dims}, top_k={TOP_K}, "
         f"safetensors body; {args.requests} sequential requests (p50/p99), then 4 concurrent clients (throughput); "
         "brute force = the same formula in dense numpy, in process, no HTTP (median of 5); start = process start "
         "to serving, indexes built from the database; restart = the same from the snapshot saved at shutdown"
@@ -236,6 +268,9 @@ def main() -> None:
                 "throughput (req/s)",
                 "brute-force numpy (ms)",
                 "index memory (MiB)",
+                "index RAM / adapter (KiB)",
+                "database / adapter (KiB)",
+                "snapshot / adapter (KiB)",
             ],
             rows,
         )

@@ -193,15 +193,29 @@ def end_to_end(hub: Hub, model, tok, folders: dict, held: dict, picks: dict, rep
         results["every hit, weighted by its score"].append(grouped_accuracy(model, tok, name, inputs, weighted, loaded))
         with merged(model, everyone, [1.0 / len(everyone)] * len(everyone)):
             results["uniform merge of all"].append(accuracy(model, tok, name, inputs))
-        for label, center in (
-            ("apply_arrow, whole library", None),
-            ("apply_arrow, whole library, centered", reference_means(model, tok, modules)),
-        ):
+        means = reference_means(model, tok, modules)
+        for label, center in (("apply_arrow, whole library", None), ("apply_arrow, whole library, centered", means)):
             apply_arrow(model, everyone, top_k=3, center=center)
             try:
                 results[label].append(accuracy(model, tok, name, inputs))
             finally:
                 remove_arrow(model)
+        # Token-level mixing that leans on what the whole input was routed to: Hub.route's scores as the
+        # prior (one apply per input, since each input has its own answer).
+        for label, hits in (
+            ("apply_arrow, whole library, centered, route scores as prior", 15),
+            ("apply_arrow, route's top 3, centered, scores as prior", 3),
+        ):
+            correct = 0
+            for x, answer in zip(inputs, routed, strict=True):
+                chosen = {h["id"]: h["score"] for h in answer[:hits]}
+                prior = [chosen.get(repo, 0.0) for repo in loaded]
+                apply_arrow(model, everyone, top_k=3, center=means, prior=prior)
+                try:
+                    correct += accuracy(model, tok, name, [x])
+                finally:
+                    remove_arrow(model)
+            results[label].append(correct / len(inputs))
         print(f"  {name}: " + ", ".join(f"{k} {v[-1]:.2f}" for k, v in results.items()), file=sys.stderr)
     base, right = statistics.mean(results["base model"]), statistics.mean(results["the right adapter"])
     rows = []

@@ -2,7 +2,9 @@
 
 For each adapted Linear with experts e (prototype v_e, factors A_e, B_e, scaling s_e), per token x:
 logit_e = |<x, v_e>| / T, the top k kept and softmaxed (weights w_e, the others 0), and
-y = W x + sum_e w_e s_e B_e A_e x. Prototypes come from the hub when the adapter was pulled from one
+y = W x + sum_e w_e s_e B_e A_e x. With a prior p_e over the experts (for example Hub.route's scores for
+the input), logit_e = |<x, v_e>| / T + log p_e: the same softmax, each expert's odds scaled by p_e (an
+expert with p_e = 0 is never chosen). Prototypes come from the hub when the adapter was pulled from one
 (the hub computed them exactly at publish), else exactly here with registry.lora.prototype.
 
 The mixing never gathers weights per token: on a GPU, and on a CPU with few experts (sum of ranks <=
@@ -39,11 +41,14 @@ class ArrowRouter:
         dtype: torch.dtype,
         device: torch.device,
         center: torch.Tensor | None = None,
+        log_prior: torch.Tensor | None = None,
     ):
         """dtype and device: the layer's weight's; the experts move there, wherever they were loaded.
-        center: subtracted from each token before its logits (the module's mean input over ordinary text)."""
+        center: subtracted from each token before its logits (the module's mean input over ordinary text).
+        log_prior: added to each expert's logit (-inf: never chosen)."""
         self.top_k, self.temperature = min(top_k, len(experts)), temperature
         self.center = center.to(device, torch.float32) if center is not None else None
+        self.log_prior = log_prior.to(device, torch.float32) if log_prior is not None else None
         self.P = torch.stack([p.to(device, torch.float32) for _, _, _, p in experts])  # E x in, routing in fp32
         self.ranks = [a.shape[0] for a, _, _, _ in experts]
         # Mixing runs in the layer's dtype on a GPU, in fp32 on a CPU (bf16/fp16 GEMMs are slow on most CPUs).
@@ -59,6 +64,8 @@ class ArrowRouter:
         """Routing weights, tokens x E (zero outside each token's top k)."""
         x = x.float() - self.center if self.center is not None else x.float()
         logits = (x @ self.P.T).abs_() / self.temperature
+        if self.log_prior is not None:
+            logits += self.log_prior
         top, idx = logits.topk(self.top_k, dim=1)
         return torch.zeros_like(logits).scatter_(1, idx, torch.softmax(top, dim=1))
 
@@ -90,6 +97,7 @@ def apply_arrow(
     prototypes: Sequence[dict[str, torch.Tensor] | None] | None = None,
     hub: Hub | None = None,
     center: dict[str, torch.Tensor] | None = None,
+    prior: Sequence[float] | None = None,
 ) -> None:
     """Route every token of every adapted Linear over the adapters (experts), unmerged.
 
@@ -97,8 +105,10 @@ def apply_arrow(
     `hub`, the hub's for adapters pulled from it (computed exactly at publish); else computed exactly
     here from the factors. `center` (module -> vector; quiver_hub.capture.reference_means(model,
     tokenizer, modules)) is subtracted from each token before routing it: "arrow-centered", which the
-    real-library benchmark measured better than the paper's plain routing. remove_arrow(model) puts the
-    model back.
+    real-library benchmark measured better than the paper's plain routing. `prior` (one weight >= 0 per
+    adapter, e.g. `[hit["score"] for hit in hub.route(...)]` for the adapters of that answer) scales each
+    expert's odds for every token: token-level mixing that leans on what the whole input was routed to
+    (bench/README.md measures it). remove_arrow(model) puts the model back.
     """
     adapters = as_adapters(adapters)
     if prototypes is None and hub is not None:
@@ -109,20 +119,29 @@ def apply_arrow(
         raise ValueError("top_k must be >= 1 and temperature > 0")
     if getattr(model, _STATE, None):
         raise ValueError("Arrow is already applied to this model: remove_arrow(model) first")
+    if prior is not None and (
+        len(prior) != len(adapters) or not all(p >= 0 for p in prior) or not any(p > 0 for p in prior)
+    ):
+        raise ValueError("prior needs one weight >= 0 per adapter, at least one of them above 0")
     given = list(prototypes) if prototypes is not None else [None] * len(adapters)
     per_module: dict[str, tuple[nn.Module, list]] = {}
     named = dict(model.named_modules())
-    for adapter, protos in zip(adapters, given, strict=True):
+    owners: dict[str, list[int]] = {}  # per module, the adapters (by position) of its experts
+    for i, (adapter, protos) in enumerate(zip(adapters, given, strict=True)):
+        if prior is not None and prior[i] == 0:
+            continue  # never chosen
         for module, f in adapter.factors.items():
             layer = target_layer(named, module, adapter)
             if type(layer).__name__ == "Conv1D":
                 raise ValueError(f"{module}: Arrow routing supports Linear layers only")
             v = protos[module] if protos and module in protos else prototype(f.A, f.B)[0]
             per_module.setdefault(module, (layer, []))[1].append((f.A, f.B, f.scaling, v))
+            owners.setdefault(module, []).append(i)
     handles = []
     for module, (layer, experts) in per_module.items():
         mean = center.get(module) if center is not None else None
-        router = ArrowRouter(experts, top_k, temperature, layer.weight.dtype, layer.weight.device, mean)
+        log_prior = torch.tensor([prior[i] for i in owners[module]]).log() if prior is not None else None
+        router = ArrowRouter(experts, top_k, temperature, layer.weight.dtype, layer.weight.device, mean, log_prior)
         handles.append(layer.register_forward_hook(lambda _m, args, out, r=router: out + r.delta(args[0])))
     setattr(model, _STATE, handles)
 

@@ -10,7 +10,7 @@ import torch
 
 import quiver_hub.arrow
 from examples.make_adapter import tiny_llama
-from quiver_hub import Adapter, Hub, apply_arrow, remove_arrow
+from quiver_hub import Adapter, Hub, apply_arrow, merged, remove_arrow
 from tests.conftest import LiveServer
 
 
@@ -111,3 +111,32 @@ def test_prototypes_from_the_hub(server: LiveServer, tmp_path: Path, experts: li
     apply_arrow(local, experts, top_k=2)
     with torch.no_grad():
         torch.testing.assert_close(from_hub(IDS).logits, local(IDS).logits, rtol=0, atol=1e-5)
+
+
+def test_a_prior_scales_each_experts_odds(experts: list[Path]) -> None:
+    """With a prior p, a token's weights are the softmax of |<x, v_e>| / T + log p_e over the top k of
+    that sum (brute force here), and an expert whose prior is 0 is never chosen."""
+    loaded = [Adapter.load(e) for e in experts]
+    module = "model.layers.0.self_attn.q_proj"
+    stacked = []
+    for a in loaded:
+        f = a.factors[module]
+        stacked.append((f.A, f.B, f.scaling, quiver_hub.arrow.prototype(f.A, f.B)[0]))
+    prior = torch.tensor([0.5, 0.1, 0.2, 0.15, 0.05])
+    router = quiver_hub.arrow.ArrowRouter(stacked, 2, 0.7, torch.float32, torch.device("cpu"), None, prior.log())
+    x = torch.randn(40, stacked[0][0].shape[1], generator=torch.Generator().manual_seed(0))
+    P = torch.stack([v for *_, v in stacked]).float()
+    logits = (x @ P.T).abs() / 0.7 + prior.log()
+    expected = torch.zeros_like(logits)
+    for t in range(len(x)):
+        top = logits[t].argsort(descending=True)[:2]
+        expected[t, top] = torch.softmax(logits[t, top], dim=0)
+    torch.testing.assert_close(router.weights(x), expected, rtol=0, atol=1e-6)
+
+    # One expert with a prior above 0: every token gets it at weight 1, which is merging it.
+    model, reference = tiny_llama(), tiny_llama()
+    apply_arrow(model, experts, top_k=3, prior=[0, 0, 1.0, 0, 0])
+    with merged(reference, loaded[2]), torch.no_grad():
+        torch.testing.assert_close(model(IDS).logits, reference(IDS).logits, rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="prior"):
+        apply_arrow(tiny_llama(), experts, prior=[1.0, 0.5])

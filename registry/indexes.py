@@ -39,9 +39,10 @@ LOAD_BATCH = 1000  # adapters read per query when (re)building
 # thousands of token rows, for which BLAS is several times faster.
 faiss.cvar.distance_compute_blas_threshold = 8
 # A search smaller than this many multiply-adds runs on one thread: starting OpenMP's team costs more
-# than it saves, and on a busy machine far more (a Llama-7B-shaped route request, 224 small searches,
-# took 1.1-1.7 s on two threads and 0.17 s on one while another process used the cores).
-ONE_THREAD_WORK = 100_000_000
+# than it saves (2-core EPYC, 32 queries of 512: 1,000 vectors 1.1 ms on one thread, 2.9 ms on two;
+# 10,000 vectors 10.6 and 5.7 ms), and on a busy machine far more: a Llama-7B-shaped route request,
+# 224 small searches, took 1.1-1.7 s on two threads and 0.17 s on one while another process used the cores.
+ONE_THREAD_WORK = 64_000_000
 
 
 class FlatIndex:

@@ -35,6 +35,7 @@ from quiver_hub.registry.vectors import from_bytes
 
 PUBLIC = 0  # the partition of public adapters; private ones live in their namespace id's partition
 LOAD_BATCH = 1000  # adapters read per query when (re)building
+PROTOTYPE_CHUNK = 2000  # prototype rows read, and indexed, at a time
 # This FAISS build switches flat search to BLAS only from 128k queries; a route request has tens to
 # thousands of token rows, for which BLAS is several times faster.
 faiss.cvar.distance_compute_blas_threshold = 8
@@ -224,9 +225,13 @@ class IndexSet:
         if not rows:
             return
         version_ids = [v.id for v, _, _ in rows]
-        protos: dict[int, list[Prototype]] = {}
-        for p in session.scalars(select(Prototype).where(Prototype.version_id.in_(version_ids))):
-            protos.setdefault(p.version_id, []).append(p)
+        modules: dict[int, set[tuple[str, int]]] = {}
+        for version_id, module, width in session.execute(
+            select(Prototype.version_id, Prototype.module, Prototype.in_features).where(
+                Prototype.version_id.in_(version_ids)
+            )
+        ):
+            modules.setdefault(version_id, set()).add((module, width))
         examples = {
             e.version_id: e.vector
             for e in session.scalars(
@@ -240,8 +245,12 @@ class IndexSet:
             ids.append(entry.version_id)
             vectors.append(from_bytes(vector))
 
+        def flush() -> None:
+            for (_, partition), (index, ids, vectors) in batches.items():
+                index.add(partition, ids, np.stack(vectors))
+            batches.clear()
+
         for version, adapter, ns_name in rows:
-            mine = protos.get(version.id, [])
             entry = Entry(
                 identity=VersionIdentity(f"{ns_name}/{adapter.name}", version.number, version.revision),
                 version_id=version.id,
@@ -252,20 +261,30 @@ class IndexSet:
                 base_model=version.base_model,
                 task=adapter.task,
                 tags=frozenset(adapter.tags or ()),
-                modules=frozenset((p.module, p.in_features) for p in mine),
+                modules=frozenset(modules.get(version.id, ())),
             )
             self.entries[adapter.id] = self.by_version[version.id] = entry
-            for p in mine:
-                key = (version.base_model, p.module, p.in_features)
-                if key not in self.prototypes:
-                    self.prototypes[key] = PartitionedIndex(p.in_features)
-                stage(self.prototypes[key], entry, p.vector)
             if adapter.text_embedding is not None:
                 stage(self.text, entry, adapter.text_embedding)
             if version.id in examples:
                 stage(self.examples, entry, examples[version.id])
-        for (_, partition), (index, ids, vectors) in batches.items():
-            index.add(partition, ids, np.stack(vectors))
+        flush()
+        # The prototypes streamed in chunks, each indexed as it comes: a batch of Llama-7B-shaped adapters
+        # holds 4.3 MiB of them each, which read at once (rows, then copies, then stacks) took several
+        # times the index's own size at start-up.
+        vectors = session.execute(
+            select(Prototype.version_id, Prototype.module, Prototype.in_features, Prototype.vector)
+            .where(Prototype.version_id.in_(version_ids))
+            .execution_options(yield_per=PROTOTYPE_CHUNK)
+        )
+        for chunk in vectors.partitions():
+            for version_id, module, width, vector in chunk:
+                entry = self.by_version[version_id]
+                key = (entry.base_model, module, width)
+                if key not in self.prototypes:
+                    self.prototypes[key] = PartitionedIndex(width)
+                stage(self.prototypes[key], entry, vector)
+            flush()
 
     # -- what a caller may search --
 

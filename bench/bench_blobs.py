@@ -91,9 +91,23 @@ def hub_cpu_seconds(port: str) -> float:
     raise RuntimeError(f"no quiver serve on port {port}")
 
 
+CLIENTS = 8
+
+
+def many_clients(url: str, token: str, size: int, port: str, rounds: int = 3) -> tuple[float, float]:
+    """CLIENTS curl processes downloading the same file `rounds` times each at once (curl, so that no
+    client's own Python bounds the rate): (aggregate MB/s, hub CPU seconds per GB)."""
+    cmd = ["curl", "-sfL", "-H", f"Authorization: Bearer {token}", *["-o", "/dev/null", url] * rounds]
+    cpu, t = hub_cpu_seconds(port), time.perf_counter()
+    procs = [subprocess.Popen(cmd) for _ in range(CLIENTS)]
+    assert all(p.wait() == 0 for p in procs), "a download failed"
+    wall, moved = time.perf_counter() - t, size * rounds * CLIENTS
+    return moved / wall / MB, (hub_cpu_seconds(port) - cpu) / (moved / 1e9)
+
+
 def measure(
     env: dict[str, str], folder: Path, repeat: int, cold_cache: Path | None, proxy: bool = False
-) -> tuple[list, list, list, list]:
+) -> tuple[list, list, list, list, tuple[float, float]]:
     size = (folder / "adapter_model.safetensors").stat().st_size
     token = operator_token(env, "bench")
     uploads, colds, warms, hub_cpu = [], [], [], []
@@ -116,7 +130,8 @@ def measure(
             assert len(c.get(path).content) == size
             warms.append(size / (time.perf_counter() - t) / MB)
             hub_cpu.append((hub_cpu_seconds(env["QUIVER_PORT"]) - cpu) * 1000)
-    return uploads, colds, warms, hub_cpu
+        crowd = many_clients(path, token, size, env["QUIVER_PORT"])
+    return uploads, colds, warms, hub_cpu, crowd
 
 
 def main() -> None:
@@ -152,7 +167,7 @@ def main() -> None:
                 home = Path(tmp) / f"home{i}"
                 env = {**base, **extra, "QUIVER_HOME": str(home), "QUIVER_PORT": str(free_port())}
                 cache = home / "blobs" / "cache" if cold else None
-                up, first, again, cpu = measure(env, folder, args.repeat, cache, proxy)
+                up, first, again, cpu, (crowd, crowd_cpu) = measure(env, folder, args.repeat, cache, proxy)
                 med = statistics.median
                 rows.append(
                     [
@@ -161,13 +176,16 @@ def main() -> None:
                         f"{med(first):.0f}" + (" (cold cache)" if cold else ""),
                         f"{med(again):.0f}",
                         f"{med(cpu):.0f}",
+                        f"{crowd:.0f}",
+                        f"{crowd_cpu:.2f}",
                     ]
                 )
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
     print(f"A {size / MB:.0f} MB adapter, median of {args.repeat} runs, MB/s (one client on loopback, SQLite)")
-    print(table(["blob store", "upload (publish)", "download", "download again", "hub CPU ms / download"], rows))
-    print("hub CPU: what the `quiver serve` process spent on one download (again); nginx's and S3's not counted")
+    headers = ["blob store", "upload (publish)", "download", "download again", "hub CPU ms / download"]
+    print(table([*headers, f"{CLIENTS} clients (MB/s, curl)", f"{CLIENTS} clients: hub CPU s / GB"], rows))
+    print("hub CPU: what the `quiver serve` process spent on downloads; nginx's and S3's not counted")
 
 
 if __name__ == "__main__":

@@ -85,16 +85,20 @@ class Services:
         return self.indexes
 
     def save_indexes(self) -> None:
-        """Snapshot the indexes (registry.index_snapshot), so the next start only catches up."""
-        save(self.indexes, self.settings.index_dir, self.sessions)
+        """Snapshot the indexes (registry.index_snapshot), so the next start only catches up. A failure
+        (a full disk) is logged, not raised: the snapshot is derived state, the next start rebuilds."""
+        try:
+            save(self.indexes, self.settings.index_dir, self.sessions)
+        except Exception:
+            log.exception("search indexes: snapshot not saved")
 
     def close(self) -> None:
         self.jobs.shutdown(wait=False, cancel_futures=True)
         if self.opened is not None:  # the next start catches up only what changes after this
             try:
                 self.indexes.refresh(self.sessions)
-                if snapshot_seq(self.settings.index_dir) != self.indexes.seq:
-                    self.save_indexes()
-            except Exception:  # derived state: the next start rebuilds or catches up what this one missed
-                log.exception("search indexes: not saved at shutdown")
+            except Exception:  # the database is gone: the next start catches up what this one missed
+                log.exception("search indexes: not brought up to date at shutdown")
+            if snapshot_seq(self.settings.index_dir) != self.indexes.seq:
+                self.save_indexes()
         self.engine.dispose()

@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from quiver_hub.hub.services import Services
 from quiver_hub.hub.settings import Settings
@@ -114,3 +115,19 @@ def test_a_snapshot_of_another_database_is_not_used(server: LiveServer, tmp_path
         assert state.indexes.entries == {}
     finally:
         state.close()
+
+
+def test_a_snapshot_that_cannot_be_written_does_not_stop_the_hub(
+    server: LiveServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    alice = server.token("alice")
+    publish(server, alice, "alice/a0", write_adapter(tmp_path / "a0", seed=0))
+    server.settings.index_dir.mkdir(parents=True, exist_ok=True)
+    for p in server.settings.index_dir.iterdir():
+        p.unlink()
+    server.settings.index_dir.rmdir()
+    server.settings.index_dir.write_text("a file where the snapshot's folder should be")
+    state = Services.open(server.settings, migrate=False, index=True)
+    assert len(state.indexes.entries) == 1  # built from the database
+    state.close()  # the save fails: logged, not raised
+    assert "snapshot not saved" in caplog.text

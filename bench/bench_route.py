@@ -159,7 +159,7 @@ def serve(settings: Settings, port: int) -> tuple[uvicorn.Server, threading.Thre
     while not server.started:
         time.sleep(0.05)
     ready = time.perf_counter() - t
-    app.state.services.jobs.submit(lambda: None).result()  # the snapshot written after start, not timed
+    app.state.services.saves.submit(lambda: None).result()  # the snapshot written after start, not timed
     return server, thread, ready
 
 

@@ -17,7 +17,7 @@ from quiver_hub.registry.blobs import BlobStore
 from quiver_hub.registry.cluster_runs import fail_interrupted
 from quiver_hub.registry.db import make_engine, session_factory
 from quiver_hub.registry.embedder import TextEmbedder, default_embedder
-from quiver_hub.registry.index_snapshot import Opened, open_indexes, save, snapshot_seq
+from quiver_hub.registry.index_snapshot import Opened, open_indexes, save
 from quiver_hub.registry.indexes import IndexSet
 
 log = logging.getLogger("quiver.indexes")
@@ -49,8 +49,10 @@ class Services:
     embedder: TextEmbedder
     indexes: IndexSet
     jobs: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="quiver-job"))
+    saves: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="quiver-save"))
     opened: Opened | None = None  # how the indexes were made at start-up (None: not serving)
-    saved_seq: int = 0  # the change sequence number of the snapshot on disk, or being written
+    saved_seq: int = 0  # the change sequence number of the last snapshot written or being written
+    written_seq: int | None = None  # that of the last snapshot this process knows is good on disk
 
     @classmethod
     def open(cls, settings: Settings, migrate: bool = True, index: bool = False) -> Services:
@@ -66,8 +68,9 @@ class Services:
             state.opened = opened
             if opened.from_snapshot:
                 log.info("search indexes: snapshot at change %d, caught up %d", opened.snapshot_seq, opened.caught_up)
+                state.written_seq = opened.snapshot_seq  # checked as it was loaded
             if not opened.from_snapshot or opened.caught_up:
-                state.background(state.save_indexes)
+                state.saves.submit(state.save_indexes)
             state.saved_seq = indexes.seq
             fail_interrupted(state.sessions)
         return state
@@ -81,24 +84,25 @@ class Services:
         self.indexes.refresh(self.sessions)
         if self.opened is not None and self.indexes.seq - self.saved_seq >= SAVE_EVERY:
             self.saved_seq = self.indexes.seq
-            self.background(self.save_indexes)
+            self.saves.submit(self.save_indexes)
         return self.indexes
 
     def save_indexes(self) -> None:
         """Snapshot the indexes (registry.index_snapshot), so the next start only catches up. A failure
         (a full disk) is logged, not raised: the snapshot is derived state, the next start rebuilds."""
         try:
-            save(self.indexes, self.settings.index_dir, self.sessions)
+            self.written_seq = save(self.indexes, self.settings.index_dir, self.sessions)
         except Exception:
             log.exception("search indexes: snapshot not saved")
 
     def close(self) -> None:
         self.jobs.shutdown(wait=False, cancel_futures=True)
+        self.saves.shutdown(wait=True, cancel_futures=True)  # a save in flight ends (seconds) before the last
         if self.opened is not None:  # the next start catches up only what changes after this
             try:
                 self.indexes.refresh(self.sessions)
             except Exception:  # the database is gone: the next start catches up what this one missed
                 log.exception("search indexes: not brought up to date at shutdown")
-            if snapshot_seq(self.settings.index_dir) != self.indexes.seq:
+            if self.written_seq != self.indexes.seq:  # also when the save after start was cancelled
                 self.save_indexes()
         self.engine.dispose()

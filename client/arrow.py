@@ -108,7 +108,8 @@ def apply_arrow(
     real-library benchmark measured better than the paper's plain routing. `prior` (one weight >= 0 per
     adapter, e.g. `[hit["score"] for hit in hub.route(...)]` for the adapters of that answer) scales each
     expert's odds for every token: token-level mixing that leans on what the whole input was routed to
-    (bench/README.md measures it). remove_arrow(model) puts the model back.
+    (bench_retrieval.py has its rows; not yet measured on the real library). remove_arrow(model) puts
+    the model back.
     """
     adapters = as_adapters(adapters)
     if prototypes is None and hub is not None:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import faiss
 import numpy as np
@@ -225,13 +225,6 @@ class IndexSet:
         if not rows:
             return
         version_ids = [v.id for v, _, _ in rows]
-        modules: dict[int, set[tuple[str, int]]] = {}
-        for version_id, module, width in session.execute(
-            select(Prototype.version_id, Prototype.module, Prototype.in_features).where(
-                Prototype.version_id.in_(version_ids)
-            )
-        ):
-            modules.setdefault(version_id, set()).add((module, width))
         examples = {
             e.version_id: e.vector
             for e in session.scalars(
@@ -261,7 +254,7 @@ class IndexSet:
                 base_model=version.base_model,
                 task=adapter.task,
                 tags=frozenset(adapter.tags or ()),
-                modules=frozenset(modules.get(version.id, ())),
+                modules=frozenset(),  # filled in below, as the prototypes stream by
             )
             self.entries[adapter.id] = self.by_version[version.id] = entry
             if adapter.text_embedding is not None:
@@ -271,12 +264,13 @@ class IndexSet:
         flush()
         # The prototypes streamed in chunks, each indexed as it comes: a batch of Llama-7B-shaped adapters
         # holds 4.3 MiB of them each, which read at once (rows, then copies, then stacks) took several
-        # times the index's own size at start-up.
+        # times the index's own size at start-up. One pass: the entries' modules are gathered on the way.
         vectors = session.execute(
             select(Prototype.version_id, Prototype.module, Prototype.in_features, Prototype.vector)
             .where(Prototype.version_id.in_(version_ids))
             .execution_options(yield_per=PROTOTYPE_CHUNK)
         )
+        modules: dict[int, set[tuple[str, int]]] = {}
         for chunk in vectors.partitions():
             for version_id, module, width, vector in chunk:
                 entry = self.by_version[version_id]
@@ -284,7 +278,11 @@ class IndexSet:
                 if key not in self.prototypes:
                     self.prototypes[key] = PartitionedIndex(width)
                 stage(self.prototypes[key], entry, vector)
+                modules.setdefault(version_id, set()).add((module, width))
             flush()
+        for version_id, found in modules.items():
+            entry = replace(self.by_version[version_id], modules=frozenset(found))
+            self.entries[entry.adapter_id] = self.by_version[version_id] = entry
 
     # -- what a caller may search --
 

@@ -62,7 +62,9 @@ class Services:
         if migrate:
             upgrade(engine)
         sessions = session_factory(engine)
-        indexes, opened = open_indexes(sessions, settings.index_dir) if index else (IndexSet(), None)
+        indexes, opened = (
+            open_indexes(sessions, settings.index_dir, settings.route_modules) if index else (IndexSet(), None)
+        )
         state = cls(settings, engine, sessions, open_store(settings), default_embedder(), indexes)
         if opened is not None:  # serving; runs a stopped hub left behind cannot finish
             state.opened = opened

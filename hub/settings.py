@@ -6,8 +6,10 @@ files and adapters are registry/limits.py. Both are listed in the README.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
+from pydantic import field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -44,10 +46,23 @@ class Settings(BaseSettings):
     # prefix + the blob's path under objects/ (an `internal` location aliasing QUIVER_HOME/blobs/objects/,
     # docs/nginx.conf), and nginx sends the file with sendfile, Range included.
     accel_redirect: str | None = None
+    # Routing on a subset of the modules: a regular expression; only the prototypes of the modules whose
+    # names it matches in full are held in memory and routed on (bench/README.md measures which modules
+    # carry the signal, and what each subset costs per adapter). Empty: every module.
+    route_modules: str = ""
     # Threads torch may use for the analysis of a publish (the rest of the cores serve requests).
     analysis_threads: int = 1
     # Signs the pages' session cookies; default: made once and kept in QUIVER_HOME (replicas: set one).
     secret_key: str | None = None
+
+    @field_validator("route_modules")
+    @classmethod
+    def _a_pattern(cls, value: str) -> str:
+        try:
+            re.compile(value)
+        except re.error as e:
+            raise ValueError(f"not a regular expression: {e}") from e
+        return value
 
     @property
     def db_url(self) -> str:

@@ -54,10 +54,11 @@ class Refused(Exception):
     """A snapshot that must not be used; the message says which check it failed."""
 
 
-def open_indexes(sessions: sessionmaker[Session], folder: Path) -> tuple[IndexSet, Opened]:
-    """The indexes of the database: the snapshot in `folder` caught up from its change sequence number
-    when it passes every check, else rebuilt from the database."""
-    indexes = IndexSet()
+def open_indexes(sessions: sessionmaker[Session], folder: Path, route_modules: str = "") -> tuple[IndexSet, Opened]:
+    """The indexes of the database (routing on the modules `route_modules` matches, IndexSet): the
+    snapshot in `folder` caught up from its change sequence number when it passes every check, else
+    rebuilt from the database."""
+    indexes = IndexSet(route_modules)
     try:
         seq = load(indexes, folder, sessions)
     except Refused as refused:
@@ -111,6 +112,10 @@ def load(indexes: IndexSet, folder: Path, sessions: sessionmaker[Session]) -> in
             manifest = json.loads((folder / MANIFEST).read_text())
             if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
                 raise Refused(f"snapshot format {manifest.get('format') if isinstance(manifest, dict) else '?'}")
+            if manifest.get("route_modules", "") != indexes.route_modules:
+                raise Refused(
+                    f"snapshot of the modules {manifest.get('route_modules')!r}, not {indexes.route_modules!r}"
+                )
             if _sha256(folder / DATA) != manifest.get("sha256"):
                 raise Refused(f"{DATA} does not match its checksum (corrupt or half-written)")
             with sessions() as session:
@@ -144,7 +149,7 @@ def _collect(indexes: IndexSet) -> tuple[int, dict, dict[str, np.ndarray]]:
             arrays[f"vec{n}"] = flat.index.index.reconstruct_n(0, flat.index.ntotal).reshape(-1, index.dim)
             parts.append({"kind": kind, "key": key, "dim": index.dim, "partition": partition})
     entries = [_entry_json(e) for e in indexes.entries.values()]
-    manifest = {"format": FORMAT, "seq": indexes.seq, "adapters": len(entries)}
+    manifest = {"format": FORMAT, "seq": indexes.seq, "adapters": len(entries), "route_modules": indexes.route_modules}
     return indexes.seq, {"manifest": manifest, "entries": entries, "parts": parts}, arrays
 
 

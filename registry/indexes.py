@@ -17,6 +17,7 @@ a selector use BLAS.
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
@@ -158,9 +159,17 @@ class Candidates:
 
 
 class IndexSet:
-    def __init__(self) -> None:
+    def __init__(self, route_modules: str = "") -> None:
+        """route_modules: a regular expression; when given, only the prototypes of the modules whose names
+        it matches in full are indexed (and routed on). The database keeps every module's prototype, so
+        another expression takes effect at the next start."""
         self.lock = threading.RLock()
+        self.route_modules = route_modules
+        self._routed = re.compile(route_modules).fullmatch if route_modules else None
         self.clear()
+
+    def routes_on(self, module: str) -> bool:
+        return self._routed is None or self._routed(module) is not None
 
     def clear(self) -> None:
         self.entries: dict[int, Entry] = {}  # by adapter id
@@ -265,11 +274,13 @@ class IndexSet:
         # The prototypes streamed in chunks, each indexed as it comes: a batch of Llama-7B-shaped adapters
         # holds 4.3 MiB of them each, which read at once (rows, then copies, then stacks) took several
         # times the index's own size at start-up. One pass: the entries' modules are gathered on the way.
-        vectors = session.execute(
-            select(Prototype.version_id, Prototype.module, Prototype.in_features, Prototype.vector)
-            .where(Prototype.version_id.in_(version_ids))
-            .execution_options(yield_per=PROTOTYPE_CHUNK)
+        query = select(Prototype.version_id, Prototype.module, Prototype.in_features, Prototype.vector).where(
+            Prototype.version_id.in_(version_ids)
         )
+        if self._routed is not None:  # only the routed modules' vectors are read
+            names = session.scalars(select(Prototype.module).where(Prototype.version_id.in_(version_ids)).distinct())
+            query = query.where(Prototype.module.in_(sorted(m for m in names if self.routes_on(m))))
+        vectors = session.execute(query.execution_options(yield_per=PROTOTYPE_CHUNK))
         modules: dict[int, set[tuple[str, int]]] = {}
         for chunk in vectors.partitions():
             for version_id, module, width, vector in chunk:

@@ -139,6 +139,12 @@ def unknown(
 ) -> InvalidRequest:
     """The error for a module without candidates of that width: a wrong width, an unknown module, or a
     base model the caller has no adapter of."""
+    if not indexes.routes_on(module):
+        return InvalidRequest(
+            f"this hub routes only on the modules matching {indexes.route_modules!r} (QUIVER_ROUTE_MODULES); "
+            f"{module!r} is not one of them (GET /v1/route/modules lists them)",
+            code="unknown_module",
+        )
     known = visible_modules(indexes, principal, base, within)
     if not known:
         return InvalidRequest(f"no adapters you can see for base model {base!r}", code="unknown_base_model")

@@ -1,14 +1,16 @@
-"""/v1/route over HTTP with 1k, 10k and 100k synthetic adapters, against brute-force numpy on the
+r"""/v1/route over HTTP with 1k, 10k and 100k synthetic adapters, against brute-force numpy on the
 same prototypes; start-up (indexes built from the database, then a restart from their snapshot) and memory.
 
     python bench/bench_route.py [--sizes 1000,10000,100000]
     python bench/bench_route.py --sizes 100000,1000000 --requests 5 --db postgres   # start-up rows
+    python bench/bench_route.py --shape 7b --route-modules 'model\.layers\.\d*[048]\.self_attn\.q_proj'
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import statistics
 import sys
 import tempfile
@@ -186,11 +188,13 @@ def fresh_postgres(url: str) -> str:
     return url.rsplit("/", 1)[0] + "/quiver_bench"
 
 
-def run(n: int, port: int, db: str, requests: int, widths: dict[str, int]) -> list[object]:
+def run(n: int, port: int, db: str, requests: int, widths: dict[str, int], route_modules: str = "") -> list[object]:
     rng = np.random.default_rng(n)
     with tempfile.TemporaryDirectory() as home:
         db_url = fresh_postgres(POSTGRES) if db == "postgres" else None
-        settings = Settings(home=Path(home), database_url=db_url, max_route_bytes=256 << 20)
+        settings = Settings(
+            home=Path(home), database_url=db_url, max_route_bytes=256 << 20, route_modules=route_modules
+        )
         state = Services.open(settings)
         t = time.perf_counter()
         protos = Prototypes(n, widths, seed=n)
@@ -274,19 +278,32 @@ def main() -> None:
     parser.add_argument("--db", default="sqlite", help="sqlite, postgres or both (Postgres: QUIVER_BENCH_POSTGRES)")
     parser.add_argument("--requests", type=int, default=REQUESTS)
     parser.add_argument("--shape", choices=list(SHAPES), default="tiny")
+    parser.add_argument(
+        "--route-modules",
+        default="",
+        help="QUIVER_ROUTE_MODULES for the hub; only those modules' prototypes are loaded and routed on",
+    )
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     dbs = ["sqlite", "postgres"] if args.db == "both" else [args.db]
     from tests.conftest import free_port
 
-    widths = SHAPES[args.shape]
-    rows = [run(n, free_port(), db, args.requests, widths) for n in sizes for db in dbs]
+    widths = {
+        m: w for m, w in SHAPES[args.shape].items() if not args.route_modules or re.fullmatch(args.route_modules, m)
+    }
+    rows = [run(n, free_port(), db, args.requests, widths, args.route_modules) for n in sizes for db in dbs]
     dims = "/".join(str(w) for w in sorted(set(widths.values())))
     print(
         f"/v1/route over HTTP: {len(widths)} modules x {TOKENS} tokens of dim {dims}, top_k={TOP_K}, "
         f"safetensors body; {args.requests} sequential requests (p50/p99), then 4 concurrent clients (throughput); "
         "brute force = the same formula in dense numpy, in process, no HTTP (median of 5); start = process start "
         "to serving, indexes built from the database; restart = the same from the snapshot saved at shutdown"
+        + (
+            f"; QUIVER_ROUTE_MODULES={args.route_modules} ({args.shape} adapters; the database holds only these "
+            "modules' prototypes)"
+            if args.route_modules
+            else ""
+        )
     )
     print(
         table(

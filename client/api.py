@@ -370,7 +370,7 @@ class Hub:
     # -- clustering (MBC) --
 
     def cluster(
-        self, base_model: str, k: int | None = None, method: str = "outputs", seed: int = 0, **filters: Any
+        self, base_model: str, k: int | None = None, method: str = "outputs-middle", seed: int = 0, **filters: Any
     ) -> dict:
         """Start a cluster run over the adapters you can see; it may still be running (poll run())."""
         body = {"base_model": base_model, "method": method, "seed": seed, **({"k": k} if k else {}), **filters}

@@ -238,7 +238,7 @@ def adapter_folder(path: Path) -> Path:
 def cluster_command(
     base_model: Annotated[str, typer.Option("--base-model", help="cluster the adapters of this base model")],
     k: Annotated[int | None, typer.Option(help="number of clusters (default: chosen by silhouette)")] = None,
-    method: Annotated[str, typer.Option(help="outputs, sketch or params")] = "outputs",
+    method: Annotated[str, typer.Option(help="outputs-middle, outputs, sketch or params")] = "outputs-middle",
     seed: Annotated[int, typer.Option()] = 0,
     merge: Annotated[bool, typer.Option("--merge", help="publish one averaged adapter per cluster")] = False,
     rank: Annotated[int | None, typer.Option(help="with --merge: compress each to this rank")] = None,

@@ -20,7 +20,7 @@ from quiver_hub.registry.db import writing
 from quiver_hub.registry.embedder import TextEmbedder
 from quiver_hub.registry.errors import Conflict, InvalidRequest, NotFound
 from quiver_hub.registry.limits import MAX_DB_ID
-from quiver_hub.registry.mbc import METHODS, cluster, params_matrix, project_2d, sketch_matrix
+from quiver_hub.registry.mbc import METHODS, cluster, middle_layers, params_matrix, project_2d, sketch_matrix
 from quiver_hub.registry.models import Adapter, ClusterRun, Embedding, Version, utcnow
 from quiver_hub.registry.reads import VersionIdentity, latest_versions, visible
 from quiver_hub.registry.vectors import from_bytes
@@ -34,7 +34,7 @@ BACKGROUND_OVER = 200  # runs over more adapters than this go to the background
 class ClusterRequest:
     base_model: str
     k: int | None = None
-    method: str = "outputs"
+    method: str = "outputs-middle"
     seed: int = 0
     sparsity: float = 0.5
     task: str | None = None
@@ -120,21 +120,24 @@ def compute(
     try:
         with sessions() as session:
             versions = list(session.scalars(select(Version).where(Version.id.in_(version_ids)).order_by(Version.id)))
-            if req.method in ("sketch", "outputs"):
+            if req.method != "params":
+                kind = "sketch" if req.method == "sketch" else "outputs"
                 stored = {
                     e.version_id: from_bytes(e.vector)
                     for e in session.scalars(
-                        select(Embedding).where(Embedding.version_id.in_(version_ids), Embedding.kind == req.method)
+                        select(Embedding).where(Embedding.version_id.in_(version_ids), Embedding.kind == kind)
                     )
                 }
-                if req.method == "outputs":  # versions published before output sketches: computed now
+                if kind == "outputs":  # versions published before output sketches: computed now
                     for v in versions:
                         if v.id not in stored:
                             stored[v.id] = lora.output_sketch(version_factors(store, v))
                     block = lora.output_block()
                 else:
                     block = lora.SKETCH_P * lora.SKETCH_Q
-                X = sketch_matrix([(v.target_modules, stored[v.id]) for v in versions], block)
+                modules = {m for v in versions for m in v.target_modules}
+                keep = middle_layers(modules) if req.method == "outputs-middle" else None
+                X = sketch_matrix([(v.target_modules, stored[v.id]) for v in versions], block, keep)
             else:
                 X = params_matrix([version_factors(store, v) for v in versions], sparsity=req.sparsity, seed=req.seed)
             progress(0.3)

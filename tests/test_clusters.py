@@ -15,7 +15,7 @@ import torch
 from sklearn.metrics import adjusted_rand_score
 
 from examples.make_adapter import BASE_MODEL, tiny_llama
-from quiver_hub.registry import cluster_runs, lora
+from quiver_hub.registry import cluster_runs, lora, mbc
 from tests.adapters import BASE, lora_config, upload_parts, write_factors
 from tests.conftest import LiveServer
 
@@ -83,7 +83,7 @@ def labels(result: dict, names: list[str]) -> list[int]:
     return [where[n] for n in names]
 
 
-@pytest.mark.parametrize("method", ["outputs", "sketch", "params"])
+@pytest.mark.parametrize("method", ["outputs-middle", "outputs", "sketch", "params"])
 def test_mbc_recovers_planted_groups(server: LiveServer, tmp_path: Path, method: str) -> None:
     token = server.token("alice")
     library = planted()
@@ -102,7 +102,7 @@ def test_mbc_recovers_planted_groups(server: LiveServer, tmp_path: Path, method:
     assert adjusted_rand_score(truth, labels(chosen, names)) >= 0.9
 
 
-@pytest.mark.parametrize("method", ["outputs", "sketch"])
+@pytest.mark.parametrize("method", ["outputs-middle", "outputs", "sketch"])
 def test_sketch_partition_ignores_refactorising(server: LiveServer, tmp_path: Path, method: str) -> None:
     token = server.token("alice")
     library = planted(noise=0.6, seed=1)
@@ -120,6 +120,48 @@ def test_sketch_partition_ignores_refactorising(server: LiveServer, tmp_path: Pa
     after = run(server, token, method=method, k=3)
     assert all(m["version"] == 2 for c in after["clusters"] for m in c["members"])
     assert adjusted_rand_score(labels(before, names), labels(after, names)) == 1.0
+
+
+def test_middle_layers() -> None:
+    layers = [f"model.layers.{i}.self_attn.q_proj" for i in range(30)]
+    assert mbc.middle_layers([*layers, "lm_head"]) == {*layers[7:23], "lm_head"}
+    assert mbc.middle_layers(layers[:2]) == set(layers[:2])  # one or two layers: all of them
+    assert mbc.middle_layers(["lm_head", "embed"]) == {"lm_head", "embed"}
+
+
+def test_outputs_middle_groups_by_the_middle_layers(server: LiveServer, tmp_path: Path) -> None:
+    """Families planted in layers 1 and 2 of 4, another grouping in layers 0 and 3: "outputs-middle"
+    finds the families, whatever the outer layers say."""
+    token = server.token("alice")
+    g = torch.Generator().manual_seed(3)
+    modules = [f"model.layers.{i}.self_attn.q_proj" for i in range(4)]
+
+    def centres(k: int) -> list[dict]:
+        return [
+            {m: (torch.randn(R, HIDDEN, generator=g), torch.randn(HIDDEN, R, generator=g)) for m in modules}
+            for _ in range(k)
+        ]
+
+    families, outer = centres(3), centres(2)
+    library = []
+    for i in range(18):
+        family, other = i % 3, (i // 3) % 2
+        factors = {}
+        for layer, m in enumerate(modules):
+            a, b = (families[family] if layer in (1, 2) else outer[other])[m]
+            factors[m] = (
+                a + 0.25 * torch.randn(R, HIDDEN, generator=g),
+                b + 0.25 * torch.randn(HIDDEN, R, generator=g),
+            )
+        library.append((family, factors))
+    with server.client(token) as c:
+        for i, (_, factors) in enumerate(library):
+            folder = write_factors(tmp_path / f"m{i}", factors, lora_config(r=R, targets=["q_proj"]))
+            assert c.post(f"/v1/adapters/alice/m{i}", files=upload_parts(folder)).status_code == 201
+    names = [f"alice/m{i}" for i in range(len(library))]
+    result = run(server, token, k=3)
+    assert result["method"] == "outputs-middle"
+    assert adjusted_rand_score([f for f, _ in library], labels(result, names)) >= 0.9
 
 
 def test_runs_see_only_what_the_caller_may_see(server: LiveServer, tmp_path: Path) -> None:

@@ -24,7 +24,7 @@ class ClusterRequestIn(BaseModel):
     model_config = {"extra": "forbid"}
     base_model: str = Field(min_length=1)
     k: int | None = Field(None, ge=1, description="omitted: chosen by silhouette over 2..10")
-    method: Literal["outputs", "sketch", "params"] = "outputs"
+    method: Literal["outputs-middle", "outputs", "sketch", "params"] = "outputs-middle"
     seed: int = 0
     sparsity: float = Field(0.5, ge=0, lt=1, description='"params": fraction of smallest entries zeroed')
     task: str | None = None

@@ -34,6 +34,7 @@ from bench.common import table  # noqa: E402
 from bench.real_library import BASE_MODEL, Recipe, chat, generate, library, load_model  # noqa: E402
 from bench.tasks import FAMILIES, TASKS  # noqa: E402
 from quiver_hub import Adapter, Hub, apply_arrow, merged, reference_means, remove_arrow  # noqa: E402
+from quiver_hub.capture import capture_inputs, chat_tokens  # noqa: E402
 from tests.conftest import free_port, operator_token, serve_process  # noqa: E402
 
 WAYS = [
@@ -77,7 +78,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--held-out", type=int, default=20)
     parser.add_argument(
-        "--only", choices=["routing", "clusters"], help="one part (end to end needs the routing part's picks)"
+        "--only",
+        choices=["routing", "modules", "clusters"],
+        help="one part (end to end needs the routing part's picks)",
     )
     args = parser.parse_args()
     torch.manual_seed(0)
@@ -93,10 +96,12 @@ def main() -> None:
             repos = publish_library(hub, folders)
             by_repo = {r: n for n, r in repos.items()}
             print(f"published {len(repos)} adapters on {url}", file=sys.stderr)
-            routing_rows = mbc_rows = e2e_rows = None
-            if args.only != "clusters":
+            routing_rows = module_rows = mbc_rows = e2e_rows = None
+            if args.only in (None, "routing"):
                 routing_rows, picks = route_all(hub, model, tok, held, by_repo)
-            if args.only != "routing":
+            if args.only in (None, "modules"):
+                module_rows = route_by_modules(hub, model, tok, held, by_repo)
+            if args.only in (None, "clusters"):
                 mbc_rows = cluster_all(url, token, by_repo)
             if args.only is None:
                 e2e_rows = end_to_end(hub, model, tok, folders, held, picks, repos)
@@ -107,6 +112,14 @@ def main() -> None:
     if routing_rows:
         print("Right adapter first / in the top 3, every way a user asks")
         print(table(["way", "first", "top 3"], routing_rows))
+    if module_rows:
+        print(
+            "\nWhich modules carry the signal: chat messages routed on a subset of the modules, arrow-centered and "
+            "arrow+examples, right adapter first / in the top 3; and the float32 prototypes the hub would hold "
+            "per Llama-2-7B-shaped adapter (32 layers; q, k, v, o, gate, up 4096 wide, down 11008) for the same subset"
+        )
+        columns = ["centered first", "centered top 3", "+examples first", "+examples top 3"]
+        print(table(["modules routed", "modules", *columns, "prototypes / 7B adapter (KiB)"], module_rows))
     if mbc_rows:
         print("\nMBC: adjusted Rand index of the clusters against the families")
         print(table(["embedding", "k given (5)", "k chosen (k, silhouette)"], mbc_rows))
@@ -140,12 +153,76 @@ def route_all(hub: Hub, model, tok, held: dict, by_repo: dict) -> tuple[list, di
     return rows, picks
 
 
+PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def module_subsets(modules: list[str]) -> list[tuple[str, list[str]]]:
+    """Named subsets of the adapted modules: each kind of projection, attention, MLP, thirds of the layers."""
+    layer = {m: int(m.split(".layers.")[1].split(".")[0]) for m in modules}
+    n = max(layer.values()) + 1
+    subsets = [("all", modules)]
+    subsets += [(p, [m for m in modules if m.endswith(p)]) for p in PROJECTIONS]
+    subsets += [("attention (q, k, v, o)", [m for m in modules if ".self_attn." in m])]
+    subsets += [("MLP (gate, up, down)", [m for m in modules if ".mlp." in m])]
+    for i, third in enumerate(("first", "middle", "last")):
+        subsets.append(
+            (f"{third} third of the layers", [m for m in modules if i * n // 3 <= layer[m] < (i + 1) * n // 3])
+        )
+    subsets += [("every 4th layer", [m for m in modules if layer[m] % 4 == 0])]
+    subsets += [("q_proj, every 4th layer", [m for m in modules if m.endswith("q_proj") and layer[m] % 4 == 0])]
+    return [(label, sorted(ms)) for label, ms in subsets if ms]
+
+
+def kib_7b(subset: list[str], modules: list[str]) -> float:
+    """Float32 prototype KiB per Llama-2-7B-shaped adapter on the same share of layers and projections."""
+    layers = len({m.split(".layers.")[1].split(".")[0] for m in subset}) / len(
+        {m.split(".layers.")[1].split(".")[0] for m in modules}
+    )
+    kinds = {p for p in PROJECTIONS for m in subset if m.endswith(p)}
+    per_layer = sum(11008 if p == "down_proj" else 4096 for p in kinds) * 4 / 1024
+    return per_layer * layers * 32
+
+
+def route_by_modules(hub: Hub, model, tok, held: dict, by_repo: dict) -> list:  # noqa: ANN001
+    """Centered hidden states captured once per input (the chat's last user message), routed with each
+    subset alone (arrow-centered) and with the input's words (arrow+examples, the default)."""
+    modules = sorted(hub.route_modules(BASE_MODEL)["modules"])
+    means = reference_means(model, tok, modules, chat=True)
+    states = {}
+    for name, inputs in held.items():
+        for x in inputs:
+            prompt = TASKS[name].prompt(x)
+            ids, mask = chat_tokens(tok, [{"role": "user", "content": prompt}])
+            captured = capture_inputs(model, tok, None, modules, input_ids=ids, mask=mask)
+            states[(name, prompt)] = {m: h - means[m].to(h.device, h.dtype) for m, h in captured.items()}
+    rows = []
+    for label, subset in module_subsets(modules):
+        counts = defaultdict(int)
+        for (name, prompt), hidden in states.items():
+            for method in ("arrow-centered", "arrow+examples"):
+                words = prompt if method == "arrow+examples" else None
+                results = hub.route(
+                    {m: hidden[m] for m in subset}, base_model=BASE_MODEL, limit=15, method=method, text=words
+                )
+                ranked = [by_repo.get(r["id"]) for r in results]
+                counts[(method, "first")] += ranked[:1] == [name]
+                counts[(method, "top 3")] += name in ranked[:3]
+        cells = [
+            f"{counts[(m, c)] / len(states):.2f}"
+            for m in ("arrow-centered", "arrow+examples")
+            for c in ("first", "top 3")
+        ]
+        rows.append([label, str(len(subset)), *cells, f"{kib_7b(subset, modules):,.0f}"])
+        print(f"  modules {label}: " + " / ".join(cells), file=sys.stderr)
+    return rows
+
+
 def cluster_all(url: str, token: str, by_repo: dict) -> list:
     from sklearn.metrics import adjusted_rand_score
 
     rows = []
     with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=600) as c:
-        for method in ("outputs", "sketch", "params"):
+        for method in ("outputs-middle", "outputs", "sketch", "params"):
             cells = []
             for k in (len(FAMILIES), None):
                 body = {"base_model": BASE_MODEL, "method": method, **({"k": k} if k else {})}

@@ -107,9 +107,9 @@ def apply_arrow(
     tokenizer, modules)) is subtracted from each token before routing it: "arrow-centered", which the
     real-library benchmark measured better than the paper's plain routing. `prior` (one weight >= 0 per
     adapter, e.g. `[hit["score"] for hit in hub.route(...)]` for the adapters of that answer) scales each
-    expert's odds for every token: token-level mixing that leans on what the whole input was routed to
-    (bench_retrieval.py has its rows; not yet measured on the real library). remove_arrow(model) puts
-    the model back.
+    expert's odds for every token: token-level mixing that leans on what the whole input was routed to;
+    on the real library it keeps 93% of the right adapter's gain, against 49% without (bench/README.md).
+    remove_arrow(model) puts the model back.
     """
     adapters = as_adapters(adapters)
     if prototypes is None and hub is not None:

@@ -298,7 +298,7 @@ def test_quiver_cluster_command(server: LiveServer, tmp_path: Path) -> None:
         timeout=300,
     )
     assert out.returncode == 0, out.stderr
-    assert "outputs, k=3, silhouette" in out.stdout
+    assert "outputs-middle, k=3, silhouette" in out.stdout
     assert all(name in out.stdout for name in names)
     assert out.stdout.count("(rank 2)") == 3 and "published alice/cluster-" in out.stdout
     bad = subprocess.run(

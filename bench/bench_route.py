@@ -22,6 +22,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import torch
 import uvicorn
 from safetensors.numpy import save
 from sqlalchemy import insert, text
@@ -284,6 +285,7 @@ def main() -> None:
         help="QUIVER_ROUTE_MODULES for the hub; only those modules' prototypes are loaded and routed on",
     )
     args = parser.parse_args()
+    torch.set_num_threads(Settings().analysis_threads)  # as `quiver serve` sets it
     sizes = [int(s) for s in args.sizes.split(",")]
     dbs = ["sqlite", "postgres"] if args.db == "both" else [args.db]
     from tests.conftest import free_port

@@ -23,14 +23,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-import faiss
 import numpy as np
 from filelock import FileLock
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from quiver_hub.registry.indexes import Entry, FlatIndex, IndexSet, PartitionedIndex
+from quiver_hub.registry.indexes import Entry, IndexSet, PartitionedIndex
 from quiver_hub.registry.models import Change
+from quiver_hub.registry.prototype_index import PrototypeIndex
 from quiver_hub.registry.reads import VersionIdentity
 
 FORMAT = 1
@@ -145,8 +145,7 @@ def _collect(indexes: IndexSet) -> tuple[int, dict, dict[str, np.ndarray]]:
     for kind, key, index in named:
         for partition, flat in index.parts.items():
             n = len(parts)
-            arrays[f"ids{n}"] = faiss.vector_to_array(flat.index.id_map).astype(np.int64)
-            arrays[f"vec{n}"] = flat.index.index.reconstruct_n(0, flat.index.ntotal).reshape(-1, index.dim)
+            arrays[f"ids{n}"], arrays[f"vec{n}"] = flat.contents()
             parts.append({"kind": kind, "key": key, "dim": index.dim, "partition": partition})
     entries = [_entry_json(e) for e in indexes.entries.values()]
     manifest = {"format": FORMAT, "seq": indexes.seq, "adapters": len(entries), "route_modules": indexes.route_modules}
@@ -187,14 +186,13 @@ def _restore(indexes: IndexSet, meta: dict, npz: np.lib.npyio.NpzFile) -> None:
     for n, part in enumerate(meta["parts"]):
         if part["kind"] == "prototypes":
             key = tuple(part["key"])
-            index = indexes.prototypes.setdefault(key, PartitionedIndex(part["dim"]))
+            index = indexes.prototypes.setdefault(key, PartitionedIndex(part["dim"], PrototypeIndex))
         else:
             index = indexes.text if part["kind"] == "text" else indexes.examples
         ids, vectors = npz[f"ids{n}"], npz[f"vec{n}"]
         if vectors.shape != (len(ids), index.dim) or vectors.dtype != np.float32:
             raise ValueError(f"partition {n}: vectors of shape {vectors.shape}, expected ({len(ids)}, {index.dim})")
-        index.parts[part["partition"]] = flat = FlatIndex(index.dim)
-        flat.add(ids.tolist(), vectors)
+        index.parts[part["partition"]] = index.kind.from_arrays(ids, vectors)
     indexes.seq = meta["manifest"]["seq"]
 
 

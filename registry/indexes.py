@@ -1,8 +1,8 @@
 """FAISS indexes over the registry's embeddings: derived state, never the only copy of anything.
 
-- prototypes, one exact inner-product index per (base_model, module, in_features): keyed by width too,
-  so an adapter whose module widths disagree with the others' lands in an index of its own and can never
-  make a search (or a restart) fail;
+- prototypes, one PrototypeIndex (exact top-k of |<h, v>| through int8 codes) per (base_model, module,
+  in_features): keyed by width too, so an adapter whose module widths disagree with the others' lands in
+  an index of its own and can never make a search (or a restart) fail;
 - text (MiniLM of description, task, tags, card) and examples (mean MiniLM of examples.jsonl).
 Each holds the latest version of every adapter, keyed by version id. Built from the database at
 start-up; before each query `refresh` applies the change sequence, which also picks up what other
@@ -31,6 +31,7 @@ from quiver_hub.registry.accounts import Principal
 from quiver_hub.registry.change_feed import changed_since, last_seq
 from quiver_hub.registry.embedder import DIM as TEXT_DIM
 from quiver_hub.registry.models import Adapter, Embedding, Namespace, Prototype, Version
+from quiver_hub.registry.prototype_index import PrototypeIndex
 from quiver_hub.registry.reads import VersionIdentity
 from quiver_hub.registry.vectors import from_bytes
 
@@ -54,6 +55,12 @@ class FlatIndex:
         self.dim = dim
         self.index = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
         self.ids: set[int] = set()
+
+    @classmethod
+    def from_arrays(cls, ids: np.ndarray, vectors: np.ndarray) -> FlatIndex:
+        index = cls(vectors.shape[1])
+        index.add(ids.tolist(), vectors)
+        return index
 
     def add(self, ids: list[int], vectors: np.ndarray) -> None:
         if ids:
@@ -80,27 +87,33 @@ class FlatIndex:
         finally:
             faiss.omp_set_num_threads(threads)
 
+    def contents(self) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, float32 vectors): what a snapshot saves."""
+        ids = faiss.vector_to_array(self.index.id_map).astype(np.int64)
+        return ids, self.index.index.reconstruct_n(0, self.index.ntotal).reshape(-1, self.dim)
+
     def memory_bytes(self) -> int:
         return self.index.ntotal * self.dim * 4
 
 
 class PartitionedIndex:
-    """One FlatIndex per visibility partition."""
+    """One index per visibility partition: FlatIndex (text, examples) or PrototypeIndex."""
 
-    def __init__(self, dim: int):
+    def __init__(self, dim: int, kind: type[FlatIndex] | type[PrototypeIndex] = FlatIndex):
         self.dim = dim
-        self.parts: dict[int, FlatIndex] = {}
+        self.kind = kind
+        self.parts: dict[int, FlatIndex | PrototypeIndex] = {}
 
     def add(self, partition: int, ids: list[int], vectors: np.ndarray) -> None:
         if partition not in self.parts:
-            self.parts[partition] = FlatIndex(self.dim)
+            self.parts[partition] = self.kind(self.dim)
         self.parts[partition].add(ids, vectors)
 
     def remove(self, partition: int, version_id: int) -> None:
         if partition in self.parts:
             self.parts[partition].remove([version_id])
 
-    def readable(self, principal: Principal) -> list[FlatIndex]:
+    def readable(self, principal: Principal) -> list[FlatIndex | PrototypeIndex]:
         """The partitions the principal may search: public, and the private ones of its namespaces."""
         keys = [PUBLIC, *sorted(principal.namespace_ids)]
         return [self.parts[k] for k in keys if k in self.parts and self.parts[k].ids]
@@ -153,7 +166,7 @@ class Filters:
 class Candidates:
     """One partition to search: its index, and the allowed ids (None: all of them)."""
 
-    index: FlatIndex
+    index: FlatIndex | PrototypeIndex
     allowed: np.ndarray | None
     count: int
 
@@ -287,7 +300,7 @@ class IndexSet:
                 entry = self.by_version[version_id]
                 key = (entry.base_model, module, width)
                 if key not in self.prototypes:
-                    self.prototypes[key] = PartitionedIndex(width)
+                    self.prototypes[key] = PartitionedIndex(width, PrototypeIndex)
                 stage(self.prototypes[key], entry, vector)
                 modules.setdefault(version_id, set()).add((module, width))
             flush()

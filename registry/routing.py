@@ -3,15 +3,19 @@
 Arrow retrieval (docs/architecture.md, "Finding adapters"): for each module m and token t, over the
 candidate adapters e that have a prototype v_e,m for m: logit = |<h_t,m, v_e,m>| / T; keep the top k;
 softmax over those k; the others get 0. An adapter's score is its weight averaged over tokens, then
-over the given modules. The top k by |logit| is exact: the union of FAISS inner-product searches with h and with -h.
+over the given modules. The top k by |logit| is exact (PrototypeIndex: int8 codes, an error bound, and
+float32 scores of the candidates); the modules of a large request are scored on parallel threads.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
 import numpy as np
+import torch
 
 from quiver_hub.registry.accounts import Principal
 from quiver_hub.registry.errors import InvalidRequest
@@ -92,8 +96,8 @@ def route(
                 raise unknown(indexes, principal, within, base, module, h.shape[1])
 
         scores: dict[int, float] = {}
-        for module, h in hidden.items():
-            for version_id, weight in module_weights(per_module[module], h, top_k, temperature).items():
+        for weights in score_modules([(per_module[m], h) for m, h in hidden.items()], top_k, temperature):
+            for version_id, weight in weights.items():
                 scores[version_id] = scores.get(version_id, 0.0) + weight / len(hidden)
         if examples_query is not None and (text := example_shares(indexes, principal, filters, examples_query)):
             scores = {v: (scores.get(v, 0.0) + text.get(v, 0.0)) / 2 for v in scores.keys() | text.keys()}
@@ -161,29 +165,45 @@ def unknown(
     )
 
 
+# A request with at least this many multiply-adds (tokens x width x prototypes, over its modules) is
+# scored on parallel threads, its modules split between them: one thread per core that torch's own pool
+# leaves (`quiver serve` gives torch one thread, QUIVER_ANALYSIS_THREADS). Below it, starting threads
+# costs more than it saves.
+PARALLEL_WORK = 64_000_000
+_pool: ThreadPoolExecutor | None = None
+
+
+def score_modules(
+    jobs: list[tuple[list[Candidates], np.ndarray]], top_k: int, temperature: float
+) -> list[dict[int, float]]:
+    """module_weights of each (candidates, hidden states) job, in order."""
+    global _pool
+    threads = max(1, len(os.sched_getaffinity(0)) // torch.get_num_threads())
+    work = sum(h.shape[0] * h.shape[1] * sum(p.count for p in parts) for parts, h in jobs)
+    if threads == 1 or len(jobs) == 1 or work < PARALLEL_WORK:
+        return [module_weights(parts, h, top_k, temperature) for parts, h in jobs]
+    if _pool is None:
+        _pool = ThreadPoolExecutor(max_workers=len(os.sched_getaffinity(0)), thread_name_prefix="quiver-route")
+    share = -(-len(jobs) // threads)
+    groups = [jobs[i : i + share] for i in range(0, len(jobs), share)]
+    done = _pool.map(lambda group: [module_weights(parts, h, top_k, temperature) for parts, h in group], groups)
+    return [weights for group in done for weights in group]
+
+
 def module_weights(parts: list[Candidates], h: np.ndarray, top_k: int, temperature: float) -> dict[int, float]:
     """Arrow routing weights for one module, averaged over its tokens, by version id."""
     k = min(top_k, sum(p.count for p in parts))
     q = np.ascontiguousarray(h, dtype=np.float32)
-    t = q.shape[0]
-    found_d, found_i = [], []
-    for p in parts:
-        if p.count <= 2 * k:  # the whole partition fits in one search: rank all of it by |<h, v>|
-            d, ids = p.index.search(q, p.count, p.allowed)
-        else:  # the k largest |<h, v>| lie among the k largest <h, v> and the k largest <-h, v>
-            d, ids = p.index.search(np.concatenate([q, -q]), k, p.allowed)
-            d, ids = np.concatenate([d[:t], d[t:]], axis=1), np.concatenate([ids[:t], ids[t:]], axis=1)
-        found_d.append(np.abs(d))
-        found_i.append(ids)
-    d, ids = np.concatenate(found_d, axis=1), np.concatenate(found_i, axis=1)
+    found = [p.index.top_abs(q, k, p.allowed) for p in parts]
+    d, ids = np.concatenate([f[0] for f in found], axis=1), np.concatenate([f[1] for f in found], axis=1)
     order = np.argsort(-d, axis=1, kind="stable")[:, :k]
     logits = np.take_along_axis(d, order, axis=1).astype(np.float64) / temperature
     top = np.take_along_axis(ids, order, axis=1)
     w = np.exp(logits - logits.max(axis=1, keepdims=True))
     w /= w.sum(axis=1, keepdims=True)
     unique, inverse = np.unique(top, return_inverse=True)
-    sums = np.bincount(inverse.ravel(), weights=w.ravel(), minlength=len(unique)) / t
-    return {int(v): float(s) for v, s in zip(unique, sums, strict=True) if v >= 0}
+    sums = np.bincount(inverse.ravel(), weights=w.ravel(), minlength=len(unique)) / q.shape[0]
+    return {int(v): float(s) for v, s in zip(unique, sums, strict=True)}
 
 
 def search_text(

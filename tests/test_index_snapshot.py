@@ -24,9 +24,9 @@ def contents(indexes: IndexSet) -> dict:
     for kind, index in [*named, (("text",), indexes.text), (("examples",), indexes.examples)]:
         for partition, flat in index.parts.items():
             if flat.ids:
-                ids = sorted(flat.ids)
-                vectors = np.stack([flat.index.reconstruct(i) for i in ids])
-                out[(*kind, partition)] = (ids, vectors.tobytes())
+                ids, vectors = flat.contents()
+                order = np.argsort(ids)
+                out[(*kind, partition)] = (ids[order].tolist(), vectors[order].tobytes())
     return out
 
 

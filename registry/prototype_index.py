@@ -145,20 +145,24 @@ class PrototypeIndex:
         levels[:t, : self.dim], levels[t:, : self.dim] = q1, q2
         products = torch._int_mm(torch.from_numpy(levels), torch.from_numpy(self._code[:n]).T)
         p = products.numpy().astype(np.float32)
-        approx = np.abs((s1[:, None] * p[:t] + s2[:, None] * p[t:]) * self._scale[None, :n])
-        # 2. the error bound
-        bound = np.linalg.norm(h_hat, axis=1)[:, None] * self._resid[None, :n]
-        slack = np.linalg.norm(h - h_hat, axis=1) + SLACK * np.linalg.norm(h, axis=1)
-        bound += slack[:, None] * self._norm[None, :n]
-        if keep is not None:
-            approx[:, ~keep] = -np.inf
-        # 3. exact scores: first of each token's k best approximate ones, then of every prototype whose
-        # upper bound reaches the smallest of those
-        # (in torch, like the codes' product: numpy's BLAS threads would spin against torch's)
-        seeds = np.argpartition(-approx, k - 1, axis=1)[:, :k]
         h_t = torch.from_numpy(h)
-        floor = torch.einsum("td,tkd->tk", h_t, torch.from_numpy(self._vec[seeds])).abs().amin(dim=1).numpy()
-        candidate = approx + bound >= floor[:, None]
+        with np.errstate(over="ignore", invalid="ignore"):
+            approx = np.abs((s1[:, None] * p[:t] + s2[:, None] * p[t:]) * self._scale[None, :n])
+            # 2. the error bound (h's norms in float64: squares of large float32 values overflow)
+            norm = lambda x: np.linalg.norm(x.astype(np.float64), axis=1).astype(np.float32)  # noqa: E731
+            bound = norm(h_hat)[:, None] * self._resid[None, :n]
+            bound += (norm(h - h_hat) + SLACK * norm(h))[:, None] * self._norm[None, :n]
+        if np.isfinite(approx).all() and np.isfinite(bound).all():
+            # 3. exact scores: first of each token's k best approximate ones, then of every prototype
+            # whose upper bound reaches the smallest of those (in torch, like the codes' product:
+            # numpy's BLAS threads would spin against torch's)
+            if keep is not None:
+                approx[:, ~keep] = -np.inf
+            seeds = np.argpartition(-approx, k - 1, axis=1)[:, :k]
+            floor = torch.einsum("td,tkd->tk", h_t, torch.from_numpy(self._vec[seeds])).abs().amin(dim=1).numpy()
+            candidate = approx + bound >= floor[:, None]
+        else:  # values near float32's limits: no bound to trust, every prototype is a candidate
+            candidate = np.ones((t, n), dtype=bool) if keep is None else np.repeat(keep[None, :], t, axis=0)
         rows = np.flatnonzero(candidate.any(axis=0))
         if len(rows) > n // 4:  # the bound kept much: one dense product beats gathering the rows
             exact = (h_t @ torch.from_numpy(self._vec[:n]).T).abs().numpy()[:, rows]

@@ -170,20 +170,17 @@ def unknown(
 # leaves (`quiver serve` gives torch one thread, QUIVER_ANALYSIS_THREADS). Below it, starting threads
 # costs more than it saves.
 PARALLEL_WORK = 64_000_000
-_pool: ThreadPoolExecutor | None = None
+_pool = ThreadPoolExecutor(max_workers=len(os.sched_getaffinity(0)), thread_name_prefix="quiver-route")  # lazy threads
 
 
 def score_modules(
     jobs: list[tuple[list[Candidates], np.ndarray]], top_k: int, temperature: float
 ) -> list[dict[int, float]]:
     """module_weights of each (candidates, hidden states) job, in order."""
-    global _pool
     threads = max(1, len(os.sched_getaffinity(0)) // torch.get_num_threads())
     work = sum(h.shape[0] * h.shape[1] * sum(p.count for p in parts) for parts, h in jobs)
     if threads == 1 or len(jobs) == 1 or work < PARALLEL_WORK:
         return [module_weights(parts, h, top_k, temperature) for parts, h in jobs]
-    if _pool is None:
-        _pool = ThreadPoolExecutor(max_workers=len(os.sched_getaffinity(0)), thread_name_prefix="quiver-route")
     share = -(-len(jobs) // threads)
     groups = [jobs[i : i + share] for i in range(0, len(jobs), share)]
     done = _pool.map(lambda group: [module_weights(parts, h, top_k, temperature) for parts, h in group], groups)

@@ -4,12 +4,12 @@ top k of |<h, v>|, with the same scores, whatever the data does to its int8 code
 from __future__ import annotations
 
 import os
+import threading
 
 import numpy as np
 import pytest
 import torch
 
-from quiver_hub.registry import routing
 from quiver_hub.registry.indexes import Candidates
 from quiver_hub.registry.prototype_index import PrototypeIndex
 from quiver_hub.registry.routing import PARALLEL_WORK, module_weights, score_modules
@@ -65,6 +65,22 @@ def test_hidden_states_with_outliers_zeros_and_one_token() -> None:
     h[2] = 0
     check(index, ids, vectors, h, 3)
     check(index, ids, vectors, h[:1], 3)
+
+
+def test_values_near_float32_s_limits_and_exact_codes() -> None:
+    """Hidden states whose squares overflow float32, and prototypes their codes hold exactly (error 0):
+    the bound never drops the best."""
+    rng = np.random.default_rng(8)
+    vectors = rng.standard_normal((500, 64)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    vectors[:64] = np.eye(64, dtype=np.float32)  # one-hot: v - s c = 0
+    index, ids = filled(vectors)
+    for scale in [1e-30, 1e25]:
+        check(index, ids, vectors, rng.standard_normal((4, 64)).astype(np.float32) * np.float32(scale), 3)
+    for big in [1e30, 3e38]:  # 3e38: the codes' products overflow, and every prototype is scored
+        h = np.zeros((2, 64), dtype=np.float32)
+        h[:, 5] = big  # the one-hot prototype of dimension 5 is the best (|<h, v>| = big; other unit v: less)
+        assert (index.top_abs(h, 1)[1][:, 0] == ids[5]).all()
 
 
 def test_near_ties_and_copies_keep_the_exact_order() -> None:
@@ -154,5 +170,5 @@ def test_modules_scored_on_parallel_threads_answer_as_on_one() -> None:
     finally:
         torch.set_num_threads(threads)
     assert parallel == [module_weights(parts, h, 3, 1.0) for parts, h in jobs]
-    if len(os.sched_getaffinity(0)) > 1:
-        assert routing._pool is not None  # the threads did run
+    if len(os.sched_getaffinity(0)) > 1:  # the threads did run
+        assert any(t.name.startswith("quiver-route") for t in threading.enumerate())

@@ -16,7 +16,9 @@ three steps, each exact where it must be:
    in the top k.
 
 The answer is the same top k, with the same float32 scores, that a dense product over every prototype
-gives; only the time depends on the data (random unit prototypes of 4096 values keep about 1 in 1,000).
+gives; only the time depends on the data (random unit prototypes of 4096 values: about 300 of 10,000
+are scored in float32 for a request of 16 tokens). Where the bound keeps most rows, one dense product
+scores them all.
 """
 
 from __future__ import annotations

@@ -32,6 +32,9 @@ SLACK = 1e-5  # of ||h|| ||v||: float32 rounding in the scales, norms and sums, 
 # Codes are padded with zeros to a multiple of this width: torch 2.13's int8 product on the CPU returns
 # wrong sums for rows of one value (tests/test_prototype_index.py covers widths 1 and 7).
 CODE_ALIGN = 8
+# Tokens x prototypes scored at once: a request of 8,192 tokens against 100,000 prototypes would
+# otherwise hold several GB of products; above this, its tokens are scored in blocks (~400 MB at most).
+BLOCK = 16_000_000
 
 
 def quantise(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -134,6 +137,10 @@ class PrototypeIndex:
         given), best first, and those values."""
         h = np.ascontiguousarray(h, dtype=np.float32)
         t, n = h.shape[0], self._n
+        at_once = max(1, BLOCK // max(n, 1))
+        if t > at_once:
+            blocks = [self.top_abs(h[i : i + at_once], k, allowed) for i in range(0, t, at_once)]
+            return np.concatenate([b[0] for b in blocks]), np.concatenate([b[1] for b in blocks])
         keep = np.isin(self._id[:n], allowed) if allowed is not None else None
         k = min(k, n if keep is None else int(keep.sum()))
         if k == 0:

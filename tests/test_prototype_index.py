@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from quiver_hub.registry.indexes import Candidates
-from quiver_hub.registry.prototype_index import PrototypeIndex
+from quiver_hub.registry.prototype_index import BLOCK, PrototypeIndex
 from quiver_hub.registry.routing import PARALLEL_WORK, module_weights, score_modules
 
 
@@ -104,6 +104,15 @@ def test_scores_all_alike_use_the_dense_product() -> None:
     h = direction + rng.standard_normal((4, 300)).astype(np.float32)
     index, ids = filled(vectors)
     check(index, ids, vectors, h, 5)
+
+
+def test_many_tokens_are_scored_in_blocks() -> None:
+    """More tokens x prototypes than BLOCK: the tokens are scored a block at a time, same answers."""
+    rng = np.random.default_rng(9)
+    vectors = rng.standard_normal((4000, 8)).astype(np.float32)
+    index, ids = filled(vectors)
+    h = rng.standard_normal((BLOCK // 4000 * 2 + 7, 8)).astype(np.float32)
+    check(index, ids, vectors, h, 2)
 
 
 def test_removals_and_replacements() -> None:

@@ -135,8 +135,9 @@ def compute(
                     block = lora.output_block()
                 else:
                     block = lora.SKETCH_P * lora.SKETCH_Q
-                modules = {m for v in versions for m in v.target_modules}
-                keep = middle_layers(modules) if req.method == "outputs-middle" else None
+                keep = None
+                if req.method == "outputs-middle":
+                    keep = middle_layers(m for v in versions for m in v.target_modules)
                 X = sketch_matrix([(v.target_modules, stored[v.id]) for v in versions], block, keep)
             else:
                 X = params_matrix([version_factors(store, v) for v in versions], sparsity=req.sparsity, seed=req.seed)

@@ -1,4 +1,4 @@
-"""FAISS indexes over the registry's embeddings: derived state, never the only copy of anything.
+"""The search indexes over the registry's embeddings: derived state, never the only copy of anything.
 
 - prototypes, one PrototypeIndex (exact top-k of |<h, v>| through int8 codes) per (base_model, module,
   in_features): keyed by width too, so an adapter whose module widths disagree with the others' lands in
@@ -11,8 +11,8 @@ hub processes sharing the database published, edited or deleted.
 Every index is partitioned by visibility: one partition of public adapters, and one per namespace for
 its private adapters. A caller searches only the partitions it may see, so an adapter it may not see
 can never take a visible one's place. Filters (task, tags, namespace; base model for text) are
-applied inside the search with an ID selector, only where they exclude something: searches without
-a selector use BLAS.
+applied inside the search (an ID selector for FAISS, a mask of rows for prototypes), only where they
+exclude something.
 """
 
 from __future__ import annotations
@@ -38,13 +38,11 @@ from quiver_hub.registry.vectors import from_bytes
 PUBLIC = 0  # the partition of public adapters; private ones live in their namespace id's partition
 LOAD_BATCH = 1000  # adapters read per query when (re)building
 PROTOTYPE_CHUNK = 2000  # prototype rows read, and indexed, at a time
-# This FAISS build switches flat search to BLAS only from 128k queries; a route request has tens to
-# thousands of token rows, for which BLAS is several times faster.
-faiss.cvar.distance_compute_blas_threshold = 8
-# A search smaller than this many multiply-adds runs on one thread: starting OpenMP's team costs more
-# than it saves (2-core EPYC, 32 queries of 512: 1,000 vectors 1.1 ms on one thread, 2.9 ms on two;
-# 10,000 vectors 10.6 and 5.7 ms), and on a busy machine far more: a Llama-7B-shaped route request,
-# 224 small searches, took 1.1-1.7 s on two threads and 0.17 s on one while another process used the cores.
+# A FAISS search (text and examples: one query each) smaller than this many multiply-adds runs on one
+# thread: starting OpenMP's team costs more than it saves (2-core EPYC, 32 queries of 512: 1,000
+# vectors 1.1 ms on one thread, 2.9 ms on two; 10,000 vectors 10.6 and 5.7 ms), and on a busy machine
+# far more (224 small searches took 1.1-1.7 s on two threads, 0.17 s on one, while another process
+# used the cores).
 ONE_THREAD_WORK = 64_000_000
 
 

@@ -136,16 +136,20 @@ class PrototypeIndex:
         """For each row of h: the min(k, qualifying) ids with the largest |<h, v>| (among `allowed` when
         given), best first, and those values."""
         h = np.ascontiguousarray(h, dtype=np.float32)
-        t, n = h.shape[0], self._n
-        at_once = max(1, BLOCK // max(n, 1))
-        if t > at_once:
-            blocks = [self.top_abs(h[i : i + at_once], k, allowed) for i in range(0, t, at_once)]
-            return np.concatenate([b[0] for b in blocks]), np.concatenate([b[1] for b in blocks])
+        n = self._n
         keep = np.isin(self._id[:n], allowed) if allowed is not None else None
         k = min(k, n if keep is None else int(keep.sum()))
         if k == 0:
-            return np.zeros((t, 0), dtype=np.float32), np.zeros((t, 0), dtype=np.int64)
+            return np.zeros((h.shape[0], 0), dtype=np.float32), np.zeros((h.shape[0], 0), dtype=np.int64)
+        at_once = max(1, BLOCK // n)
+        blocks = [self._top_abs(h[i : i + at_once], k, keep) for i in range(0, h.shape[0], at_once)]
+        if len(blocks) == 1:
+            return blocks[0]
+        return np.concatenate([b[0] for b in blocks]), np.concatenate([b[1] for b in blocks])
 
+    def _top_abs(self, h: np.ndarray, k: int, keep: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """top_abs for one block of tokens; k <= the rows `keep` passes (None: all rows)."""
+        t, n = h.shape[0], self._n
         # 1. approximate |<h, v>| from the codes
         q1, s1 = quantise(h)
         q2, s2 = quantise(h - s1[:, None] * q1)

@@ -16,8 +16,9 @@ from quiver_hub.hub import errors
 from quiver_hub.hub.limits import BodyLimit
 from quiver_hub.hub.routes import accounts, adapters, clusters, discovery, health, hf, hf_commits, hf_repos, pages
 from quiver_hub.hub.services import Services
-from quiver_hub.hub.settings import Settings
-from quiver_hub.hub.web import HERE, secret_key
+from quiver_hub.hub.settings import Settings, secret_key
+from quiver_hub.hub.web import HERE
+from quiver_hub.registry.web_sessions import LIFETIME
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -54,6 +55,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         SessionMiddleware,
         secret_key=secret_key(settings),
         session_cookie="quiver_session",
+        max_age=int(LIFETIME.total_seconds()),
         same_site="lax",
         https_only=False,
     )

@@ -43,6 +43,11 @@ BEARER = HTTPBearer(
 )
 
 
+def client_address(request: Request) -> str | None:
+    """Where a request came from, for the audit log (the same on every surface)."""
+    return request.client.host if request.client else None
+
+
 def get_principal(
     request: Request,
     state: Annotated[Services, Depends(get_state)],
@@ -51,7 +56,7 @@ def get_principal(
     token = bearer_token(request)
     with state.sessions() as session:
         principal = authenticate(session, token)
-    return replace(principal, address=request.client.host if request.client else None)
+    return replace(principal, address=client_address(request))
 
 
 StateDep = Annotated[Services, Depends(get_state)]

@@ -3,15 +3,15 @@
 Cards are Markdown rendered by markdown-it-py (raw HTML allowed, as on the Hugging Face Hub) and then
 sanitised by nh3 (Ammonia): no script, no event handler, no javascript: URL survives. Every page carries a
 Content-Security-Policy that allows scripts and styles from the hub only, so even a sanitiser's miss could
-not run anything. A signed-in browser holds its token in a signed, HttpOnly, SameSite=Lax session
-cookie; every form that changes something carries the session's CSRF token.
+not run anything. A signed-in browser holds only a random session id in a signed, HttpOnly, SameSite=Lax
+cookie (registry/web_sessions.py keeps the session); every form that changes something carries the
+session's CSRF token.
 """
 
 from __future__ import annotations
 
 import hmac
-import os
-import secrets
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -24,11 +24,12 @@ from markdown_it import MarkdownIt
 from markupsafe import Markup
 
 import quiver_hub
+from quiver_hub.hub.deps import client_address
 from quiver_hub.hub.services import Services
-from quiver_hub.hub.settings import Settings
-from quiver_hub.registry.accounts import ANONYMOUS, Principal, authenticate
+from quiver_hub.registry import web_sessions
+from quiver_hub.registry.accounts import ANONYMOUS, Principal
 from quiver_hub.registry.cards import FRONT_MATTER
-from quiver_hub.registry.errors import InvalidRequest, RegistryError
+from quiver_hub.registry.errors import InvalidRequest
 
 HERE = Path(__file__).parent
 CSP = (
@@ -78,47 +79,66 @@ templates.env.filters.update(markdown=render_markdown, size=human_size, when=whe
 templates.env.globals["quiver_version"] = quiver_hub.__version__
 
 
-def secret_key(settings: Settings) -> str:
-    """QUIVER_SECRET_KEY, else one made once and kept in QUIVER_HOME (replicas must share one: set it)."""
-    if settings.secret_key:
-        return settings.secret_key
-    path = settings.home / "secret_key"
-    try:
-        return path.read_text().strip()
-    except FileNotFoundError:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        key = secrets.token_urlsafe(48)
-        with os.fdopen(fd, "w") as f:
-            f.write(key)
-        return key
-
-
 def page_principal(request: Request, state: Services) -> Principal:
-    """Who the browser is signed in as (anonymous when not, or when its token no longer works)."""
-    token = request.session.get("token")
-    if not token:
-        return ANONYMOUS
-    try:
-        with state.sessions() as session:
-            principal = authenticate(session, token)
-    except RegistryError:
+    """Who the browser is signed in as: the principal of its live server-side session (anonymous when it
+    has none, or its token no longer works), with the request's address. Read once per request."""
+    known = getattr(request.state, "principal", None)
+    if known is not None:
+        return known
+    principal, request.state.csrf = ANONYMOUS, None
+    if "token" in request.session:  # a cookie from before sessions were kept on the server: drop it
         request.session.clear()
-        return ANONYMOUS
+    key = request.session.get("sid")
+    if key:
+        with state.sessions() as session:
+            found = web_sessions.resume(session, key)
+        if found is None:
+            request.session.clear()  # ended, expired, or its token was revoked
+        else:
+            principal, request.state.csrf = found
+    request.state.principal = principal = replace(principal, address=client_address(request))
     return principal
 
 
-def csrf_token(request: Request) -> str:
+def sign_in(request: Request, state: Services, token: str) -> Principal:
+    """A new server-side session for the token: the cookie gets a new random id (and nothing else), the
+    session a new CSRF secret. Unauthorized when the token does not work."""
+    principal, key, csrf = web_sessions.sign_in(state.sessions, token)
+    if previous := request.session.get("sid"):  # signing in again ends the session the browser had
+        web_sessions.sign_out(state.sessions, previous)
+    request.session.clear()
+    request.session["sid"] = key
+    request.state.principal, request.state.csrf = replace(principal, address=client_address(request)), csrf
+    return request.state.principal
+
+
+def sign_out(request: Request, state: Services) -> None:
+    key = request.session.get("sid")
+    if key:
+        web_sessions.sign_out(state.sessions, key)
+    request.session.clear()
+    request.state.principal, request.state.csrf = ANONYMOUS, None
+
+
+def csrf_token(request: Request, state: Services) -> str:
+    """The form secret: the signed-in session's (kept on the server), or for a visitor not signed in one
+    kept in the cookie (it guards only the sign-in form, and is replaced at sign-in)."""
+    page_principal(request, state)
+    if request.state.csrf:
+        return request.state.csrf
     token = request.session.get("csrf")
     if not token:
-        token = request.session["csrf"] = secrets.token_urlsafe(32)
+        token = request.session["csrf"] = web_sessions.new_csrf()
     return token
 
 
-def check_csrf(request: Request, sent: str | None) -> None:
-    expected = request.session.get("csrf")
-    if not expected or not sent or not hmac.compare_digest(expected, sent):
+def check_csrf(request: Request, state: Services, sent: str | None) -> Principal:
+    """The caller of a form that changes something, once its CSRF token is the session's."""
+    principal = page_principal(request, state)
+    expected = request.state.csrf or (request.session.get("csrf") if principal.anonymous else None)
+    if not expected or not sent or not hmac.compare_digest(expected.encode(), sent.encode()):
         raise InvalidRequest("the form is stale or was not sent from this hub's pages; reload it and try again")
+    return principal
 
 
 def page(request: Request, template: str, status: int = 200, **context: Any) -> HTMLResponse:
@@ -127,7 +147,12 @@ def page(request: Request, template: str, status: int = 200, **context: Any) -> 
     response = templates.TemplateResponse(
         request,
         template,
-        {"user": principal.user, "csrf": csrf_token(request), "endpoint": str(request.base_url).rstrip("/"), **context},
+        {
+            "user": principal.user,
+            "csrf": csrf_token(request, state),
+            "endpoint": str(request.base_url).rstrip("/"),
+            **context,
+        },
         status_code=status,
     )
     response.headers.update(SECURITY_HEADERS)

@@ -13,9 +13,11 @@ may do, and one function (`allowed`) answers every route's question:
 | anyone else, and anonymous | no                    | no             | no                        |
 
 Writing adapters is publishing, editing, tagging, moving and deleting them. A read token only reads,
-whatever the role. Revoked and expired tokens, and the tokens of a disabled user, are refused at once:
-every request looks the token up in the database, so every hub process sharing it agrees within one
-request.
+whatever the role. A token limited to some namespaces acts only there: its roles elsewhere are dropped,
+it sees and revokes only tokens limited within its own namespaces (`reaches`), and it cannot act on the
+account as a whole, such as making an organisation (`require_whole_account`). Revoked and expired
+tokens, and the tokens of a disabled user, are refused at once: every request looks the token up in the
+database, so every hub process sharing it agrees within one request.
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ class Principal:
     roles: dict[int, str] = field(default_factory=dict)  # namespace id -> role, within the token's limits
     token_id: int | None = None
     address: str | None = None  # where the request came from, for the audit log
+    limits: frozenset[str] | None = None  # the namespaces its token is limited to (None: not limited)
 
     @property
     def anonymous(self) -> bool:
@@ -103,7 +106,12 @@ def authenticate(session: Session, token: str | None) -> Principal:
     """The principal behind a bearer token; ANONYMOUS without one, Unauthorized for a bad one."""
     if not token:
         return ANONYMOUS
-    row = session.scalar(select(Token).where(Token.token_hash == hash_token(token)))
+    return principal_of(session, session.scalar(select(Token).where(Token.token_hash == hash_token(token))))
+
+
+def principal_of(session: Session, row: Token | None) -> Principal:
+    """The principal acting through a token row (a bearer token's, or a signed-in page session's);
+    Unauthorized when it no longer works."""
     now = utcnow()
     if row is None or row.revoked_at is not None:
         raise Unauthorized("invalid or revoked token")
@@ -129,7 +137,10 @@ def authenticate(session: Session, token: str | None) -> Principal:
             .values(last_used_at=now)
         )
         session.commit()
-    return Principal(user=row.user.name, user_id=row.user_id, scope=row.scope, roles=roles, token_id=row.id)
+    limits = frozenset(row.namespaces) if row.namespaces is not None else None
+    return Principal(
+        user=row.user.name, user_id=row.user_id, scope=row.scope, roles=roles, token_id=row.id, limits=limits
+    )
 
 
 def user_orgs(session: Session, principal: Principal) -> list[str]:
@@ -144,6 +155,25 @@ def require_write_token(principal: Principal, action: str) -> None:
         raise Unauthorized(f"{action} needs a token: send Authorization: Bearer <token>")
     if principal.scope != "write":
         raise Forbidden(f"{action} needs a write token; this one is read-only")
+
+
+def reaches(principal: Principal, namespaces: list[str] | None) -> bool:
+    """Whether the caller's token reaches everything a thing limited to `namespaces` reaches (None: all of
+    the user's namespaces): a token limited to some namespaces acts on nothing that reaches further."""
+    if principal.limits is None:
+        return True
+    return namespaces is not None and set(namespaces) <= principal.limits
+
+
+def require_whole_account(principal: Principal, action: str) -> None:
+    """Work on the user's account as a whole (making an organisation) needs a write token that is not
+    limited to some namespaces."""
+    require_write_token(principal, action)
+    if principal.limits is not None:
+        raise Forbidden(
+            f"{action} needs a token that is not limited to namespaces; this one is limited to "
+            + ", ".join(sorted(principal.limits))
+        )
 
 
 def require(session: Session, principal: Principal, action: str, namespace: str) -> Namespace:

@@ -37,3 +37,7 @@ MAX_PATTERN_CHARS = 1024
 
 # Identifiers from paths and query strings (database integers)
 MAX_DB_ID = 2**31 - 1
+
+# Accounts
+MAX_TOKEN_DAYS = 3650  # how far ahead a token's expiry may be (ten years)
+MAX_TOKENS_PER_USER = 100

@@ -91,6 +91,21 @@ class Token(Base):
     user: Mapped[Namespace] = relationship(lazy="joined")
 
 
+class WebSession(Base):
+    """A signed-in browser (registry/web_sessions.py). Its cookie holds only a random id, stored here as
+    its sha256; the row names the token the user signed in with (never the token itself) and the form
+    (CSRF) secret. Signing out ends the row; revoking the token ends every session made with it."""
+
+    __tablename__ = "web_sessions"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    token_id: Mapped[int] = mapped_column(ForeignKey("tokens.id", ondelete="CASCADE"), index=True)
+    csrf: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
 class Adapter(Base):
     __tablename__ = "adapters"
     __table_args__ = (UniqueConstraint("namespace_id", "name"),)

@@ -5,8 +5,9 @@ admins of an organisation list and revoke the tokens limited to it; operators ma
 
 from __future__ import annotations
 
+import re
 import secrets
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
@@ -19,14 +20,15 @@ from quiver_hub.registry.accounts import (
     Principal,
     get_or_create_namespace,
     hash_token,
+    reaches,
     require,
 )
 from quiver_hub.registry.db import writing
 from quiver_hub.registry.errors import Forbidden, InvalidRequest, NotFound, Unauthorized
-from quiver_hub.registry.limits import MAX_DB_ID
+from quiver_hub.registry.limits import MAX_DB_ID, MAX_TOKEN_DAYS, MAX_TOKENS_PER_USER
 from quiver_hub.registry.models import Membership, Namespace, Token, utcnow
 
-MAX_TOKENS_PER_USER = 100
+DAYS = re.compile(r"[0-9]{1,6}")  # ASCII digits only: str.isdigit() also takes "²", which int() refuses
 
 
 def new_secret() -> str:
@@ -83,6 +85,31 @@ def create_token(session: Session, user: str, scope: str = "write", org: str | N
     return secret
 
 
+def expiry_in_days(days: str) -> datetime | None:
+    """The expiry `days` whole days from now (a form's field; empty: never). InvalidRequest for anything
+    but a whole number of days from 1 to MAX_TOKEN_DAYS."""
+    days = days.strip()
+    if not days:
+        return None
+    if not DAYS.fullmatch(days) or not 1 <= int(days) <= MAX_TOKEN_DAYS:
+        raise InvalidRequest(f"expires in days: a whole number from 1 to {MAX_TOKEN_DAYS}, or empty for never")
+    return utcnow() + timedelta(days=int(days))
+
+
+def check_expiry(expires_at: datetime | None) -> datetime | None:
+    """A token's expiry: with a time zone, in the future, at most MAX_TOKEN_DAYS ahead."""
+    if expires_at is None:
+        return None
+    if expires_at.tzinfo is None or expires_at.utcoffset() is None:
+        raise InvalidRequest("expires_at needs a time zone (for example 2027-01-31T00:00:00Z)")
+    now = utcnow()
+    if expires_at <= now:
+        raise InvalidRequest("expires_at must be in the future")
+    if expires_at - now > timedelta(days=MAX_TOKEN_DAYS):
+        raise InvalidRequest(f"expires_at is at most {MAX_TOKEN_DAYS} days ahead")
+    return expires_at.astimezone(UTC)
+
+
 def issue_token(
     sessions: sessionmaker[Session],
     principal: Principal,
@@ -98,8 +125,7 @@ def issue_token(
     check_scope(scope)
     if scope == "write" and principal.scope != "write":
         raise Forbidden("a read-only token cannot make a write token")
-    if expires_at is not None and expires_at <= utcnow():
-        raise InvalidRequest("expires_at must be in the future")
+    expires_at = check_expiry(expires_at)
     with writing(sessions) as session:
         user = session.get(Namespace, principal.user_id)
         names = dict(
@@ -122,10 +148,11 @@ def issue_token(
 
 
 def list_tokens(session: Session, principal: Principal) -> list[Token]:
-    """The caller's own tokens, newest first (secrets are never shown again)."""
+    """The caller's own tokens that its token reaches, newest first (secrets are never shown again)."""
     if principal.anonymous:
         raise Unauthorized("listing tokens needs a token")
-    return list(session.scalars(select(Token).where(Token.user_id == principal.user_id).order_by(Token.id.desc())))
+    rows = session.scalars(select(Token).where(Token.user_id == principal.user_id).order_by(Token.id.desc()))
+    return [row for row in rows if reaches(principal, row.namespaces)]
 
 
 def org_tokens(session: Session, principal: Principal, org: str) -> list[Token]:
@@ -154,7 +181,7 @@ def may_revoke(session: Session, principal: Principal | None, row: Token) -> boo
         return True
     if principal.anonymous or principal.scope != "write":
         return False
-    if row.user_id == principal.user_id:
+    if row.user_id == principal.user_id and reaches(principal, row.namespaces):
         return True
     if not row.namespaces:
         return False

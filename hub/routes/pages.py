@@ -12,7 +12,6 @@ exist). Usable without JavaScript; hub/web.py has the safety rules (sanitised ca
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
 import numpy as np
@@ -22,9 +21,9 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlalchemy import select
 
 from quiver_hub.hub.deps import StateDep
-from quiver_hub.hub.web import check_csrf, page, page_principal
+from quiver_hub.hub.web import check_csrf, page, page_principal, sign_in, sign_out
 from quiver_hub.registry import cluster_runs, orgs, reads, routing, tokens, writes
-from quiver_hub.registry.accounts import allowed, authenticate
+from quiver_hub.registry.accounts import allowed
 from quiver_hub.registry.errors import NotFound, RegistryError
 from quiver_hub.registry.indexes import Filters
 from quiver_hub.registry.models import Namespace, Version
@@ -91,7 +90,7 @@ def search(
             namespace=filters["namespace"],
         )
         ranked = routing.search_text(state.fresh_indexes(), principal, query, index_filters, 20)
-        context["results"] = [result(r) for r in ranked]
+        context["results"] = [result(r) for r in routing.visible_now(state.sessions, principal, ranked)]
     return page(request, "search.html", principal=principal, **context)
 
 
@@ -115,7 +114,7 @@ def find(request: Request, state: StateDep, text: str = "", base_model: str | No
         ranked = routing.search_text(
             state.fresh_indexes(), principal, query, Filters(base_model=base_model or None), 20, use_text=False
         )
-        results = [result(r) for r in ranked]
+        results = [result(r) for r in routing.visible_now(state.sessions, principal, ranked)]
     return page(request, "find.html", principal=principal, text=text, base_model=base_model, results=results)
 
 
@@ -184,31 +183,29 @@ def login_form(request: Request) -> HTMLResponse:
 
 @router.post("/login", response_class=HTMLResponse)
 def login(request: Request, state: StateDep, token: Annotated[str, Form()], csrf: Annotated[str, Form()]) -> Response:
-    check_csrf(request, csrf)
+    check_csrf(request, state, csrf)
     try:
-        with state.sessions() as session:
-            principal = authenticate(session, token.strip())
+        principal = sign_in(request, state, token.strip())
     except RegistryError as e:
         return page(request, "login.html", 401, error=e.message)
-    request.session["token"] = token.strip()
     return RedirectResponse(f"/{principal.user}", status_code=303)
 
 
 @router.post("/logout")
-def logout(request: Request, csrf: Annotated[str, Form()]) -> Response:
-    check_csrf(request, csrf)
-    request.session.clear()
+def logout(request: Request, state: StateDep, csrf: Annotated[str, Form()]) -> Response:
+    check_csrf(request, state, csrf)
+    sign_out(request, state)
     return RedirectResponse("/", status_code=303)
 
 
 @router.get("/settings/tokens", response_class=HTMLResponse)
-def tokens_page(request: Request, state: StateDep, new_token: str | None = None) -> Response:
+def tokens_page(request: Request, state: StateDep) -> Response:
     principal = page_principal(request, state)
     if principal.anonymous:
         return RedirectResponse("/login", status_code=303)
     with state.sessions() as session:
         rows = tokens.list_tokens(session, principal)
-    return page(request, "tokens.html", principal=principal, tokens=rows, new_token=new_token)
+    return page(request, "tokens.html", principal=principal, tokens=rows)
 
 
 @router.post("/settings/tokens", response_class=HTMLResponse)
@@ -220,14 +217,12 @@ def create_token(
     scope: Annotated[str, Form()] = "read",
     expires_in_days: Annotated[str, Form()] = "",
 ) -> Response:
-    check_csrf(request, csrf)
-    principal = page_principal(request, state)
+    """A new token, shown once in this answer (never through a URL)."""
+    principal = check_csrf(request, state, csrf)
     if principal.anonymous:
         return RedirectResponse("/login", status_code=303)
-    expires = None
-    if expires_in_days.strip().isdigit():
-        expires = datetime.now(UTC) + timedelta(days=int(expires_in_days))
     try:
+        expires = tokens.expiry_in_days(expires_in_days)
         _, secret = tokens.issue_token(state.sessions, principal, name, scope, expires)
     except RegistryError as e:
         with state.sessions() as session:
@@ -240,8 +235,7 @@ def create_token(
 
 @router.post("/settings/tokens/{token_id}/revoke")
 def revoke_token(request: Request, state: StateDep, token_id: int, csrf: Annotated[str, Form()]) -> Response:
-    check_csrf(request, csrf)
-    principal = page_principal(request, state)
+    principal = check_csrf(request, state, csrf)
     if not principal.anonymous:
         tokens.revoke_token(state.sessions, principal, token_id)
     return RedirectResponse("/settings/tokens", status_code=303)
@@ -269,9 +263,9 @@ def set_member(
     user: Annotated[str, Form()],
     role: Annotated[str, Form()],
 ) -> Response:
-    check_csrf(request, csrf)
+    principal = check_csrf(request, state, csrf)
     try:
-        orgs.set_member(state.sessions, page_principal(request, state), org, user, role)
+        orgs.set_member(state.sessions, principal, org, user, role)
     except RegistryError as e:
         return org_page(request, state, org, error=e.message)
     return RedirectResponse(f"/orgs/{org}", status_code=303)
@@ -279,9 +273,9 @@ def set_member(
 
 @router.post("/orgs/{org}/members/{user}/remove")
 def remove_member(request: Request, state: StateDep, org: str, user: str, csrf: Annotated[str, Form()]) -> Response:
-    check_csrf(request, csrf)
+    principal = check_csrf(request, state, csrf)
     try:
-        orgs.remove_member(state.sessions, page_principal(request, state), org, user)
+        orgs.remove_member(state.sessions, principal, org, user)
     except RegistryError as e:
         return org_page(request, state, org, error=e.message)
     return RedirectResponse(f"/orgs/{org}", status_code=303)
@@ -343,7 +337,10 @@ def render_adapter(request: Request, state: StateDep, namespace: str, name: str,
         lineage = None
         if version is not None and version.derived_from:
             lineage = dict(version.derived_from)
-            lineage["versions"] = [{**m, "visible": visible(session, principal, m["id"])} for m in lineage["versions"]]
+            lineage["versions"] = [
+                {**m, "visible": not m.get("local") and visible(session, principal, m["id"])}
+                for m in lineage["versions"]
+            ]
         derived = derived_from(session, principal, adapter.repo_id)
         endpoint = str(request.base_url).rstrip("/")
         return page(
@@ -376,7 +373,7 @@ def derived_from(session: object, principal: object, repo_id: str) -> list[str]:
     found = set()
     for v in rows:  # (a JSON null is not SQL NULL: some rows hold no lineage)
         lineage = v.derived_from or {}
-        if any(m.get("id") == repo_id for m in lineage.get("versions", [])) and visible(
+        if any(m.get("id") == repo_id and not m.get("local") for m in lineage.get("versions", [])) and visible(
             session, principal, v.adapter.repo_id
         ):
             found.add(v.adapter.repo_id)

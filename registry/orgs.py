@@ -6,16 +6,16 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from quiver_hub.registry import audit
-from quiver_hub.registry.accounts import ROLES, Principal, get_or_create_namespace, require, require_write_token
+from quiver_hub.registry.accounts import ROLES, Principal, get_or_create_namespace, require, require_whole_account
 from quiver_hub.registry.db import writing
-from quiver_hub.registry.errors import Conflict, InvalidRequest, NotFound
+from quiver_hub.registry.errors import Conflict, Forbidden, InvalidRequest, NotFound
 from quiver_hub.registry.models import Membership, Namespace, utcnow
 from quiver_hub.registry.names import check_part
 
 
 def create_org(sessions: sessionmaker[Session], principal: Principal, name: str) -> Namespace:
     """A new organisation; the caller is its admin."""
-    require_write_token(principal, "creating an organisation")
+    require_whole_account(principal, "creating an organisation")
     check_part(name, "organisation")
     with writing(sessions) as session:
         if session.scalar(select(Namespace).where(Namespace.name == name)) is not None:
@@ -53,7 +53,7 @@ def set_member(sessions: sessionmaker[Session], principal: Principal, org_name: 
     if role not in ROLES:
         raise InvalidRequest(f"role must be one of {', '.join(ROLES)}, got {role!r}")
     with writing(sessions) as session:
-        org = require(session, principal, "admin", org_name)
+        org = lock_members(session, principal, org_name)
         if org.kind != "org":
             raise InvalidRequest(f"{org_name!r} is a user, not an organisation")
         member = session.scalar(select(Namespace).where(Namespace.name == user, Namespace.kind == "user"))
@@ -73,7 +73,7 @@ def set_member(sessions: sessionmaker[Session], principal: Principal, org_name: 
 
 def remove_member(sessions: sessionmaker[Session], principal: Principal, org_name: str, user: str) -> None:
     with writing(sessions) as session:
-        org = require(session, principal, "admin", org_name)
+        org = lock_members(session, principal, org_name)
         member = session.scalar(select(Namespace).where(Namespace.name == user))
         row = session.get(Membership, (org.id, member.id)) if member is not None else None
         if row is None:
@@ -83,6 +83,22 @@ def remove_member(sessions: sessionmaker[Session], principal: Principal, org_nam
         session.delete(row)
         audit.record(session, principal, "member.remove", org, user, was=row.role)
         session.commit()
+
+
+def lock_members(session: Session, principal: Principal, org_name: str) -> Namespace:
+    """The namespace whose members are about to change, locked for this transaction, once the caller is
+    found to be its admin again under the lock. Two admins demoting or removing each other at once then
+    run one after the other, and the second sees the first's change: an organisation always keeps an
+    admin (SQLite's write lock serialises writers anyway; on Postgres this is the namespace row's lock)."""
+    org = require(session, principal, "admin", org_name)
+    session.execute(select(Namespace.id).where(Namespace.id == org.id).with_for_update())
+    if org.kind == "org":
+        role = session.scalar(
+            select(Membership.role).where(Membership.org_id == org.id, Membership.user_id == principal.user_id)
+        )
+        if role != "admin":
+            raise Forbidden(f"you are no longer an admin of {org_name!r}")
+    return org
 
 
 def keep_an_admin(session: Session, org: Namespace) -> None:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from quiver_hub.hub.settings import Settings
+from quiver_hub.hub.settings import Settings, secret_key
 from quiver_hub.migrations import upgrade
 from quiver_hub.registry.blobs import BlobStore
 from quiver_hub.registry.cluster_runs import fail_interrupted
@@ -63,7 +63,9 @@ class Services:
             upgrade(engine)
         sessions = session_factory(engine)
         indexes, opened = (
-            open_indexes(sessions, settings.index_dir, settings.route_modules) if index else (IndexSet(), None)
+            open_indexes(sessions, settings.index_dir, secret_key(settings), settings.route_modules)
+            if index
+            else (IndexSet(), None)
         )
         state = cls(settings, engine, sessions, open_store(settings), default_embedder(), indexes)
         if opened is not None:  # serving; runs a stopped hub left behind cannot finish
@@ -93,7 +95,7 @@ class Services:
         """Snapshot the indexes (registry.index_snapshot), so the next start only catches up. A failure
         (a full disk) is logged, not raised: the snapshot is derived state, the next start rebuilds."""
         try:
-            self.written_seq = save(self.indexes, self.settings.index_dir, self.sessions)
+            self.written_seq = save(self.indexes, self.settings.index_dir, self.sessions, secret_key(self.settings))
         except Exception:
             log.exception("search indexes: snapshot not saved")
 

@@ -6,10 +6,12 @@ files and adapters are registry/limits.py. Both are listed in the README.
 
 from __future__ import annotations
 
+import os
 import re
+import secrets
 from pathlib import Path
 
-from pydantic import field_validator
+from pydantic import ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -60,8 +62,8 @@ class Settings(BaseSettings):
     def _a_pattern(cls, value: str) -> str:
         try:
             re.compile(value)
-        except re.error as e:
-            raise ValueError(f"not a regular expression: {e}") from e
+        except (re.error, OverflowError, RecursionError) as e:  # 'a{99999999999}' overflows, deep nesting recurses
+            raise ValueError(f"not a regular expression Quiver can use: {e}") from e
         return value
 
     @property
@@ -76,3 +78,44 @@ class Settings(BaseSettings):
     @property
     def blob_root(self) -> Path:
         return self.home / "blobs"
+
+
+class SettingsError(ValueError):
+    """Settings that cannot be used, one line per variable: `QUIVER_NAME: what is wrong`."""
+
+
+def load_settings() -> Settings:
+    """The settings from the environment; SettingsError naming each variable that is wrong and why."""
+    try:
+        return Settings()
+    except ValidationError as e:
+        lines = []
+        for problem in e.errors():
+            name = "QUIVER_" + "_".join(str(part) for part in problem["loc"]).upper()
+            lines.append(f"{name}: {problem['msg'].removeprefix('Value error, ')} (got {problem.get('input')!r})")
+        raise SettingsError("\n".join(lines)) from None
+
+
+def secret_key(settings: Settings) -> str:
+    """QUIVER_SECRET_KEY, else one made once and kept in QUIVER_HOME (replicas must share one: set it)."""
+    if settings.secret_key:
+        return settings.secret_key
+    path = settings.home / "secret_key"
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        key = secrets.token_urlsafe(48)
+        tmp = path.with_name(f".secret_key.{os.getpid()}.{secrets.token_hex(4)}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(key)
+            f.flush()
+            os.fsync(f.fileno())
+        try:  # whole or absent, and the first of two processes starting at once wins
+            os.link(tmp, path)
+        except FileExistsError:
+            key = path.read_text().strip()
+        finally:
+            tmp.unlink()
+        return key

@@ -4,15 +4,20 @@ caught up from that number, so that a hub does not re-read every adapter each ti
 A snapshot is two files in one folder (QUIVER_HOME/indexes): `indexes.npz`, every partition's ids and
 vectors and the entries as JSON (numpy's own format, read without pickle), and `manifest.json`, which
 names what the snapshot reflects: its format, the change it was taken at (sequence number, adapter,
-time) and the sha256 of `indexes.npz`. The indexes are derived state, so a snapshot that fails any
-check is rebuilt from the database, never trusted: unreadable or truncated, a checksum that does not
-match, another format, or a change sequence that does not hold its change (another database, or one
-restored from an older backup). Writers replace both files atomically under a file lock.
+time) and an HMAC-SHA256, under the hub's secret key, of `indexes.npz` and of the manifest itself. The
+indexes are derived state, so a snapshot that fails any check is rebuilt from the database, never
+trusted: unreadable or truncated, a MAC that does not match (corrupt, half-written, or written by
+someone without the key: a plain checksum anyone can recompute), another format, or a change sequence
+that does not hold its change (another database, or one restored from an older backup). Writers replace
+both files atomically under a file lock. Search and route results are checked against the database's
+visibility as well (routing.visible_now), so not even a snapshot signed with a stolen key can show a
+private adapter.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import logging
 import os
@@ -33,7 +38,7 @@ from quiver_hub.registry.models import Change
 from quiver_hub.registry.prototype_index import PrototypeIndex
 from quiver_hub.registry.reads import VersionIdentity
 
-FORMAT = 1
+FORMAT = 2  # 2: an HMAC under the hub's key instead of a bare sha256
 DATA = "indexes.npz"
 MANIFEST = "manifest.json"
 log = logging.getLogger("quiver.indexes")
@@ -54,13 +59,15 @@ class Refused(Exception):
     """A snapshot that must not be used; the message says which check it failed."""
 
 
-def open_indexes(sessions: sessionmaker[Session], folder: Path, route_modules: str = "") -> tuple[IndexSet, Opened]:
+def open_indexes(
+    sessions: sessionmaker[Session], folder: Path, key: str, route_modules: str = ""
+) -> tuple[IndexSet, Opened]:
     """The indexes of the database (routing on the modules `route_modules` matches, IndexSet): the
-    snapshot in `folder` caught up from its change sequence number when it passes every check, else
-    rebuilt from the database."""
+    snapshot in `folder` caught up from its change sequence number when it passes every check (its MAC
+    under `key` among them), else rebuilt from the database."""
     indexes = IndexSet(route_modules)
     try:
-        seq = load(indexes, folder, sessions)
+        seq = load(indexes, folder, sessions, key)
     except Refused as refused:
         log.warning("search indexes: rebuilding from the database (%s)", refused)
         indexes.rebuild(sessions)
@@ -70,7 +77,7 @@ def open_indexes(sessions: sessionmaker[Session], folder: Path, route_modules: s
     return indexes, Opened(True, seq, indexes.seq - before)
 
 
-def save(indexes: IndexSet, folder: Path, sessions: sessionmaker[Session]) -> int:
+def save(indexes: IndexSet, folder: Path, sessions: sessionmaker[Session], key: str) -> int:
     """Write a snapshot of `indexes` into `folder`, replacing the one there; returns its sequence number."""
     with indexes.lock:
         seq, meta, arrays = _collect(indexes)
@@ -80,18 +87,20 @@ def save(indexes: IndexSet, folder: Path, sessions: sessionmaker[Session]) -> in
     with FileLock(folder / ".lock"):
         with _replacing(folder / DATA) as f:
             np.savez(f, meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8), **arrays)
-        manifest = meta["manifest"] | {"sha256": _sha256(folder / DATA)}
+        manifest = meta["manifest"] | {"mac": _mac(key, folder / DATA, meta["manifest"])}
         with _replacing(folder / MANIFEST) as f:
             f.write(json.dumps(manifest).encode())
     return seq
 
 
-def _sha256(path: Path) -> str:
+def _mac(key: str, data: Path, manifest: dict) -> str:
+    """HMAC-SHA256 under the hub's secret key of the data file's sha256 and the manifest (but its MAC)."""
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
+    with open(data, "rb") as f:
         while chunk := f.read(1 << 20):
             digest.update(chunk)
-    return digest.hexdigest()
+    described = json.dumps({k: v for k, v in manifest.items() if k != "mac"}, sort_keys=True).encode()
+    return hmac.new(key.encode(), digest.digest() + described, hashlib.sha256).hexdigest()
 
 
 def snapshot_seq(folder: Path) -> int | None:
@@ -102,7 +111,7 @@ def snapshot_seq(folder: Path) -> int | None:
         return None
 
 
-def load(indexes: IndexSet, folder: Path, sessions: sessionmaker[Session]) -> int:
+def load(indexes: IndexSet, folder: Path, sessions: sessionmaker[Session], key: str) -> int:
     """Fill `indexes` from the snapshot in `folder` (not yet caught up); returns its sequence number.
     Raises Refused when there is none or it fails a check."""
     if not (folder / MANIFEST).is_file():
@@ -116,8 +125,8 @@ def load(indexes: IndexSet, folder: Path, sessions: sessionmaker[Session]) -> in
                 raise Refused(
                     f"snapshot of the modules {manifest.get('route_modules')!r}, not {indexes.route_modules!r}"
                 )
-            if _sha256(folder / DATA) != manifest.get("sha256"):
-                raise Refused(f"{DATA} does not match its checksum (corrupt or half-written)")
+            if not hmac.compare_digest(_mac(key, folder / DATA, manifest), str(manifest.get("mac"))):
+                raise Refused(f"{DATA} and {MANIFEST} do not match their MAC (corrupt, half-written or not this hub's)")
             with sessions() as session:
                 if _change_at(session, manifest["seq"]) != manifest["change"]:
                     raise Refused(f"the database does not hold change {manifest['seq']} as the snapshot saw it")

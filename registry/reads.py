@@ -117,6 +117,15 @@ def visible(principal: Principal, query: Select) -> Select:
     return query.where(or_(Adapter.visibility == "public", Adapter.namespace_id.in_(sorted(principal.namespace_ids))))
 
 
+def visible_versions(session: Session, principal: Principal, version_ids: set[int]) -> set[int]:
+    """Those of `version_ids` that exist and that the principal may see, as the database says now."""
+    ids, seen = sorted(version_ids), set()
+    for start in range(0, len(ids), 5000):  # bounded IN lists (SQLite's variables, Postgres' plans)
+        query = select(Version.id).join(Adapter, Adapter.id == Version.adapter_id)
+        seen.update(session.scalars(visible(principal, query).where(Version.id.in_(ids[start : start + 5000]))))
+    return seen
+
+
 def recent_adapters(session: Session, principal: Principal, limit: int = 10) -> list[Adapter]:
     """The most recently updated adapters the caller may see."""
     query = visible(principal, select(Adapter).join(Namespace)).order_by(Adapter.updated_at.desc(), Adapter.id.desc())

@@ -16,10 +16,12 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
+from sqlalchemy.orm import Session, sessionmaker
 
 from quiver_hub.registry.accounts import Principal
 from quiver_hub.registry.errors import InvalidRequest
 from quiver_hub.registry.indexes import PUBLIC, Candidates, Entry, Filters, IndexSet, PartitionedIndex
+from quiver_hub.registry.reads import visible_versions
 
 MAX_TOKENS = 8192  # over all modules of one request
 MAX_MODULES = 1024
@@ -31,6 +33,17 @@ MAX_LIMIT = 100
 class Ranked:
     entry: Entry
     score: float
+
+
+def visible_now(sessions: sessionmaker[Session], principal: Principal, results: list[Ranked]) -> list[Ranked]:
+    """The results the database says the caller may see now. The indexes are partitioned by visibility
+    already; this is the second lock on the door, against an index that disagrees with the database (a
+    snapshot someone altered, a visibility change not yet caught up)."""
+    if not results:
+        return results
+    with sessions() as session:
+        keep = visible_versions(session, principal, {r.entry.version_id for r in results})
+    return [r for r in results if r.entry.version_id in keep]
 
 
 def check_params(top_k: int, temperature: float, limit: int) -> None:

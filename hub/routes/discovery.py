@@ -109,7 +109,8 @@ def search(body: SearchRequest, state: StateDep, principal: PrincipalDep) -> Ran
     description, task, tags and card, and against its examples (the better of the two)."""
     query = state.embedder.embed_one(body.query)
     filters = Filters(base_model=body.base_model, task=body.task, tags=tuple(body.tags))
-    return Ranked(results=answer(routing.search_text(state.fresh_indexes(), principal, query, filters, body.limit)))
+    ranked = routing.search_text(state.fresh_indexes(), principal, query, filters, body.limit)
+    return Ranked(results=answer(routing.visible_now(state.sessions, principal, ranked)))
 
 
 @router.post("/route/text", response_model=Ranked)
@@ -119,7 +120,7 @@ def route_text(body: RouteTextRequest, state: StateDep, principal: PrincipalDep)
     ranked = routing.search_text(
         state.fresh_indexes(), principal, query, Filters(base_model=body.base_model), body.limit, use_text=False
     )
-    return Ranked(results=answer(ranked))
+    return Ranked(results=answer(routing.visible_now(state.sessions, principal, ranked)))
 
 
 ROUTE_BODY = {
@@ -192,7 +193,7 @@ async def route(
 
     def run() -> list[routing.Ranked]:  # off the event loop: it reads the change sequence, then searches
         query = state.embedder.embed_one(params["text"]) if params["text"] else None
-        return routing.route(
+        ranked = routing.route(
             state.fresh_indexes(),
             principal,
             hidden,
@@ -203,6 +204,7 @@ async def route(
             params["all_scores"],
             query,
         )
+        return routing.visible_now(state.sessions, principal, ranked)
 
     ranked = await run_in_threadpool(run)
     return RouteAnswer(

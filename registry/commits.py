@@ -93,5 +93,10 @@ def start_commit(
             raise InvalidRequest(
                 f"commits go to main; {revision!r} is not the latest revision (Quiver's versions are linear)"
             )
-        files = {f.path: store.reuse(f.sha256, f.size) for f in (parent.files if parent else [])}
+        try:
+            files = {f.path: store.reuse(f.sha256, f.size) for f in (parent.files if parent else [])}
+        except FileNotFoundError:  # a delete of the parent removed its blobs after it was read
+            raise Conflict(
+                f"{namespace}/{name}: its latest version was deleted while this commit began; retry"
+            ) from None
         return Commit(namespace, name, parent.revision if parent else None, files)

@@ -12,6 +12,7 @@ refused file is named in one message, with the patterns that leave it out of an 
 
 from __future__ import annotations
 
+import unicodedata
 import zipfile
 from pathlib import Path
 
@@ -65,6 +66,7 @@ def check_files(files: dict[str, Path]) -> None:
     file at once. Extras are checked for what they claim to be."""
     if len(files) > MAX_FILES:
         raise InvalidAdapter(f"an upload holds at most {MAX_FILES} files, got {len(files)}")
+    check_confusables(list(files))
     pickles, unknown, wrong = [], [], []
     for path, staged in sorted(files.items()):
         check_file_path(path)
@@ -96,6 +98,33 @@ def check_files(files: dict[str, Path]) -> None:
     for required in (lora.CONFIG_FILE, lora.WEIGHTS_FILE):
         if required not in files:
             raise InvalidAdapter(f"{required} is missing; upload the folder written by PEFT's save_pretrained")
+
+
+def confusable_key(path: str) -> str:
+    """What a person (and a case-insensitive or normalising file system) reads a path as: decomposed, with
+    combining marks and invisible format characters (zero-width spaces and joiners, soft hyphens) dropped,
+    recomposed compatibly (NFKC) and case-folded. "README.md" with a combining accent or a zero-width
+    space, in full-width letters or in capitals all read as README.md."""
+    decomposed = unicodedata.normalize("NFKD", path)
+    kept = "".join(c for c in decomposed if unicodedata.category(c) not in ("Mn", "Me", "Cf"))
+    return unicodedata.normalize("NFKC", kept).casefold()
+
+
+RESERVED_KEYS = {confusable_key(name): name for name in ADAPTER_FILES}
+
+
+def check_confusables(paths: list[str]) -> None:
+    """Refuse a path that reads as one of the adapter's own files without being it, and two paths that
+    read as one another: either would be stored beside the real file and shown as it."""
+    seen: dict[str, str] = {}
+    for path in sorted(paths):
+        key = confusable_key(path)
+        reserved = RESERVED_KEYS.get(key)
+        if reserved is not None and path != reserved:
+            raise InvalidAdapter(f"file {path!r} reads as {reserved} but is not it; name it {reserved} exactly")
+        if key in seen:
+            raise InvalidAdapter(f"files {seen[key]!r} and {path!r} differ only in case or Unicode form")
+        seen[key] = path
 
 
 def looks_like_pickle(path: Path) -> bool:

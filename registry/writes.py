@@ -167,9 +167,9 @@ def publish(
             meta = meta.with_card(card)
             summary = replace(summary, base_model=check_base_model(meta.base_model or summary.base_model))
             analysis = analyse_version(paths, summary.config, embedder)
-        except FileNotFoundError:  # a reused file purged by a delete while it was being read
+        except FileNotFoundError:  # a reused file purged by a delete (or a cache) while it was being read
             refuse_lost(store, files)
-            raise
+            raise Conflict(f"a file {namespace}/{name} reuses went away while it was read; retry") from None
         prepared = Prepared(summary, analysis, card, embedder, derived_from, title[:255], message[:10_000])
         for attempt in range(3):
             try:
@@ -349,7 +349,12 @@ def check_lineage(sessions: sessionmaker[Session], principal: Principal, lineage
             weight = m.get("weight")
             if weight is not None and not (isinstance(weight, int | float) and math.isfinite(weight)):
                 raise InvalidRequest("derived_from weights must be finite numbers")
-            if m.get("local"):
+            if m.get("local"):  # an adapter that is not on the hub: it names none (every repo id has a '/')
+                if "/" in m["id"]:
+                    raise InvalidRequest(
+                        f"derived_from: {m['id']!r} is marked local but reads as a repo id; name an adapter on "
+                        "the hub by its id and revision, and a local one by a name without '/'"
+                    )
                 out.append({"id": m["id"], "weight": weight, "local": True})
                 continue
             namespace, _, name = m["id"].partition("/")

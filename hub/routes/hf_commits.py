@@ -64,6 +64,14 @@ def preupload(
     return {"files": [{"path": f.path, "uploadMode": "regular", "shouldIgnore": False} for f in body.files]}
 
 
+def text(value: dict, field: str, number: int, default: str = "") -> str:
+    """A commit line's string field; a clear 400 when it is anything else (a number, a list...)."""
+    found = value.get(field, default)
+    if not isinstance(found, str):
+        raise InvalidRequest(f"commit line {number}: {field!r} must be a string, got {type(found).__name__}")
+    return found
+
+
 @router.post("/api/models/{namespace}/{name}/commit/{revision}")
 async def commit(
     namespace: str,
@@ -88,18 +96,18 @@ async def commit(
             if key == "header":
                 draft.header(value.get("summary"), value.get("description"), value.get("parentCommit"))
             elif key == "file":
-                path = value.get("path", "")
-                if value.get("encoding", "base64") != "base64":
+                path = text(value, "path", number)
+                if text(value, "encoding", number, "base64") != "base64":
                     raise InvalidRequest(f"{path}: only base64 file content is supported")
                 try:
-                    data = base64.b64decode(value.get("content", ""), validate=True)
+                    data = base64.b64decode(text(value, "content", number), validate=True)
                 except (binascii.Error, ValueError):
                     raise InvalidRequest(f"{path}: content is not valid base64") from None
                 await run_in_threadpool(draft.add, state.store, path, io.BytesIO(data), state.settings.max_upload_bytes)
             elif key == "deletedFile":
-                draft.delete_file(value.get("path", ""))
+                draft.delete_file(text(value, "path", number))
             elif key == "deletedFolder":
-                draft.delete_folder(value.get("path", ""))
+                draft.delete_folder(text(value, "path", number))
             elif key == "lfsFile":
                 raise InvalidRequest(
                     "LFS uploads are not supported: Quiver asks for every file inline (preupload answers 'regular')"

@@ -21,7 +21,7 @@ from rich.console import Console
 from sqlalchemy import inspect
 
 from quiver_hub.hub.services import Services
-from quiver_hub.hub.settings import Settings
+from quiver_hub.hub.settings import Settings, SettingsError, load_settings
 
 admin_app = typer.Typer(
     help="Operator commands on the hub's database: users, organisations, tokens, the audit log.",
@@ -32,6 +32,16 @@ Init = Annotated[bool, typer.Option("--init", help="create the database if it do
 
 
 blobs_app = typer.Typer(help="The blob store (operator commands).", no_args_is_help=True)
+
+
+def operator_settings() -> Settings:
+    """The hub's settings, or one line per wrong QUIVER_ variable and exit status 2 (never a traceback)."""
+    try:
+        return load_settings()
+    except SettingsError as e:
+        for line in str(e).splitlines():
+            err.print(f"quiver: {line}", markup=False, highlight=False)
+        raise typer.Exit(2) from None
 
 
 def register(app: typer.Typer, hooks: dict[str, Callable] | None = None) -> None:
@@ -56,7 +66,7 @@ def serve(
     from quiver_hub.hub.app import create_app
     from quiver_hub.hub.server import server_config
 
-    settings = Settings()
+    settings = operator_settings()
     # Analysis at publish (QR, SVD, sketches) runs in worker threads; torch's own thread pool would fight
     # the server's threads for the same cores and slow every publish on a busy hub several times. This
     # is the process's entry point, so it sets the process-wide pool (an app embedded elsewhere does not).
@@ -83,7 +93,7 @@ def database_exists(settings: Settings) -> bool:
 @contextmanager
 def operator_services(init: bool = False) -> Iterator[Services]:
     """The hub's services for an operator command, after saying which database it works on."""
-    settings = Settings()
+    settings = operator_settings()
     err.print(f"database {redact(settings.db_url)}")
     if not init and not database_exists(settings):
         err.print(
@@ -255,7 +265,7 @@ def blobs_copy(
 
 def migrate() -> None:
     """Apply the database migrations and exit."""
-    Services.open(Settings()).close()
+    Services.open(operator_settings()).close()
     print("database is up to date")
 
 

@@ -4,17 +4,21 @@ On SQLite and Postgres."""
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 
 from quiver_hub.hub.services import Services
-from quiver_hub.hub.settings import Settings
-from quiver_hub.registry.index_snapshot import DATA, MANIFEST, snapshot_seq
-from quiver_hub.registry.indexes import IndexSet
-from tests.adapters import upload_parts, write_adapter
-from tests.conftest import LiveServer
+from quiver_hub.hub.settings import Settings, secret_key
+from quiver_hub.registry.index_snapshot import DATA, MANIFEST, _mac, snapshot_seq
+from quiver_hub.registry.indexes import PUBLIC, IndexSet
+from tests.adapters import BASE, upload_parts, write_adapter
+from tests.conftest import LiveServer, free_port, serve_process
 
 
 def contents(indexes: IndexSet) -> dict:
@@ -87,7 +91,7 @@ def test_a_corrupt_snapshot_is_rebuilt_not_trusted(server: LiveServer, tmp_path:
         data.write_bytes(damage)  # half-written, one bit flipped, emptied
         state = Services.open(server.settings, migrate=False, index=True)
         try:
-            assert not state.opened.from_snapshot and "checksum" in state.opened.why
+            assert not state.opened.from_snapshot and "MAC" in state.opened.why
             assert contents(state.indexes) == rebuilt(state) and len(state.indexes.entries) == 3
         finally:
             state.close()
@@ -131,3 +135,84 @@ def test_a_snapshot_that_cannot_be_written_does_not_stop_the_hub(
     assert len(state.indexes.entries) == 1  # built from the database
     state.close()  # the save fails: logged, not raised
     assert "snapshot not saved" in caplog.text
+
+
+def publish_private_entries(folder: Path) -> None:
+    """What an attacker with write access to QUIVER_HOME did: move every private partition's rows into
+    the public one and mark the entries public, in indexes.npz (the manifest is left to the caller)."""
+    with np.load(folder / DATA, allow_pickle=False) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    meta = json.loads(arrays.pop("meta").tobytes())
+    for entry in meta["entries"]:
+        entry["visibility"] = "public"
+    merged: dict = {}
+    for n, part in enumerate(meta["parts"]):
+        key = (part["kind"], json.dumps(part["key"]))
+        ids, vec = arrays[f"ids{n}"], arrays[f"vec{n}"]
+        got = merged.setdefault(key, {**part, "partition": PUBLIC, "ids": [], "vec": []})
+        got["ids"].append(ids), got["vec"].append(vec)
+    meta["parts"], out = [], {}
+    for n, part in enumerate(merged.values()):
+        out[f"ids{n}"], out[f"vec{n}"] = np.concatenate(part.pop("ids")), np.concatenate(part.pop("vec"))
+        meta["parts"].append(part)
+    with open(folder / DATA, "wb") as f:
+        np.savez(f, meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8), **out)
+
+
+def test_a_crafted_snapshot_cannot_publish_a_private_adapter(server: LiveServer, tmp_path: Path) -> None:
+    alice, bob = server.token("alice"), server.token("bob")
+    publish(server, alice, "alice/open", write_adapter(tmp_path / "a", seed=0))
+    publish(server, bob, "bob/secret", write_adapter(tmp_path / "b", seed=1), visibility="private")
+    Services.open(server.settings, migrate=False, index=True).close()
+    folder = server.settings.index_dir
+    publish_private_entries(folder)
+    manifest = json.loads((folder / MANIFEST).read_text())
+
+    # 1. The checksum recomputed, as the last round's format allowed: refused (no MAC under the hub's key).
+    plain = {**manifest, "sha256": hashlib.sha256((folder / DATA).read_bytes()).hexdigest()}
+    (folder / MANIFEST).write_text(json.dumps(plain))
+    state = Services.open(server.settings, migrate=False, index=True)
+    try:
+        assert not state.opened.from_snapshot and "MAC" in state.opened.why
+        assert all(e.visibility == "private" for e in state.indexes.entries.values() if e.namespace == "bob")
+    finally:
+        state.opened = None  # (so that closing does not write a good snapshot over the crafted one)
+        state.close()
+
+    # 2. Signed with the hub's own key (stolen with the files): the snapshot is used, and the private
+    # adapter sits in the public partition; the database's visibility still keeps it from every answer.
+    publish_private_entries(folder)
+    signed = {k: v for k, v in manifest.items() if k != "mac"}
+    (folder / MANIFEST).write_text(
+        json.dumps({**signed, "mac": _mac(secret_key(server.settings), folder / DATA, signed)})
+    )
+    state = Services.open(server.settings, migrate=False, index=True)
+    try:
+        assert state.opened.from_snapshot
+        assert {e.identity.id for e in state.indexes.entries.values() if e.visibility == "public"} == {
+            "alice/open",
+            "bob/secret",
+        }
+    finally:
+        state.opened = None
+        state.close()
+    env = {
+        **os.environ,
+        "QUIVER_HOME": str(server.settings.home),
+        "QUIVER_DATABASE_URL": server.settings.db_url,
+        "QUIVER_PORT": str(free_port()),
+    }
+    with serve_process(env) as url:
+        found = httpx.post(f"{url}/v1/search", json={"query": "bob secret", "limit": 10}, timeout=60).json()
+        assert [r["id"] for r in found["results"]] == ["alice/open"]
+        page = httpx.get(f"{url}/search", params={"q": "bob secret"}, timeout=60).text
+        assert "bob/secret" not in page and "alice/open" in page
+        modules = httpx.get(f"{url}/v1/route/modules", params={"base_model": BASE}, timeout=60).json()["modules"]
+        hidden = {m: [[1.0] * width] for m, width in modules.items()}
+        routed = httpx.post(
+            f"{url}/v1/route", json={"hidden_states": hidden, "base_model": BASE, "all_scores": True}, timeout=60
+        )
+        assert [r["id"] for r in routed.json()["results"]] == ["alice/open"], routed.text
+        with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {bob}"}, timeout=60) as c:
+            mine = c.post("/v1/search", json={"query": "bob secret", "limit": 10}).json()["results"]
+            assert "bob/secret" in [r["id"] for r in mine]  # its owner still finds it

@@ -4,6 +4,9 @@ choice of modules. On SQLite and Postgres."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -60,3 +63,14 @@ def test_a_hub_routes_on_the_modules_it_is_told(server: LiveServer, tmp_path: Pa
 def test_a_pattern_that_is_not_a_regular_expression_is_refused() -> None:
     with pytest.raises(ValueError, match="not a regular expression"):
         Settings(route_modules="model.layers.(")
+
+
+@pytest.mark.parametrize("pattern", ["a{99999999999}", "(" * 5000 + ")" * 5000, "model.layers.("])
+def test_quiver_serve_refuses_a_bad_pattern_with_the_settings_message(pattern: str, tmp_path: Path) -> None:
+    env = {**os.environ, "QUIVER_HOME": str(tmp_path / "home"), "QUIVER_ROUTE_MODULES": pattern}
+    run = subprocess.run(
+        [sys.executable, "-m", "quiver_hub", "serve"], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert run.returncode == 2, run.stderr
+    assert run.stderr.startswith("quiver: QUIVER_ROUTE_MODULES: not a regular expression"), run.stderr
+    assert "Traceback" not in run.stderr and len(run.stderr.splitlines()) == 1

@@ -14,8 +14,10 @@ from sqlalchemy.orm import Session
 from quiver_hub.hub.errors import header_safe
 from quiver_hub.hub.services import Services
 from quiver_hub.registry import reads, writes
+from quiver_hub.registry.blobs import BlobStore
 from quiver_hub.registry.cards import front_matter
 from quiver_hub.registry.errors import InvalidRequest, NotFound
+from quiver_hub.registry.files import git_oid, lfs_pointer, stored_as_lfs
 from quiver_hub.registry.models import Adapter, File, Version
 
 
@@ -36,8 +38,17 @@ def version_for(session: Session, adapter: Adapter, revision: str) -> Version:
         raise NotFound(f"revision {revision!r} not found in {adapter.repo_id}", code="revision_not_found") from None
 
 
-def is_lfs(path: str) -> bool:
-    return path.endswith(".safetensors")
+def file_oid(store: BlobStore, f: File) -> str:
+    """The file's git object id (kept since migration 0008; computed from the blob for older files)."""
+    return f.oid or git_oid(f.path, f.sha256, f.size, lambda: store.local_path(f.sha256))
+
+
+def lfs_info(f: File, hash_key: str) -> dict:
+    """The `lfs` part of an LFS file's entry: its sha256 under `hash_key` ("sha256" in a model's
+    siblings, "oid" in the tree), size and pointer size; nothing for other files."""
+    if not stored_as_lfs(f.path):
+        return {}
+    return {"lfs": {hash_key: f.sha256, "size": f.size, "pointerSize": len(lfs_pointer(f.sha256, f.size))}}
 
 
 def model_json(request: Request, state: Services, adapter: Adapter, version: Version | None, full: bool) -> dict:
@@ -69,12 +80,7 @@ def model_json(request: Request, state: Services, adapter: Adapter, version: Ver
             card.setdefault("base_model", base)
         data["cardData"] = card
         data["siblings"] = [
-            {
-                "rfilename": f.path,
-                "size": f.size,
-                "blobId": f.sha256,
-                **({"lfs": {"size": f.size, "sha256": f.sha256, "pointerSize": 134}} if is_lfs(f.path) else {}),
-            }
+            {"rfilename": f.path, "size": f.size, "blobId": file_oid(state.store, f), **lfs_info(f, "sha256")}
             for f in (version.files if version else [])
         ]
         if version:
@@ -92,12 +98,7 @@ def entry_not_found(message: str, commit: str) -> JSONResponse:
     return JSONResponse({"error": message}, 404, headers=headers)
 
 
-def file_entry(f: File) -> dict:
-    """A file as the tree and paths-info list it."""
-    return {
-        "type": "file",
-        "path": f.path,
-        "size": f.size,
-        "oid": f.sha256,
-        **({"lfs": {"oid": f.sha256, "size": f.size, "pointerSize": 134}} if is_lfs(f.path) else {}),
-    }
+def file_entry(store: BlobStore, f: File) -> dict:
+    """A file as the tree and paths-info list it: `oid` is its git object id as on the Hub (what `hf cache
+    verify` checks a small file against), and an LFS file's sha256 is `lfs.oid`."""
+    return {"type": "file", "path": f.path, "size": f.size, "oid": file_oid(store, f), **lfs_info(f, "oid")}

@@ -12,8 +12,10 @@ refused file is named in one message, with the patterns that leave it out of an 
 
 from __future__ import annotations
 
+import hashlib
 import unicodedata
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 from quiver_hub.registry import lora
@@ -98,6 +100,31 @@ def check_files(files: dict[str, Path]) -> None:
     for required in (lora.CONFIG_FILE, lora.WEIGHTS_FILE):
         if required not in files:
             raise InvalidAdapter(f"{required} is missing; upload the folder written by PEFT's save_pretrained")
+
+
+def stored_as_lfs(path: str) -> bool:
+    """Whether the Hugging Face Hub would keep this file in LFS (weights); the protocol lists such files
+    with their sha256 (`lfs.oid`) beside the git id of their pointer."""
+    return path.endswith(".safetensors")
+
+
+def lfs_pointer(sha256: str, size: int) -> bytes:
+    """The Git LFS pointer file that stands for a file in git (git-lfs spec v1)."""
+    return f"version https://git-lfs.github.com/spec/v1\noid sha256:{sha256}\nsize {size}\n".encode()
+
+
+def git_oid(path: str, sha256: str, size: int, read: Callable[[], Path]) -> str:
+    """The file's git object id, as the Hub's tree gives it: the blob SHA-1 of its bytes, or for an LFS
+    file of its pointer (computed from sha256 and size, so weights are never read again). `read` gives a
+    local file holding the bytes, asked for only when they are hashed."""
+    if stored_as_lfs(path):
+        pointer = lfs_pointer(sha256, size)
+        return hashlib.sha1(b"blob %d\0" % len(pointer) + pointer, usedforsecurity=False).hexdigest()
+    digest = hashlib.sha1(b"blob %d\0" % size, usedforsecurity=False)
+    with read().open("rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def confusable_key(path: str) -> str:

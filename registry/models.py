@@ -232,6 +232,9 @@ class File(Base):
     path: Mapped[str] = mapped_column(String(255))
     sha256: Mapped[str] = mapped_column(ForeignKey("blobs.sha256"), index=True)
     size: Mapped[int] = mapped_column(BigInteger)
+    # The file's git object id as the Hugging Face Hub lists it (registry.files.git_oid): the blob SHA-1
+    # of its bytes, or of its LFS pointer for weights. None for files stored before it was kept.
+    oid: Mapped[str | None] = mapped_column(String(40))
 
 
 class Prototype(Base):

@@ -14,7 +14,7 @@ import hashlib
 import logging
 import math
 import re
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 
 from sqlalchemy import select
 from sqlalchemy.dialects import postgresql, sqlite
@@ -30,7 +30,7 @@ from quiver_hub.registry.change_feed import record_change
 from quiver_hub.registry.db import writing
 from quiver_hub.registry.embedder import TextEmbedder
 from quiver_hub.registry.errors import Conflict, InvalidAdapter, InvalidRequest
-from quiver_hub.registry.files import README_FILE
+from quiver_hub.registry.files import README_FILE, git_oid
 from quiver_hub.registry.gc import purge_blobs
 from quiver_hub.registry.limits import (
     MAX_BASE_MODEL_CHARS,
@@ -80,14 +80,14 @@ class AdapterMeta:
         for tag in self.tags or []:
             if not tag or len(tag) > MAX_TAG_CHARS:
                 raise InvalidRequest(f"tag {tag[:80]!r} must be 1 to {MAX_TAG_CHARS} characters")
-        for field, limit in (
+        for attr, limit in (
             ("description", MAX_DESCRIPTION_CHARS),
             ("task", MAX_TASK_CHARS),
             ("license", MAX_LICENSE_CHARS),
         ):
-            value = getattr(self, field)
+            value = getattr(self, attr)
             if value is not None and len(value) > limit:
-                raise InvalidRequest(f"{field} must be at most {limit} characters, got {len(value)}")
+                raise InvalidRequest(f"{attr} must be at most {limit} characters, got {len(value)}")
         return self
 
     def with_card(self, card: str | None) -> AdapterMeta:
@@ -96,10 +96,10 @@ class AdapterMeta:
         return replace(self, **{k: v for k, v in found.items() if getattr(self, k) is None}).check()
 
     def apply(self, adapter: Adapter) -> None:
-        for field in ("description", "task", "tags", "license", "visibility"):
-            value = getattr(self, field)
+        for attr in ("description", "task", "tags", "license", "visibility"):
+            value = getattr(self, attr)
             if value is not None:
-                setattr(adapter, field, value)
+                setattr(adapter, attr, value)
         adapter.updated_at = utcnow()
 
 
@@ -114,6 +114,7 @@ class Prepared:
     derived_from: dict | None = None
     title: str = ""  # the commit's, as Hugging Face clients list it
     message: str = ""
+    oids: dict[str, str] = field(default_factory=dict)  # path -> git object id (files.git_oid)
 
 
 def text_embedding(embedder: TextEmbedder, adapter: Adapter, card: str | None) -> bytes:
@@ -167,10 +168,11 @@ def publish(
             meta = meta.with_card(card)
             summary = replace(summary, base_model=check_base_model(meta.base_model or summary.base_model))
             analysis = analyse_version(paths, summary.config, embedder)
+            oids = {path: git_oid(path, f.sha256, f.size, lambda f=f: f.path) for path, f in files.items()}
         except FileNotFoundError:  # a reused file purged by a delete (or a cache) while it was being read
             refuse_lost(store, files)
             raise Conflict(f"a file {namespace}/{name} reuses went away while it was read; retry") from None
-        prepared = Prepared(summary, analysis, card, embedder, derived_from, title[:255], message[:10_000])
+        prepared = Prepared(summary, analysis, card, embedder, derived_from, title[:255], message[:10_000], oids)
         for attempt in range(3):
             try:
                 return _publish_once(sessions, store, principal, namespace, name, files, meta, prepared)
@@ -221,7 +223,7 @@ def _publish_once(
             derived_from=prepared.derived_from,
             title=prepared.title or f"Publish version {adapter.last_version}",
             message=prepared.message,
-            files=[File(path=p, sha256=f.sha256, size=f.size) for p, f in sorted(files.items())],
+            files=[File(path=p, sha256=f.sha256, size=f.size, oid=prepared.oids[p]) for p, f in sorted(files.items())],
             prototypes=[
                 Prototype(module=p.module, in_features=len(p.vector), sigma=p.sigma, vector=to_bytes(p.vector))
                 for p in analysis.prototypes

@@ -84,6 +84,7 @@ def tree(
     name: str,
     revision: str,
     session: SessionDep,
+    state: StateDep,
     principal: PrincipalDep,
     path: str = "",
     recursive: Annotated[str | None, Query()] = None,
@@ -99,7 +100,7 @@ def tree(
     if prefix and not files:
         raise NotFound(f"{prefix} not found in {adapter.repo_id}", code="entry_not_found")
     if recursive:
-        return [file_entry(f) for f in files]
+        return [file_entry(state.store, f) for f in files]
     entries: dict[str, dict] = {}  # one level: the files here, and the folders below (HF lists it so)
     for f in files:
         rest = f.path[len(prefix) + 1 :] if prefix else f.path
@@ -108,7 +109,7 @@ def tree(
             folder = f"{prefix}/{head}" if prefix else head
             entries.setdefault(folder, {"type": "directory", "path": folder, "oid": tree_oid(folder, version)})
         else:
-            entries[f.path] = file_entry(f)
+            entries[f.path] = file_entry(state.store, f)
     return list(entries.values())
 
 
@@ -123,6 +124,7 @@ def paths_info(
     name: str,
     revision: str,
     session: SessionDep,
+    state: StateDep,
     principal: PrincipalDep,
     paths: Annotated[list[str], Form()],
     expand: Annotated[str | None, Form()] = None,
@@ -137,7 +139,7 @@ def paths_info(
         path = path.strip("/")
         entry = version.file(path)
         if entry is not None:
-            out.append(file_entry(entry))
+            out.append(file_entry(state.store, entry))
         elif any(f.path.startswith(path + "/") for f in version.files):
             out.append({"type": "directory", "path": path, "oid": tree_oid(path, version)})
     return out

@@ -14,7 +14,18 @@ from starlette.middleware.sessions import SessionMiddleware
 import quiver_hub
 from quiver_hub.hub import errors
 from quiver_hub.hub.limits import BodyLimit
-from quiver_hub.hub.routes import accounts, adapters, clusters, discovery, health, hf, hf_commits, hf_repos, pages
+from quiver_hub.hub.routes import (
+    accounts,
+    adapters,
+    clusters,
+    discovery,
+    health,
+    hf,
+    hf_commits,
+    hf_repos,
+    hf_unsupported,
+    pages,
+)
 from quiver_hub.hub.services import Services
 from quiver_hub.hub.settings import Settings, secret_key
 from quiver_hub.hub.web import HERE
@@ -49,6 +60,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(hf_repos.router)
     app.include_router(hf_commits.router)
     app.include_router(hf.router)  # after the API: its /{namespace}/{name}/resolve/... is broad
+    app.include_router(hf_unsupported.router)  # /api/... that nothing above answers: a clear refusal
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     app.include_router(pages.router)  # last: /{namespace} and /{namespace}/{name} are the broadest paths
     app.add_middleware(

@@ -5,6 +5,7 @@ private repo stays invisible and untouchable on every one of them."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -221,3 +222,41 @@ def test_the_hf_command_line(server: LiveServer, tmp_path: Path) -> None:
     assert run("repos", "delete", "alice/cli2", "--yes").returncode == 0
     with server.client(token) as c:
         assert c.get("/v1/adapters/alice/cli2").status_code == 404
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_the_hf_cache_tools_agree_with_the_tree(server: LiveServer, tmp_path: Path) -> None:
+    """`hf cache verify` checks each small file against the tree's `oid` (the git blob SHA-1, as on the
+    Hub) and weights against `lfs.oid`; `hf cache ls` and scan_cache_dir list the download."""
+    token = server.token("alice")
+    folder = trainer_output(tmp_path / "run")
+    out = hf_python(
+        server,
+        token,
+        """
+        api.create_repo("alice/cached")
+        api.upload_folder(folder_path=ARGS["folder"], repo_id="alice/cached", ignore_patterns=["*.bin"])
+        snapshot_download("alice/cached")
+        out["tree"] = {f.path: [f.blob_id, f.lfs.sha256 if f.lfs else None]
+                       for f in api.list_repo_tree("alice/cached", recursive=True) if hasattr(f, "blob_id")}
+        from huggingface_hub import scan_cache_dir
+        out["scanned"] = [[r.repo_id, r.nb_files] for r in scan_cache_dir().repos]
+        """,
+        folder=str(folder),
+        home=tmp_path / "hf",
+    )
+    for path, (oid, lfs) in out["tree"].items():
+        data = (folder / path).read_bytes()
+        if path.endswith(".safetensors"):
+            assert lfs == hashlib.sha256(data).hexdigest(), path
+        else:
+            assert oid == hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest() and lfs is None, path
+    assert out["scanned"] == [["alice/cached", len(out["tree"])]]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGING"))}
+    env.update(HF_ENDPOINT=server.url, HF_HUB_DISABLE_XET="1", HF_TOKEN=token, HF_HOME=str(tmp_path / "hf"))
+    hf = str(Path(sys.executable).with_name("hf"))
+    verified = subprocess.run([hf, "cache", "verify", "alice/cached"], env=env, capture_output=True, text=True)
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    assert "mismatch" not in (verified.stdout + verified.stderr).lower()
+    listed = subprocess.run([hf, "cache", "ls"], env=env, capture_output=True, text=True)
+    assert listed.returncode == 0 and "alice/cached" in listed.stdout, listed.stdout + listed.stderr

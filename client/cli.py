@@ -372,6 +372,32 @@ def audit_command(
     out.print(table)
 
 
+@app.command()
+def gateway(
+    engine: Annotated[str, typer.Option(help="the serving engine's URL, e.g. http://127.0.0.1:8001 (vLLM)")],
+    base_model: Annotated[str, typer.Option(help="the hub's name of the model the engine serves")],
+    engine_model: Annotated[
+        str | None, typer.Option(help="the name the engine serves it under (default: --base-model)")
+    ] = None,
+    host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port to listen on")] = 8090,
+    endpoint: Endpoint = None,
+    token: Token = None,
+) -> None:
+    """An OpenAI-compatible front: model "quiver:auto" picks the adapter for each chat from the hub, then
+    the request goes to the engine under that adapter's name (quiver_hub.gateway)."""
+    try:
+        import uvicorn
+
+        from quiver_hub.gateway import create_gateway
+    except ImportError as e:
+        err.print(f"quiver gateway needs the server extras ({e.name} is missing): pip install 'quiver-hub[server]'")
+        raise typer.Exit(1) from None
+    app_ = create_gateway(engine, hub(endpoint, token), base_model, engine_model)
+    err.print(f"quiver gateway on http://{host}:{port} -> {engine} ({base_model})")
+    uvicorn.run(app_, host=host, port=port, log_level="warning")
+
+
 kernel_app = typer.Typer(help="The fused merge kernel (compiled for this CPU on first use).", no_args_is_help=True)
 app.add_typer(kernel_app, name="kernel")
 

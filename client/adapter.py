@@ -9,9 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 from torch import nn
 
-from quiver_hub.registry import lora
+from quiver_hub.registry import lora, peft_format
 
 
 @dataclass
@@ -40,6 +41,10 @@ class Adapter:
         config = json.loads(config_path.read_text())
         if config.get("peft_type") != "LORA":
             raise ValueError(f"{folder}: peft_type is {config.get('peft_type')!r}, not a LoRA adapter")
+        with safe_open(weights_path, "pt") as f:
+            keys = list(f.keys())
+        if problems := peft_format.unsupported(config, keys) + peft_format.unmergeable(config):
+            raise ValueError(f"{folder}: {peft_format.refusal(problems)}")
         origin = None
         parts = folder.resolve().parts
         if len(parts) >= 4 and parts[-4] == "adapters" and len(parts[-1]) == 40:  # <cache>/adapters/ns/name/rev

@@ -132,9 +132,8 @@ def apply_arrow(
         if prior is not None and prior[i] == 0:
             continue  # never chosen
         for module, f in adapter.factors.items():
-            layer = target_layer(named, module, adapter)
-            if type(layer).__name__ == "Conv1D":
-                raise ValueError(f"{module}: Arrow routing supports Linear layers only")
+            layer = target_layer(named, module, adapter)  # a Linear, or GPT-2's Conv1D: PEFT's LoRA reads
+            # x through A and B the same way on both (fan_in_fan_out only transposes a merged delta)
             v = protos[module] if protos and module in protos else prototype(f.A, f.B)[0]
             per_module.setdefault(module, (layer, []))[1].append((f.A, f.B, f.scaling, v))
             owners.setdefault(module, []).append(i)

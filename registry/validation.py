@@ -13,7 +13,7 @@ from typing import Any
 
 import regex
 
-from quiver_hub.registry import lora
+from quiver_hub.registry import lora, peft_format
 from quiver_hub.registry.errors import InvalidAdapter
 from quiver_hub.registry.files import EXAMPLES_FILE, check_files
 from quiver_hub.registry.limits import (
@@ -52,6 +52,8 @@ def validate_adapter(files: dict[str, Path]) -> AdapterSummary:
     weights = files[lora.WEIGHTS_FILE]
     with weights.open("rb") as f:
         tensors, _ = read_header(f, weights.stat().st_size, lora.WEIGHTS_FILE)
+    if problems := peft_format.unsupported(config, tensors):
+        raise InvalidAdapter(peft_format.refusal(problems))
     modules = check_factors(config, tensors)
     if EXAMPLES_FILE in files:
         read_examples(files[EXAMPLES_FILE])
@@ -104,8 +106,6 @@ def read_config(path: Path) -> dict[str, Any]:
                 raise InvalidAdapter(f"{name}: {key}[{pattern_key!r}] must be a finite number, got {value!r}")
     if any(type(v) is not int or not 1 <= v <= MAX_RANK for v in (config.get("rank_pattern") or {}).values()):
         raise InvalidAdapter(f"{name}: rank_pattern values must be integers from 1 to {MAX_RANK}")
-    if config.get("use_dora"):
-        raise InvalidAdapter(f"{name}: DoRA adapters (use_dora) are not supported, only plain LoRA")
     return config
 
 
@@ -132,7 +132,8 @@ def check_pattern(pattern: Any, key: str) -> None:
 
 
 def check_factors(config: dict[str, Any], tensors: dict) -> set[str]:
-    """Every tensor is a lora_A/lora_B weight of a targeted module, in pairs, shapes agreeing with r."""
+    """Every tensor (factors alone: peft_format refused the rest) is a lora_A/lora_B weight of a targeted
+    module, in pairs, shapes agreeing with r."""
     name = lora.WEIGHTS_FILE
     if not tensors:
         raise InvalidAdapter(f"{name}: holds no tensors")
@@ -140,13 +141,7 @@ def check_factors(config: dict[str, Any], tensors: dict) -> set[str]:
         raise InvalidAdapter(f"{name}: more than {MAX_MODULES} modules")
     factors: dict[str, dict[str, tuple[int, ...]]] = {}
     for key, info in tensors.items():
-        parsed = lora.split_key(key)
-        if parsed is None:
-            raise InvalidAdapter(
-                f"{name}: unexpected tensor {key!r}; only base_model.model.<module>.lora_A.weight "
-                "and .lora_B.weight are accepted (no biases, embeddings or modules_to_save)"
-            )
-        module, side = parsed
+        module, side = lora.split_key(key)  # every other tensor was refused by peft_format.unsupported
         if len(module) > MAX_MODULE_NAME_CHARS:
             raise InvalidAdapter(f"{name}: module name {module[:60]!r}... is longer than {MAX_MODULE_NAME_CHARS}")
         factors.setdefault(module, {})[side] = info.shape

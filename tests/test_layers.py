@@ -3,8 +3,9 @@
     hub        -> hub, registry, migrations
     registry   -> registry                  (never hub, the client, or migrations)
     migrations -> migrations, registry
-    client     -> client, registry.lora     (the thin client: nothing else of the server)
-    registry.lora -> nothing of quiver_hub  (the client imports it: it stays torch + safetensors)
+    client     -> client, registry.lora     (the thin client: nothing else of the server; "registry.lora"
+                                             is the shared layer: registry/lora.py and peft_format.py)
+    registry.lora -> registry.lora only     (the client imports it: it stays torch + safetensors)
 
 and the one import name: every module of the repository imports quiver_hub.*, never the folder names
 (client, hub, registry, migrations), which are not installed (ruff's banned-api says the same in editors).
@@ -27,7 +28,7 @@ OLD_NAMES = set(FOLDERS)
 ALLOWED = {
     "hub": {"hub", "registry", "registry.lora", "migrations"},
     "registry": {"registry", "registry.lora"},
-    "registry.lora": set(),
+    "registry.lora": {"registry.lora"},
     "migrations": {"migrations", "registry", "registry.lora"},
     "client": {"client", "registry.lora"},
 }
@@ -37,6 +38,7 @@ def layer_of(module: str) -> str:
     """The layer of a quiver_hub module name."""
     for prefix, layer in (
         ("quiver_hub.registry.lora", "registry.lora"),
+        ("quiver_hub.registry.peft_format", "registry.lora"),
         ("quiver_hub.registry", "registry"),
         ("quiver_hub.hub", "hub"),
         ("quiver_hub.migrations", "migrations"),

@@ -1,0 +1,271 @@
+"""The PEFT-variants zoo: LoRA adapters in the forms PEFT writes, each made with get_peft_model(...) +
+save_pretrained on tiny Llama, GPT-2, T5 and sequence-classification models (PEFT is the truth for the
+format: PeftModel.from_pretrained(...).merge_and_unload()). Each is merged exactly as PEFT merges it
+(and unmerged bitwise), or refused with a message that names what is refused, by the client and by the
+hub alike. Never silently wrong (registry/peft_format.py)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import peft
+import pytest
+import torch
+import transformers
+from safetensors.torch import load_file, save_file
+
+from examples.make_adapter import tiny_llama
+from quiver_hub import Adapter, apply_arrow, merge, remove_arrow, unmerge
+from tests.adapters import upload_parts
+from tests.conftest import LiveServer
+from tests.test_client_merge import snapshot, tiny_gpt2
+
+QV = ["q_proj", "v_proj"]
+
+
+def tiny_t5() -> torch.nn.Module:
+    torch.manual_seed(0)
+    config = transformers.T5Config(
+        vocab_size=128, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4, decoder_start_token_id=0
+    )
+    model = transformers.T5ForConditionalGeneration(config).eval()
+    model.name_or_path = model.config.name_or_path = "quiver-test/tiny-t5"
+    return model
+
+
+def tiny_llama_classifier() -> torch.nn.Module:
+    torch.manual_seed(0)
+    config = tiny_llama().config
+    config.num_labels, config.pad_token_id = 3, 0
+    model = transformers.LlamaForSequenceClassification(config).eval()
+    model.name_or_path = model.config.name_or_path = "quiver-test/tiny-llama-cls"
+    return model
+
+
+def edited(config_change: dict | None = None, tensors: dict | None = None) -> Callable[[Path], None]:
+    """A change to a saved plain adapter: settings added to its config, tensors added to its weights."""
+
+    def edit(folder: Path) -> None:
+        if config_change:
+            path = folder / "adapter_config.json"
+            path.write_text(json.dumps({**json.loads(path.read_text()), **config_change}))
+        if tensors:
+            weights = folder / "adapter_model.safetensors"
+            save_file({**load_file(str(weights)), **tensors}, str(weights))
+
+    return edit
+
+
+# name -> (model, LoraConfig fields, save_pretrained options, edit of the saved folder)
+MERGED = {
+    "plain": (tiny_llama, dict(target_modules=QV), {}, None),
+    "rslora": (tiny_llama, dict(target_modules=QV, use_rslora=True), {}, None),
+    "rank and alpha patterns": (
+        tiny_llama,
+        dict(target_modules=["q_proj", "down_proj"], rank_pattern={"down_proj": 2}, alpha_pattern={"q_proj": 32}),
+        {},
+        None,
+    ),
+    "all-linear": (tiny_llama, dict(target_modules="all-linear"), {}, None),
+    "layers_to_transform": (tiny_llama, dict(target_modules=QV, layers_to_transform=[1]), {}, None),
+    "regex target_modules": (tiny_llama, dict(target_modules=r".*\.(q|k)_proj"), {}, None),
+    "exclude_modules": (tiny_llama, dict(target_modules="all-linear", exclude_modules=["down_proj"]), {}, None),
+    "gpt2 fan_in_fan_out": (tiny_gpt2, dict(target_modules=["c_attn", "c_proj"], fan_in_fan_out=True), {}, None),
+    "t5": (tiny_t5, dict(target_modules=["q", "v"]), {}, None),
+    "rank above the width": (tiny_llama, dict(r=64, lora_alpha=16, target_modules=QV), {}, None),
+    "training-only settings": (
+        tiny_llama,
+        dict(target_modules=QV, lora_dropout=0.1, init_lora_weights="gaussian"),
+        {},
+        None,
+    ),
+    "llama bias=all (it has no biases)": (tiny_llama, dict(target_modules=QV, bias="all"), {}, None),
+    "unknown setting at its default": (tiny_llama, dict(target_modules=QV), {}, edited({"a_future_flag": None})),
+}
+REFUSED = {
+    "dora": (tiny_llama, dict(target_modules=QV, use_dora=True), {}, None, "DoRA"),
+    "modules_to_save lm_head": (
+        tiny_llama,
+        dict(target_modules=QV, modules_to_save=["lm_head"]),
+        {},
+        None,
+        "saved module",
+    ),
+    "sequence classification head": (
+        tiny_llama_classifier,
+        dict(target_modules=QV, task_type="SEQ_CLS"),
+        {},
+        None,
+        "saved module",
+    ),
+    "lora on embed_tokens": (tiny_llama, dict(target_modules=["embed_tokens", "q_proj"]), {}, None, "embedding"),
+    "save_embedding_layers": (
+        tiny_llama,
+        dict(target_modules=["q_proj", "embed_tokens"]),
+        {"save_embedding_layers": True},
+        None,
+        "embedding",
+    ),
+    "trainable_token_indices": (
+        tiny_llama,
+        dict(target_modules=QV, trainable_token_indices=[1, 2]),
+        {},
+        None,
+        "trainable token",
+    ),
+    "gpt2 bias=all": (tiny_gpt2, dict(target_modules=["c_attn"], fan_in_fan_out=True, bias="all"), {}, None, "bias"),
+    "gpt2 bias=lora_only": (
+        tiny_gpt2,
+        dict(target_modules=["c_attn"], fan_in_fan_out=True, bias="lora_only"),
+        {},
+        None,
+        "bias",
+    ),
+    "lora_bias": (
+        tiny_gpt2,
+        dict(target_modules=["c_attn"], fan_in_fan_out=True, lora_bias=True),
+        {},
+        None,
+        "lora_bias",
+    ),
+    "target_parameters": (tiny_llama, dict(target_modules=QV), {}, edited({"target_parameters": ["w"]}), "parameters"),
+    "layer_replication": (
+        tiny_llama,
+        dict(target_modules=QV),
+        {},
+        edited({"layer_replication": [[0, 2], [1, 2]]}),
+        "layer_replication",
+    ),
+    "unknown setting that is set": (
+        tiny_llama,
+        dict(target_modules=QV),
+        {},
+        edited({"a_future_flag": True}),
+        "a_future_flag",
+    ),
+    "planted unknown tensor": (
+        tiny_llama,
+        dict(target_modules=QV),
+        {},
+        edited(tensors={"base_model.model.model.layers.0.self_attn.q_proj.lora_C.weight": torch.ones(2, 2)}),
+        "lora_C",
+    ),
+}
+UNMERGEABLE = {  # PEFT itself refuses to merge these: the hub stores them, the client refuses with PEFT's reason
+    "activated lora": (
+        tiny_llama,
+        dict(target_modules=QV, alora_invocation_tokens=[5, 6]),
+        {},
+        None,
+        "alora_invocation_tokens",
+    ),
+}
+
+
+def make(tmp_path: Path, name: str, build: Callable, fields: dict, save: dict, edit: Callable | None) -> Path:
+    folder = tmp_path / name.replace(" ", "-")
+    config = peft.LoraConfig(**{"r": 4, "lora_alpha": 8, "init_lora_weights": False, **fields})
+    model = peft.get_peft_model(build(), config)
+    with torch.no_grad():  # every trained tensor away from its initial value, as after training
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * 0.3)
+    model.save_pretrained(folder, **save)
+    if edit is not None:
+        edit(folder)
+    return folder
+
+
+@pytest.mark.parametrize("name", list(MERGED))
+def test_merged_exactly_as_peft_merges_and_unmerged_bitwise(tmp_path: Path, name: str) -> None:
+    build, fields, save, edit = MERGED[name]
+    folder = make(tmp_path, name, build, fields, save, edit)
+    expected = peft.PeftModel.from_pretrained(build(), folder).merge_and_unload().state_dict()
+    model = build()
+    before = snapshot(model)
+    merge(model, folder)
+    got = model.state_dict()
+    assert any(not torch.equal(got[k], before[k]) for k in got), "the adapter must change something"
+    assert set(got) == set(expected)
+    for k in expected:
+        torch.testing.assert_close(got[k], expected[k], rtol=0, atol=1e-5, msg=f"{name}: {k}")
+    unmerge(model)
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())
+
+
+def test_a_weighted_merge_of_two_is_the_weighted_sum_of_peft_deltas(tmp_path: Path) -> None:
+    folders = [make(tmp_path, n, *MERGED[n]) for n in ("plain", "rslora")]
+    base = tiny_llama().state_dict()
+    deltas = []
+    for folder in folders:
+        merged = peft.PeftModel.from_pretrained(tiny_llama(), folder).merge_and_unload().state_dict()
+        deltas.append({k: merged[k].double() - base[k].double() for k in base})
+    weights = [0.7, -1.3]
+    model = tiny_llama()
+    merge(model, folders, weights)
+    for k, v in model.state_dict().items():
+        expected = base[k].double() + sum(w * d[k] for w, d in zip(weights, deltas, strict=True))
+        torch.testing.assert_close(v.double(), expected, rtol=0, atol=1e-5, msg=k)
+
+
+@pytest.mark.parametrize("name", ["plain", "gpt2 fan_in_fan_out", "t5"])
+def test_arrow_with_one_expert_is_peft_unmerged_forward(tmp_path: Path, name: str) -> None:
+    build, fields, save, edit = MERGED[name]
+    folder = make(tmp_path, name, build, fields, save, edit)
+    ids = torch.randint(1, 128, (2, 6), generator=torch.Generator().manual_seed(0))
+    kwargs = {"decoder_input_ids": ids} if name == "t5" else {}
+    with torch.no_grad():
+        expected = peft.PeftModel.from_pretrained(build(), folder).eval()(ids, **kwargs).logits
+        model = build()
+        apply_arrow(model, [folder], top_k=1)
+        got = model(ids, **kwargs).logits
+        remove_arrow(model)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", list(REFUSED) + list(UNMERGEABLE))
+def test_the_client_refuses_what_it_cannot_apply_and_names_it(tmp_path: Path, name: str) -> None:
+    build, fields, save, edit, named = {**REFUSED, **UNMERGEABLE}[name]
+    folder = make(tmp_path, name, build, fields, save, edit)
+    with pytest.raises(ValueError, match="refuses it") as refused:
+        Adapter.load(folder)
+    assert named in str(refused.value), str(refused.value)
+    model = build()
+    before = snapshot(model)
+    with pytest.raises(ValueError, match=named):
+        merge(model, folder)
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())  # nothing was applied
+
+
+def test_an_unknown_peft_type_is_refused_by_name(tmp_path: Path) -> None:
+    folder = tmp_path / "ia3"
+    peft.get_peft_model(tiny_llama(), peft.IA3Config(target_modules=["k_proj", "down_proj"])).save_pretrained(folder)
+    with pytest.raises(ValueError, match="peft_type is 'IA3'"):
+        Adapter.load(folder)
+
+
+@pytest.mark.parametrize("database_url", ["sqlite", "postgres"], indirect=True)
+def test_the_hub_stores_what_merges_and_refuses_the_rest_by_name(server: LiveServer, tmp_path: Path) -> None:
+    token = server.token("alice")
+    with server.client(token) as c:
+        for i, name in enumerate(MERGED):
+            folder = make(tmp_path, name, *MERGED[name])
+            r = c.post(f"/v1/adapters/alice/ok{i}", files=upload_parts(folder))
+            assert r.status_code == 201, (name, r.text)
+            for f in r.json()["files"]:
+                got = c.get(f"/v1/adapters/alice/ok{i}/versions/latest/files/{f['path']}").content
+                assert got == (folder / f["path"]).read_bytes(), (name, f["path"])
+        for i, name in enumerate(REFUSED):
+            build, fields, save, edit, named = REFUSED[name]
+            r = c.post(f"/v1/adapters/alice/no{i}", files=upload_parts(make(tmp_path, name, build, fields, save, edit)))
+            assert r.status_code == 422 and named in r.json()["error"]["message"], (name, r.text)
+            assert c.get(f"/v1/adapters/alice/no{i}").status_code == 404  # nothing stored
+        for name, (build, fields, save, edit, _) in UNMERGEABLE.items():  # stored for download
+            folder = make(tmp_path, name, build, fields, save, edit)
+            assert c.post("/v1/adapters/alice/alora", files=upload_parts(folder)).status_code == 201, name
+        ia3 = tmp_path / "ia3"
+        peft.get_peft_model(tiny_llama(), peft.IA3Config(target_modules=["k_proj"])).save_pretrained(ia3)
+        r = c.post("/v1/adapters/alice/ia3", files=upload_parts(ia3))
+        assert r.status_code == 422 and "peft_type is 'IA3'" in r.text

@@ -145,7 +145,10 @@ class Hub:
             }
             with contextlib.ExitStack() as opened:  # streamed from disk, not read into memory
                 files = [("files", (rel, opened.enter_context(open(path, "rb")))) for rel, path in paths.items()]
-                return self._call("POST", f"/v1/adapters/{repo}", files=files, data=data)
+                version = self._call("POST", f"/v1/adapters/{repo}", files=files, data=data)
+        for notice in version.get("notices", []):  # what the hub decided for you, or asks you to check
+            warnings.warn(f"{repo}: {notice}", UserWarning, stacklevel=2)
+        return version
 
     def delete(self, spec: str) -> list[dict]:
         repo, rev = split_repo(spec)

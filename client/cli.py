@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import time
+import warnings
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from importlib.metadata import entry_points
@@ -110,6 +111,8 @@ def push(
         base_model=base_model,
         tags=[t.strip() for t in tags.split(",") if t.strip()] if tags else None,
     )
+    for notice in v.get("notices", []):
+        err.print(f"[yellow]note:[/] {escape(notice)}")
     out.print(f"published {v['id']} version {v['version']} (revision {v['revision']})")
 
 
@@ -128,7 +131,9 @@ def upload(folder: Path, repo: str, endpoint: str | None, token: str | None, exc
             Progress(SpinnerColumn(), TextColumn("publishing {task.description}"), console=err, transient=True) as bar,
         ):
             bar.add_task(repo, total=None)
-            return h.push(folder, repo, exclude=exclude, **meta)
+            with warnings.catch_warnings():  # the command prints the hub's notices itself
+                warnings.simplefilter("ignore", UserWarning)
+                return h.push(folder, repo, exclude=exclude, **meta)
     except HubError as e:
         fail(e)
 

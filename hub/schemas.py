@@ -36,6 +36,9 @@ class VersionOut(BaseModel):
     tags: list[str] = Field(default_factory=list, description="the tags naming this version")
     title: str = Field("", description="the commit's title")
     message: str = Field("", description="the commit's message")
+    notices: list[str] = Field(
+        default_factory=list, description="in a publish's answer: what the hub decided for you, or asks you to check"
+    )
 
 
 class VersionRef(BaseModel):
@@ -123,6 +126,7 @@ def version_out(v: Version) -> VersionOut:
         adapter_config=v.adapter_config,
         files=[FileOut(path=f.path, sha256=f.sha256, size=f.size) for f in v.files],
         derived_from=v.derived_from,
+        notices=list(v.notices),
         tags=[t.name for t in v.tags],
         title=v.title,
         message=v.message,

@@ -70,7 +70,13 @@ def card_fields(card: str | None) -> dict[str, Any]:
     if isinstance(tags, str):
         tags = [tags]
     if isinstance(tags, list):
-        clean = [str(t) for t in tags if isinstance(t, str | int | float) and 0 < len(str(t)) <= MAX_TAG_CHARS]
+        clean = [
+            str(t)
+            for t in tags
+            if isinstance(t, str | int | float)
+            and 0 < len(str(t)) <= MAX_TAG_CHARS
+            and not str(t).startswith("base_model:")  # PEFT's, with a path; the hub derives its own
+        ]
         if clean:
             out["tags"] = clean[:MAX_TAGS]
     license_ = meta.get("license")

@@ -162,6 +162,8 @@ class Version(Base):
     """One immutable publish of an adapter."""
 
     __tablename__ = "versions"
+    # Not stored: what the publish that made this version told its publisher (registry.writes.publish).
+    notices: tuple[str, ...] | list[str] = ()
     __table_args__ = (UniqueConstraint("adapter_id", "number"),)
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     adapter_id: Mapped[int] = mapped_column(ForeignKey("adapters.id", ondelete="CASCADE"), index=True)

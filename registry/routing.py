@@ -18,7 +18,8 @@ import numpy as np
 import torch
 from sqlalchemy.orm import Session, sessionmaker
 
-from quiver_hub.registry.accounts import Principal
+from quiver_hub.registry.accounts import Principal, can_read
+from quiver_hub.registry.base_models import close_to
 from quiver_hub.registry.errors import InvalidRequest
 from quiver_hub.registry.indexes import PUBLIC, Candidates, Entry, Filters, IndexSet, PartitionedIndex
 from quiver_hub.registry.reads import visible_versions
@@ -151,6 +152,17 @@ def visible_modules(
     return {m: width for m, (_, width) in sorted(best.items())}
 
 
+def unknown_base_model(indexes: IndexSet, principal: Principal, base: str) -> str | None:
+    """Why nothing of `base` can be found, naming the close base models of the adapters the caller may
+    see (a typo); None when the caller sees adapters of it."""
+    seen = {e.base_model for e in indexes.entries.values() if can_read(principal, e.namespace_id, e.visibility)}
+    if base in seen:
+        return None
+    close = close_to(base, seen)
+    hint = f"; did you mean {' or '.join(close)}?" if close else ""
+    return f"no adapters you can see for base model {base!r}{hint}"
+
+
 def unknown(
     indexes: IndexSet, principal: Principal, within: Filters, base: str, module: str, width: int
 ) -> InvalidRequest:
@@ -164,7 +176,8 @@ def unknown(
         )
     known = visible_modules(indexes, principal, base, within)
     if not known:
-        return InvalidRequest(f"no adapters you can see for base model {base!r}", code="unknown_base_model")
+        why = unknown_base_model(indexes, principal, base) or f"no adapters you can see for base model {base!r}"
+        return InvalidRequest(why, code="unknown_base_model")
     if module in known:
         return InvalidRequest(
             f"hidden_states[{module!r}] rows have {width} values, but {module} of {base} takes {known[module]} "

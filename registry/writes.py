@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-import re
 from dataclasses import asdict, dataclass, field, replace
 
 from sqlalchemy import select
@@ -21,7 +20,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from quiver_hub.registry import audit, lora
+from quiver_hub.registry import audit, base_models, lora
 from quiver_hub.registry.accounts import Principal, require_write
 from quiver_hub.registry.analysis import VersionAnalysis, analyse_version, describe
 from quiver_hub.registry.blobs import BlobStore, StagedFile
@@ -33,7 +32,6 @@ from quiver_hub.registry.errors import Conflict, InvalidAdapter, InvalidRequest
 from quiver_hub.registry.files import README_FILE, git_oid
 from quiver_hub.registry.gc import purge_blobs
 from quiver_hub.registry.limits import (
-    MAX_BASE_MODEL_CHARS,
     MAX_DESCRIPTION_CHARS,
     MAX_LICENSE_CHARS,
     MAX_TAG_CHARS,
@@ -165,8 +163,12 @@ def publish(
         try:
             summary = validate_adapter(paths)
             card = paths[README_FILE].read_text(encoding="utf-8") if README_FILE in paths else None
+            given = meta.base_model
             meta = meta.with_card(card)
-            summary = replace(summary, base_model=check_base_model(meta.base_model or summary.base_model))
+            base_model, notices = base_models.choose(given, card_fields(card).get("base_model"), summary.base_model)
+            meta, summary = replace(meta, base_model=base_model), replace(summary, base_model=base_model)
+            with sessions() as session:
+                notices += base_models.new_name_notice(session, base_model)
             analysis = analyse_version(paths, summary.config, embedder)
             oids = {path: git_oid(path, f.sha256, f.size, lambda f=f: f.path) for path, f in files.items()}
         except FileNotFoundError:  # a reused file purged by a delete (or a cache) while it was being read
@@ -175,7 +177,9 @@ def publish(
         prepared = Prepared(summary, analysis, card, embedder, derived_from, title[:255], message[:10_000], oids)
         for attempt in range(3):
             try:
-                return _publish_once(sessions, store, principal, namespace, name, files, meta, prepared)
+                version = _publish_once(sessions, store, principal, namespace, name, files, meta, prepared)
+                version.notices = notices  # for the answer (hub.schemas.version_out)
+                return version
             except IntegrityError:
                 # Another publish created the same adapter or number first: try again on fresh rows.
                 if attempt == 2:
@@ -306,23 +310,6 @@ def check_module_shapes(session: Session, base_model: str, shapes: dict[str, tup
     ]
     if new and record:
         session.execute(upsert(session)(BaseModelModule).values(new).on_conflict_do_nothing())
-
-
-LOCAL_PATH = re.compile(r"^(/|~|\.{1,2}[/\\]|\\|[A-Za-z]:[/\\])")  # /x, ~/x, ./x, ..\x, \\host, C:\x
-
-
-def check_base_model(base_model: str) -> str:
-    """A base model is named as the Hugging Face Hub names it, never by a path on someone's disk."""
-    base_model = base_model.strip()
-    if not base_model or len(base_model) > MAX_BASE_MODEL_CHARS:
-        raise InvalidAdapter(f"the base model must be a name of 1 to {MAX_BASE_MODEL_CHARS} characters")
-    if LOCAL_PATH.match(base_model):
-        raise InvalidAdapter(
-            f"the base model {base_model!r} is a path on the machine that trained it; name it as the Hugging Face "
-            "Hub does (for example meta-llama/Llama-2-7b-hf) with the base_model upload field, "
-            "`quiver push --base-model`, or `base_model:` in the card's metadata"
-        )
-    return base_model
 
 
 MAX_LINEAGE = 256

@@ -13,8 +13,9 @@ from safetensors.torch import load as load_safetensors
 
 from quiver_hub.hub.deps import PrincipalDep, StateDep
 from quiver_hub.registry import routing
+from quiver_hub.registry.accounts import Principal
 from quiver_hub.registry.errors import InvalidRequest
-from quiver_hub.registry.indexes import Filters
+from quiver_hub.registry.indexes import Filters, IndexSet
 from quiver_hub.registry.writes import parse_tags
 
 router = APIRouter(prefix="/v1", tags=["discovery"])
@@ -31,6 +32,7 @@ class Result(BaseModel):
 
 class Ranked(BaseModel):
     results: list[Result]
+    notice: str | None = Field(None, description="why there are no results: a base model you have no adapter of")
 
 
 class SearchRequest(BaseModel):
@@ -109,18 +111,30 @@ def search(body: SearchRequest, state: StateDep, principal: PrincipalDep) -> Ran
     description, task, tags and card, and against its examples (the better of the two)."""
     query = state.embedder.embed_one(body.query)
     filters = Filters(base_model=body.base_model, task=body.task, tags=tuple(body.tags))
-    ranked = routing.search_text(state.fresh_indexes(), principal, query, filters, body.limit)
-    return Ranked(results=answer(routing.visible_now(state.sessions, principal, ranked)))
+    indexes = state.fresh_indexes()
+    ranked = routing.visible_now(
+        state.sessions, principal, routing.search_text(indexes, principal, query, filters, body.limit)
+    )
+    return Ranked(results=answer(ranked), notice=base_model_notice(indexes, principal, body.base_model, ranked))
 
 
 @router.post("/route/text", response_model=Ranked)
 def route_text(body: RouteTextRequest, state: StateDep, principal: PrincipalDep) -> Ranked:
     """Rank adapters by cosine of the text's embedding to the mean embedding of their examples.jsonl."""
     query = state.embedder.embed_one(body.text)
+    indexes = state.fresh_indexes()
     ranked = routing.search_text(
-        state.fresh_indexes(), principal, query, Filters(base_model=body.base_model), body.limit, use_text=False
+        indexes, principal, query, Filters(base_model=body.base_model), body.limit, use_text=False
     )
-    return Ranked(results=answer(routing.visible_now(state.sessions, principal, ranked)))
+    ranked = routing.visible_now(state.sessions, principal, ranked)
+    return Ranked(results=answer(ranked), notice=base_model_notice(indexes, principal, body.base_model, ranked))
+
+
+def base_model_notice(indexes: IndexSet, principal: Principal, base_model: str | None, ranked: list) -> str | None:
+    if ranked or not base_model:
+        return None
+    with indexes.lock:
+        return routing.unknown_base_model(indexes, principal, base_model)
 
 
 ROUTE_BODY = {

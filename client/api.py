@@ -43,6 +43,34 @@ def upload_paths(folder: Path, exclude: Sequence[str] = ()) -> dict[str, Path]:
     return out
 
 
+PICKLED_WEIGHTS = "adapter_model.bin"
+
+
+def convert_pickled_weights(paths: dict[str, Path], into: Path) -> str | None:
+    """An adapter saved as a pickle (adapter_model.bin, safe_serialization=False) with no safetensors
+    beside it: its tensors read with torch.load(weights_only=True), which runs no code from the file,
+    and written as adapter_model.safetensors in `into`, which the upload sends instead (the hub never
+    unpickles anything). What was done, for the user; None when there was nothing to convert."""
+    if PICKLED_WEIGHTS not in paths or "adapter_model.safetensors" in paths:
+        return None
+    from safetensors.torch import save_file
+
+    try:
+        tensors = torch.load(paths[PICKLED_WEIGHTS], map_location="cpu", weights_only=True)
+    except Exception as e:  # weights_only refuses anything but tensors and plain containers
+        raise ValueError(
+            f"{paths[PICKLED_WEIGHTS]} cannot be read as plain tensors ({e}); save it with PEFT's "
+            "save_pretrained (safetensors) instead"
+        ) from None
+    if not isinstance(tensors, dict) or not all(isinstance(t, torch.Tensor) for t in tensors.values()):
+        raise ValueError(f"{paths[PICKLED_WEIGHTS]} is not a dict of tensors, as PEFT saves an adapter")
+    target = into / "adapter_model.safetensors"
+    save_file({k: t.contiguous() for k, t in tensors.items()}, str(target))
+    del paths[PICKLED_WEIGHTS]
+    paths["adapter_model.safetensors"] = target
+    return f"converted {PICKLED_WEIGHTS} to adapter_model.safetensors here (torch.load with weights_only=True)"
+
+
 def offline() -> bool:
     """QUIVER_OFFLINE=1: never reach for the hub (as HF_HUB_OFFLINE does for huggingface_hub)."""
     return os.environ.get("QUIVER_OFFLINE", "").lower() in ("1", "true", "yes")
@@ -126,6 +154,8 @@ class Hub:
             else:
                 folder = Path(folder_or_model)
             paths = upload_paths(folder, exclude)
+            if converted := convert_pickled_weights(paths, Path(tmp)):
+                warnings.warn(f"{folder}: {converted}", UserWarning, stacklevel=2)
             if examples is not None:
                 written = Path(tmp) / ".examples.jsonl"
                 written.write_text("".join(json.dumps({"input": e}) + "\n" for e in examples))

@@ -111,8 +111,6 @@ def push(
         base_model=base_model,
         tags=[t.strip() for t in tags.split(",") if t.strip()] if tags else None,
     )
-    for notice in v.get("notices", []):
-        err.print(f"[yellow]note:[/] {escape(notice)}")
     out.print(f"published {v['id']} version {v['version']} (revision {v['revision']})")
 
 
@@ -131,11 +129,17 @@ def upload(folder: Path, repo: str, endpoint: str | None, token: str | None, exc
             Progress(SpinnerColumn(), TextColumn("publishing {task.description}"), console=err, transient=True) as bar,
         ):
             bar.add_task(repo, total=None)
-            with warnings.catch_warnings():  # the command prints the hub's notices itself
-                warnings.simplefilter("ignore", UserWarning)
-                return h.push(folder, repo, exclude=exclude, **meta)
+            with warnings.catch_warnings(record=True) as notes:  # what the push did for you, or asks you to check
+                warnings.simplefilter("always", UserWarning)
+                version = h.push(folder, repo, exclude=exclude, **meta)
     except HubError as e:
         fail(e)
+    except ValueError as e:  # a pickled adapter_model.bin that is not plain tensors
+        err.print(f"[red]error:[/] {escape(str(e))}")
+        raise typer.Exit(2) from None
+    for note in notes:
+        err.print(f"[yellow]note:[/] {escape(str(note.message))}")
+    return version
 
 
 @app.command()

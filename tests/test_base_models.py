@@ -46,7 +46,7 @@ def test_peft_cards_naming_a_local_path_upload_unchanged(server: LiveServer, tmp
         text=True,
     )
     assert pushed.returncode == 0, pushed.stderr
-    assert "note: the card names the base model by a local path" in pushed.stderr
+    assert "note: alice/pushed: the card names the base model by a local path" in pushed.stderr
     hf_python(
         server,
         token,

@@ -269,3 +269,46 @@ def test_the_hub_stores_what_merges_and_refuses_the_rest_by_name(server: LiveSer
         peft.get_peft_model(tiny_llama(), peft.IA3Config(target_modules=["k_proj"])).save_pretrained(ia3)
         r = c.post("/v1/adapters/alice/ia3", files=upload_parts(ia3))
         assert r.status_code == 422 and "peft_type is 'IA3'" in r.text
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_quiver_push_converts_a_pickled_adapter_without_running_it(server: LiveServer, tmp_path: Path) -> None:
+    import os
+    import pickle
+    import subprocess
+    import sys
+
+    folder = tmp_path / "pickled"
+    model = peft.get_peft_model(tiny_llama(), peft.LoraConfig(r=4, target_modules=QV, init_lora_weights=False))
+    model.save_pretrained(folder, safe_serialization=False)
+    assert (folder / "adapter_model.bin").is_file() and not (folder / "adapter_model.safetensors").exists()
+    token = server.token("alice")
+    env = {**os.environ, "QUIVER_ENDPOINT": server.url, "QUIVER_TOKEN": token}
+
+    def push(source: Path, repo: str) -> subprocess.CompletedProcess:
+        cmd = [sys.executable, "-m", "quiver_hub", "push", str(source), repo]
+        return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+
+    pushed = push(folder, "alice/pickled")
+    assert pushed.returncode == 0, pushed.stderr
+    assert "converted adapter_model.bin to adapter_model.safetensors" in pushed.stderr
+    with server.client(token) as c:
+        files = {f["path"] for f in c.get("/v1/adapters/alice/pickled/versions/latest").json()["files"]}
+        assert "adapter_model.bin" not in files and "adapter_model.safetensors" in files
+        got = c.get("/v1/adapters/alice/pickled/versions/latest/files/adapter_model.safetensors").content
+    from safetensors.torch import load
+
+    expected = torch.load(folder / "adapter_model.bin", weights_only=True)
+    assert {k: v.tolist() for k, v in load(got).items()} == {k: v.tolist() for k, v in expected.items()}
+
+    class Payload:  # what a malicious .bin holds: loading it would run code
+        def __reduce__(self) -> tuple:
+            return (os.system, (f"touch {tmp_path / 'ran'}",))
+
+    evil = tmp_path / "evil"
+    evil.mkdir()
+    (evil / "adapter_config.json").write_text((folder / "adapter_config.json").read_text())
+    (evil / "adapter_model.bin").write_bytes(pickle.dumps({"x": Payload()}))
+    refused = push(evil, "alice/evil")
+    assert refused.returncode == 2 and "cannot be read as plain tensors" in refused.stderr, refused.stderr
+    assert "Traceback" not in refused.stderr and not (tmp_path / "ran").exists()

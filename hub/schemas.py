@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from quiver_hub.registry import lora
 from quiver_hub.registry.models import Adapter, Tag, Version
 from quiver_hub.registry.reads import VersionIdentity
 
@@ -23,9 +24,10 @@ class VersionOut(BaseModel):
     version: int
     revision: str = Field(description="40-hex revision id; Hugging Face clients pin it")
     base_model: str
-    rank: int
+    rank: int = Field(description="the config's r; `ranks` has each module's, where rank_pattern differs")
     alpha: float
     target_modules: list[str]
+    ranks: dict[str, int] = Field(default_factory=dict, description="module -> its rank (rank_pattern applied)")
     num_parameters: int
     total_size: int
     published_by: str | None
@@ -119,6 +121,7 @@ def version_out(v: Version) -> VersionOut:
         rank=v.rank,
         alpha=v.alpha,
         target_modules=v.target_modules,
+        ranks={m: lora.module_rank(v.adapter_config, m) for m in v.target_modules},
         num_parameters=v.num_parameters,
         total_size=v.total_size,
         published_by=v.published_by.name if v.published_by else None,

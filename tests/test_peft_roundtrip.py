@@ -35,6 +35,9 @@ def test_peft_adapter_round_trip(server: LiveServer, tmp_path: Path) -> None:
         version = r.json()
         assert version["rank"] == 4 and version["base_model"] == "quiver-demo/tiny-llama"
         assert len(version["target_modules"]) == 2 * 3
+        assert {m: r for m, r in version["ranks"].items()} == {
+            m: 2 if m.endswith("down_proj") else 4 for m in version["target_modules"]
+        }
 
     downloaded = tmp_path / "downloaded"
     downloaded.mkdir()

@@ -48,13 +48,9 @@ def validate_adapter(files: dict[str, Path]) -> AdapterSummary:
     """Check an upload given as {path inside the folder: staged file on disk}: which files it holds
     (registry.files), then the adapter itself."""
     check_files(files)
-    config = read_config(files[lora.CONFIG_FILE])
-    weights = files[lora.WEIGHTS_FILE]
-    with weights.open("rb") as f:
-        tensors, _ = read_header(f, weights.stat().st_size, lora.WEIGHTS_FILE)
-    if problems := peft_format.unsupported(config, tensors):
-        raise InvalidAdapter(peft_format.refusal(problems))
-    modules = check_factors(config, tensors)
+    config, tensors, modules = check_adapter(files[lora.CONFIG_FILE], files[lora.WEIGHTS_FILE])
+    for folder in sorted({p.rsplit("/", 1)[0] for p in files if p.endswith("/" + lora.CONFIG_FILE)}):
+        check_named_adapter(files, folder)
     if EXAMPLES_FILE in files:
         read_examples(files[EXAMPLES_FILE])
 
@@ -67,6 +63,28 @@ def validate_adapter(files: dict[str, Path]) -> AdapterSummary:
         num_parameters=sum(t.numel for t in tensors.values()),
         shapes=factor_shapes(tensors),
     )
+
+
+def check_adapter(config_file: Path, weights: Path) -> tuple[dict[str, Any], dict, set[str]]:
+    """One adapter's config, weights header and modules, every part of it accounted for."""
+    config = read_config(config_file)
+    with weights.open("rb") as f:
+        tensors, _ = read_header(f, weights.stat().st_size, lora.WEIGHTS_FILE)
+    if problems := peft_format.unsupported(config, tensors):
+        raise InvalidAdapter(peft_format.refusal(problems))
+    return config, tensors, check_factors(config, tensors)
+
+
+def check_named_adapter(files: dict[str, Path], folder: str) -> None:
+    """A further adapter of a multi-adapter folder (PEFT's save_pretrained writes each adapter but the
+    first into a subfolder named after it), checked as strictly as the first."""
+    weights = files.get(f"{folder}/{lora.WEIGHTS_FILE}")
+    if weights is None:
+        raise InvalidAdapter(f"{folder}/{lora.CONFIG_FILE} has no {folder}/{lora.WEIGHTS_FILE} beside it")
+    try:
+        check_adapter(files[f"{folder}/{lora.CONFIG_FILE}"], weights)
+    except InvalidAdapter as e:
+        raise InvalidAdapter(f"the adapter in {folder}/: {e.message}") from None
 
 
 def read_config(path: Path) -> dict[str, Any]:

@@ -312,3 +312,22 @@ def test_quiver_push_converts_a_pickled_adapter_without_running_it(server: LiveS
     refused = push(evil, "alice/evil")
     assert refused.returncode == 2 and "cannot be read as plain tensors" in refused.stderr, refused.stderr
     assert "Traceback" not in refused.stderr and not (tmp_path / "ran").exists()
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_every_adapter_of_a_multi_adapter_folder_is_checked(server: LiveServer, tmp_path: Path) -> None:
+    def folder_with(second: dict, name: str) -> Path:
+        model = peft.get_peft_model(tiny_llama(), peft.LoraConfig(r=4, target_modules=QV, init_lora_weights=False))
+        model.add_adapter("second", peft.LoraConfig(r=2, target_modules=["k_proj"], **second))
+        model.save_pretrained(tmp_path / name)
+        assert (tmp_path / name / "second" / "adapter_config.json").is_file()
+        return tmp_path / name
+
+    with server.client(server.token("alice")) as c:
+        ok = c.post("/v1/adapters/alice/two", files=upload_parts(folder_with({}, "ok")))
+        assert ok.status_code == 201, ok.text
+        assert {"second/adapter_config.json", "second/adapter_model.safetensors"} <= {
+            f["path"] for f in ok.json()["files"]
+        }
+        bad = c.post("/v1/adapters/alice/two-bad", files=upload_parts(folder_with({"use_dora": True}, "bad")))
+        assert bad.status_code == 422 and "the adapter in second/" in bad.text and "DoRA" in bad.text, bad.text

@@ -49,16 +49,19 @@ def rows() -> list[list[str]]:
             names = list(scaling)
             peft_layer = ArrowLoraLinearLayer(IN, arrow_config(names))
             peft_layer.build_prototypes(lora_A, lora_B)
+            ours_experts = [
+                (lora_A[n].weight.detach(), lora_B[n].weight.detach(), scaling[n], peft_layer.prototypes[i].float())
+                for i, n in enumerate(names)
+            ]
             ours = ArrowRouter(
-                [
-                    (lora_A[n].weight.detach(), lora_B[n].weight.detach(), scaling[n], peft_layer.prototypes[i].float())
-                    for i, n in enumerate(names)
-                ],
+                ours_experts,
                 TOP_K,
                 1.0,
                 dtype,
                 DEVICE,
             )
+            prior = torch.rand(e, generator=torch.Generator().manual_seed(e)) + 0.1  # apply_arrow(..., prior=)
+            with_prior = ArrowRouter(ours_experts, TOP_K, 1.0, dtype, DEVICE, log_prior=prior.log())
             for tokens in (256, 2048):
                 x = torch.randn(1, tokens, IN).to(DEVICE, dtype)
                 with torch.no_grad():
@@ -71,6 +74,7 @@ def rows() -> list[list[str]]:
                         error = float((got - expected).abs().mean() / expected.abs().mean())
                     t_peft = median_time(partial(peft_layer, x, lora_A, lora_B, nn.Identity(), scaling), REPEAT)
                     t_ours = median_time(partial(ours.delta, x), REPEAT)
+                    t_prior = median_time(partial(with_prior.delta, x), REPEAT)
                 path = "dense low-rank" if ours.dense else "grouped by expert"
                 out.append(
                     [
@@ -81,6 +85,8 @@ def rows() -> list[list[str]]:
                         f"{1e3 * t_ours:.2f}",
                         f"{1e3 * t_peft:.2f}",
                         f"{t_peft / t_ours:.1f}x",
+                        f"{1e3 * t_prior:.2f}",
+                        f"{t_peft / t_prior:.1f}x",
                         f"{error:.1e}",
                     ]
                 )
@@ -103,6 +109,8 @@ def main() -> None:
                 "ours (ms)",
                 "PEFT (ms)",
                 "PEFT / ours",
+                "ours, prior (ms)",
+                "PEFT / ours, prior",
                 "difference to PEFT (fp32: max, bf16: mean)",
             ],
             rows(),

@@ -45,3 +45,26 @@ def test_unimplemented_hfapi_calls_are_refused_by_name(server: LiveServer, tmp_p
         assert any(reason in message for reason in reasons), (name, message)
     assert "super_squash_history" in out["super_squash_history"][2] and "linear" in out["super_squash_history"][2]
     assert "model repos" in out["dataset_info"][2]
+
+
+def test_a_revision_with_a_slash_is_not_found_as_the_hub_says_it(server: LiveServer, tmp_path: Path) -> None:
+    """refs/pr/1 or a branch name reaches no route (uvicorn decodes %2F): RevisionNotFoundError, and for a
+    repo the caller may not see, RepositoryNotFoundError, as for any other revision."""
+    alice, bob = server.token("alice"), server.token("bob")
+    script = (
+        'repo = "alice/a"\napi.create_repo(repo, exist_ok=True)\n'
+        'api.upload_folder(folder_path=ARGS["folder"], repo_id=repo)\n'
+        'out["pr"] = outcome(lambda: api.model_info(repo, revision="refs/pr/1"))\n'
+        'out["tree"] = outcome(lambda: list(api.list_repo_tree(repo, revision="feature/x")))\n'
+    )
+    out = hf_python(server, alice, script, folder=str(write_adapter(tmp_path / "a")), home=tmp_path / "hf")
+    assert out["pr"][0] == "RevisionNotFoundError" and out["tree"][0] == "RevisionNotFoundError", out
+    with server.client(alice) as c:
+        assert c.patch("/v1/adapters/alice/a", json={"visibility": "private"}).status_code == 200
+    hidden = hf_python(
+        server,
+        bob,
+        'out["pr"] = outcome(lambda: api.model_info("alice/a", revision="refs/pr/1"))',
+        home=tmp_path / "hf-bob",
+    )
+    assert hidden["pr"][0] == "RepositoryNotFoundError", hidden

@@ -9,9 +9,11 @@ import re
 
 from fastapi import APIRouter, Request
 
+from quiver_hub.hub.deps import PrincipalDep, SessionDep
 from quiver_hub.hub.errors import HF_TAG
 from quiver_hub.hub.routes.hf_repos import LINEAR
-from quiver_hub.registry.errors import InvalidRequest
+from quiver_hub.registry import reads
+from quiver_hub.registry.errors import InvalidRequest, NotFound
 
 router = APIRouter(tags=[HF_TAG], include_in_schema=False)
 # (pattern over "METHOD /api/path", the HfApi methods that send it, why Quiver has none)
@@ -36,9 +38,24 @@ def explain(method: str, path: str) -> str:
     return f"Quiver does not implement {asked} of the Hugging Face Hub protocol"
 
 
+# A repo route whose revision holds a '/' (refs/pr/1, a branch name: uvicorn decodes %2F before routing),
+# so that no route of the repo matched it.
+SLASHED_REVISION = re.compile(
+    r"^/api/models/([^/]+)/([^/]+)/(?:revision|tree|paths-info|commits|preupload|commit)/(.+)$"
+)
+
+
 @router.api_route("/api/{rest:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD"])
-def unsupported(request: Request, rest: str) -> None:
+def unsupported(request: Request, rest: str, session: SessionDep, principal: PrincipalDep) -> None:
     """Anything under /api that no route of Quiver's answers."""
+    if found := SLASHED_REVISION.match(request.url.path):
+        namespace, name, revision = found.groups()
+        reads.get_adapter(session, principal, namespace, name)  # a repo the caller may not see: not found
+        raise NotFound(
+            f"revision {revision!r} not found: Quiver's revisions are main, a revision id, a version number or "
+            "a tag (no branches or refs/pr/...)",
+            code="revision_not_found",
+        )
     raise InvalidRequest(
         explain(request.method, request.url.path) + "; docs/huggingface-protocol.md lists what it does"
     )

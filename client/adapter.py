@@ -25,6 +25,16 @@ class Adapter:
     origin: tuple[str, str] | None = None  # ("ns/name", revision) when pulled into a Quiver cache
 
     @property
+    def dora(self) -> bool:
+        """A DoRA adapter (use_dora): its magnitude vectors rescale each merged weight."""
+        return bool(self.config.get("use_dora"))
+
+    def refuse_dora(self, what: str) -> None:
+        """ValueError naming this adapter when it is DoRA: `what` cannot take its magnitudes."""
+        if self.dora:
+            raise ValueError(peft_format.dora_refusal(self.name, what))
+
+    @property
     def fan_in_fan_out(self) -> bool:
         """True for models that store weights in x out (GPT-2's Conv1D): the delta is transposed."""
         return bool(self.config.get("fan_in_fan_out"))
@@ -55,7 +65,12 @@ class Adapter:
     def to(self, device: str | torch.device) -> Adapter:
         """This adapter with its factors on `device` (merges and Arrow take factors from anywhere; on a
         GPU model, factors already there save a copy each time)."""
-        factors = {m: lora.Factors(f.A.to(device), f.B.to(device), f.scaling) for m, f in self.factors.items()}
+        factors = {
+            m: lora.Factors(
+                f.A.to(device), f.B.to(device), f.scaling, f.magnitude.to(device) if f.magnitude is not None else None
+            )
+            for m, f in self.factors.items()
+        }
         return Adapter(self.name, self.config, factors, self.origin)
 
 

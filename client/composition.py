@@ -155,6 +155,8 @@ def compose(
     progress(step, loss) is called after every step; by default the loss is reported on stderr when it
     is a terminal."""
     adapters = as_adapters(adapters)
+    for adapter in adapters:
+        adapter.refuse_dora("few-shot composition")
     if progress is None and sys.stderr.isatty():
         progress = report_progress(steps if method == "gradient" else LORAHUB_BUDGET)
     if not adapters or not examples:

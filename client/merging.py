@@ -59,6 +59,8 @@ def merge(
     plan: dict[str, tuple[nn.Module, list[tuple[Adapter, float]]]] = {}
     named = dict(model.named_modules())
     for adapter, w in zip(adapters, weights, strict=True):
+        if adapter.dora and (len(adapters) > 1 or w != 1):
+            adapter.refuse_dora("a weighted merge, or a merge beside other adapters,")
         for module in adapter.factors:
             layer = target_layer(named, module, adapter)
             plan.setdefault(module, (layer, []))[1].append((adapter, w))
@@ -81,6 +83,10 @@ def merge(
             jobs.append((original, terms, original if in_place else kept[module]))
         changing = True
         add_products(jobs)
+        for (module, (layer, members)), (_, _, merged_weight) in zip(plan.items(), jobs, strict=True):
+            adapter = members[0][0]  # a DoRA adapter is merged alone (above)
+            if adapter.dora:
+                rescale_rows(merged_weight, adapter.factors[module].magnitude, type(layer).__name__ == "Conv1D")
     except BaseException as e:
         for module, buffer in kept.items():
             if changing and buffer.device != plan[module][0].weight.device:  # in place: put the original back
@@ -92,6 +98,14 @@ def merge(
         if kept[module].device == layer.weight.device:  # not offloaded: swap the merged buffer in
             layer.weight.data, kept[module] = kept[module], layer.weight.data
         state["saved"][module] = kept[module]
+
+
+def rescale_rows(merged: torch.Tensor, magnitude: torch.Tensor, conv1d: bool) -> None:
+    """DoRA's merge, in place: W' = m / ||W + delta|| * (W + delta), the norm of each output's row (a
+    column of a Conv1D weight, stored in x out), as PEFT's merge_and_unload computes it."""
+    norm = torch.linalg.norm(merged.float(), dim=0 if conv1d else 1)
+    factor = magnitude.to(merged.device, torch.float32) / norm
+    merged.copy_((merged.float() * (factor[None, :] if conv1d else factor[:, None])).to(merged.dtype))
 
 
 def _buffer(state: dict[str, dict[str, torch.Tensor]], module: str, like: torch.Tensor, host: bool) -> torch.Tensor:

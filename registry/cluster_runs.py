@@ -13,7 +13,7 @@ from safetensors.torch import save
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from quiver_hub.registry import lora
+from quiver_hub.registry import lora, peft_format
 from quiver_hub.registry.accounts import Principal, can_read, require_write_token
 from quiver_hub.registry.blobs import BlobStore, StagedFile
 from quiver_hub.registry.db import writing
@@ -272,6 +272,8 @@ def merge_run(
             members = []
             for m in c["members"]:
                 v = session.scalar(select(Version).where(Version.revision == m["revision"]))
+                if v.adapter_config.get("use_dora"):
+                    raise InvalidRequest(peft_format.dora_refusal(m["id"], f"averaging cluster {c['index']}"))
                 members.append(MergeMember(identity(v), v.adapter.task, v.adapter_config, version_factors(store, v)))
             if members:
                 groups.append((c["index"], members))

@@ -43,6 +43,20 @@ def factor_key(module: str, side: str) -> str:
     return f"{KEY_PREFIX}{module}{A_SUFFIX if side == 'A' else B_SUFFIX}"
 
 
+MAGNITUDE_SUFFIX = ".lora_magnitude_vector"  # DoRA (use_dora): one magnitude per output of the module
+
+
+def magnitude_key(module: str) -> str:
+    return f"{KEY_PREFIX}{module}{MAGNITUDE_SUFFIX}"
+
+
+def magnitude_module(key: str) -> str | None:
+    """The module of a DoRA magnitude key; None for any other key."""
+    if key.startswith(KEY_PREFIX) and key.endswith(MAGNITUDE_SUFFIX) and len(key) > len(KEY_PREFIX + MAGNITUDE_SUFFIX):
+        return key[len(KEY_PREFIX) : -len(MAGNITUDE_SUFFIX)]
+    return None
+
+
 # Patterns come from configs anyone can write: matched with the `regex` engine, which can stop a match
 # (a pattern like (a|aa)+$ backtracks exponentially in Python's re), after this many seconds.
 REGEX_TIMEOUT_S = 0.1
@@ -96,11 +110,13 @@ def targets_module(target_modules: str | Iterable[str] | None, module: str) -> b
 
 @dataclass(frozen=True)
 class Factors:
-    """One module's LoRA: A (r x in), B (out x r), scaling s; delta = s * B @ A."""
+    """One module's LoRA: A (r x in), B (out x r), scaling s; delta = s * B @ A. A DoRA module also has
+    its magnitude vector m (out): merged, W' = m / ||W + delta||_row * (W + delta), as PEFT merges it."""
 
     A: torch.Tensor
     B: torch.Tensor
     scaling: float
+    magnitude: torch.Tensor | None = None
 
     @property
     def in_features(self) -> int:
@@ -120,7 +136,7 @@ def load_factors(weights_path: str | Path, config: Mapping[str, Any]) -> dict[st
         if parsed is not None:
             pairs.setdefault(parsed[0], {})[parsed[1]] = value
     return {
-        module: Factors(pair["A"], pair["B"], module_scaling(config, module))
+        module: Factors(pair["A"], pair["B"], module_scaling(config, module), tensors.get(magnitude_key(module)))
         for module, pair in sorted(pairs.items())
         if "A" in pair and "B" in pair
     }

@@ -5,17 +5,21 @@ refused whole, by the hub's validation and by the client's Adapter.load alike (b
 Shared by the hub and the thin client, like registry.lora: imports nothing of quiver_hub but that.
 
 Three answers for a LoRA adapter's parts:
-- applied: the factors lora_A / lora_B of each module, r and lora_alpha with rank_pattern / alpha_pattern
-  and use_rslora, fan_in_fan_out, and the settings that only choose modules (target_modules,
-  layers_to_transform, layers_pattern, exclude_modules); settings that matter only while training or
-  for initialisation, and descriptive metadata, change nothing a merge computes;
+- applied: the factors lora_A / lora_B of each module (and with use_dora its magnitude vector), r and
+  lora_alpha with rank_pattern / alpha_pattern and use_rslora, fan_in_fan_out, and the settings that
+  only choose modules (target_modules, layers_to_transform, layers_pattern, exclude_modules); settings
+  that matter only while training or for initialisation, and descriptive metadata, change nothing a
+  merge computes;
 - stored but not merged (`unmergeable`): what PEFT itself refuses to merge, such as activated LoRA
   (alora_invocation_tokens): the hub keeps it for download, the client refuses to merge or mix it with
   PEFT's reason;
-- refused (`unsupported`): every other tensor (DoRA magnitudes, saved modules and classifier heads, LoRA
-  on embeddings, biases, trainable token deltas) and every setting that changes the computation
-  (use_dora, lora_bias, target_parameters, layer_replication, ...), and any setting Quiver does not know
-  that is set to something other than its default.
+- refused (`unsupported`): every other tensor (saved modules and classifier heads, LoRA on embeddings,
+  biases, trainable token deltas) and every setting that changes the computation (lora_bias,
+  target_parameters, layer_replication, ...), and any setting Quiver does not know that is set to
+  something other than its default.
+
+DoRA is merged exactly; what cannot take its magnitudes refuses it by name (`dora_refusal`): weighted
+merges, Arrow's token-level mixing, few-shot composition and cluster adapters.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from quiver_hub.registry.lora import split_key
+from quiver_hub.registry.lora import magnitude_module, split_key
 
 # Settings whose effect Quiver applies (registry.lora), or that choose which modules carry factors (the
 # factors present in the file are what is applied, checked against target_modules by the hub).
@@ -39,6 +43,7 @@ APPLIED = {
     "layers_pattern",
     "exclude_modules",
     "base_model_name_or_path",
+    "use_dora",  # DoRA: its magnitude vectors rescale each merged weight's rows (registry.lora.Factors)
 }
 # Settings that change nothing a merge computes: metadata, training-time and initialisation-time choices,
 # and options that matter only with another setting refused below (bias: see TENSORS).
@@ -65,7 +70,6 @@ NO_EFFECT = {
 }
 # Settings PEFT would apply in a way Quiver does not (yet): refused whenever set.
 CHANGES_THE_MODEL = {
-    "use_dora": "DoRA (use_dora): the magnitude vectors rescale each merged weight",
     "lora_bias": "lora_bias: a bias on lora_B",
     "target_parameters": "target_parameters: LoRA on parameters rather than on modules",
     "layer_replication": "layer_replication: layers copied into a deeper model",
@@ -86,7 +90,7 @@ PEFT_REFUSES_TO_MERGE = {
 }
 # Tensors other than the factors, by the part of the key that says what they are.
 TENSORS = (
-    (".lora_magnitude_vector", "DoRA magnitude vectors"),
+    (".lora_magnitude_vector", "DoRA magnitude vectors of an adapter whose config does not say use_dora"),
     (".lora_embedding_A", "LoRA on an embedding"),
     (".lora_embedding_B", "LoRA on an embedding"),
     (".lora_B.bias", "lora_bias (a bias on lora_B)"),
@@ -124,8 +128,9 @@ def unsupported(config: Mapping[str, Any], keys: Iterable[str]) -> list[str]:
     if config.get("bias", "none") not in ("none", "all", "lora_only", None):
         problems.append(f"adapter_config.json: bias = {config.get('bias')!r}")
     other: dict[str, list[str]] = {}
+    dora = bool(config.get("use_dora"))
     for key in keys:
-        if split_key(key) is None:
+        if split_key(key) is None and not (dora and magnitude_module(key) is not None):
             other.setdefault(tensor_kind(key), []).append(key)
     for kind, found in sorted(other.items()):
         shown = ", ".join(sorted(found)[:3]) + (f" and {len(found) - 3} more" if len(found) > 3 else "")
@@ -142,4 +147,12 @@ def refusal(problems: list[str]) -> str:
     """One message for everything refused."""
     return "Quiver cannot apply this adapter as PEFT does, and refuses it rather than apply part of it: " + "; ".join(
         problems
+    )
+
+
+def dora_refusal(name: str, what: str) -> str:
+    """Why a DoRA adapter cannot take part in `what` (a merge with weights or beside others, Arrow...)."""
+    return (
+        f"{name} is a DoRA adapter (use_dora): {what} is not defined for it, since its magnitudes rescale the "
+        "whole merged weight; merge it alone, with weight 1, as PEFT's merge_and_unload does"
     )

@@ -158,7 +158,11 @@ def check_factors(config: dict[str, Any], tensors: dict) -> set[str]:
     if len(tensors) > 2 * MAX_MODULES:
         raise InvalidAdapter(f"{name}: more than {MAX_MODULES} modules")
     factors: dict[str, dict[str, tuple[int, ...]]] = {}
+    magnitudes: dict[str, tuple[int, ...]] = {}
     for key, info in tensors.items():
+        if (dora_module := lora.magnitude_module(key)) is not None:  # with use_dora (peft_format)
+            magnitudes[dora_module] = info.shape
+            continue
         module, side = lora.split_key(key)  # every other tensor was refused by peft_format.unsupported
         if len(module) > MAX_MODULE_NAME_CHARS:
             raise InvalidAdapter(f"{name}: module name {module[:60]!r}... is longer than {MAX_MODULE_NAME_CHARS}")
@@ -189,6 +193,14 @@ def check_factors(config: dict[str, Any], tensors: dict) -> set[str]:
             raise InvalidAdapter(
                 f"{name}: {module} has factors but is not selected by target_modules {config.get('target_modules')!r}"
             )
+        if config.get("use_dora") and magnitudes.get(module) != (b[0],):
+            got = magnitudes.get(module)
+            raise InvalidAdapter(
+                f"{name}: {module}: a DoRA adapter needs its magnitude vector of {b[0]} values (one per output), "
+                + (f"got shape {list(got)}" if got else "and it has none")
+            )
+    if stray := sorted(set(magnitudes) - set(factors)):
+        raise InvalidAdapter(f"{name}: DoRA magnitude vectors for modules without factors: {', '.join(stray[:3])}")
     return set(factors)
 
 
@@ -196,6 +208,8 @@ def factor_shapes(tensors: dict) -> dict[str, tuple[int, int]]:
     """(in_features, out_features) per module, from checked headers: A is r x in, B is out x r."""
     shapes: dict[str, list[int]] = {}
     for key, info in tensors.items():
+        if lora.split_key(key) is None:  # a DoRA magnitude vector
+            continue
         module, side = lora.split_key(key)
         shapes.setdefault(module, [0, 0])[0 if side == "A" else 1] = info.shape[1 if side == "A" else 0]
     return {m: (s[0], s[1]) for m, s in shapes.items()}

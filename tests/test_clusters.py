@@ -329,3 +329,19 @@ def test_landmark_rows_agree_with_the_exact_recipe() -> None:
     assert adjusted_rand_score(exact.labels, approximate.labels) >= 0.95
     chosen = cluster(X, exact_max=500)  # k chosen by silhouette on the landmark rows too
     assert chosen.k == 6
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_cluster_holding_a_dora_adapter_is_not_averaged(server: LiveServer, tmp_path: Path) -> None:
+    """A DoRA adapter is stored, routed and clustered like any other; but its magnitudes rescale the whole
+    merged weight, so an average of deltas is not what its members mean: the merge says so by name."""
+    token = server.token("alice")
+    folders = [peft_folder(tmp_path, 1, 4, 8), peft_folder(tmp_path, 2, 4, 8, use_dora=True)]
+    with server.client(token) as c:
+        for i, folder in enumerate(folders):
+            assert c.post(f"/v1/adapters/alice/member{i}", files=upload_parts(folder)).status_code == 201
+        run = c.post("/v1/clusters", json={"base_model": BASE_MODEL, "k": 1}).json()
+        assert run["status"] == "done", run
+        merged = c.post(f"/v1/clusters/{run['id']}/merge", json={})
+        assert merged.status_code == 400 and "alice/member1 is a DoRA adapter" in merged.text, merged.text
+        assert c.get("/v1/adapters", params={"tag": "mbc-cluster"}).json()["adapters"] == []

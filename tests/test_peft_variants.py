@@ -83,9 +83,16 @@ MERGED = {
     ),
     "llama bias=all (it has no biases)": (tiny_llama, dict(target_modules=QV, bias="all"), {}, None),
     "unknown setting at its default": (tiny_llama, dict(target_modules=QV), {}, edited({"a_future_flag": None})),
+    "dora": (tiny_llama, dict(target_modules=["q_proj", "v_proj", "down_proj"], use_dora=True), {}, None),
+    "dora + rslora + patterns": (
+        tiny_llama,
+        dict(target_modules=QV, use_dora=True, use_rslora=True, rank_pattern={"v_proj": 2}),
+        {},
+        None,
+    ),
+    "gpt2 dora": (tiny_gpt2, dict(target_modules=["c_attn"], fan_in_fan_out=True, use_dora=True), {}, None),
 }
 REFUSED = {
-    "dora": (tiny_llama, dict(target_modules=QV, use_dora=True), {}, None, "DoRA"),
     "modules_to_save lm_head": (
         tiny_llama,
         dict(target_modules=QV, modules_to_save=["lm_head"]),
@@ -144,6 +151,13 @@ REFUSED = {
         {},
         edited({"a_future_flag": True}),
         "a_future_flag",
+    ),
+    "magnitudes without use_dora": (
+        tiny_llama,
+        dict(target_modules=QV),
+        {},
+        edited(tensors={"base_model.model.model.layers.0.self_attn.q_proj.lora_magnitude_vector": torch.ones(32)}),
+        "DoRA magnitude vectors",
     ),
     "planted unknown tensor": (
         tiny_llama,
@@ -329,5 +343,18 @@ def test_every_adapter_of_a_multi_adapter_folder_is_checked(server: LiveServer, 
         assert {"second/adapter_config.json", "second/adapter_model.safetensors"} <= {
             f["path"] for f in ok.json()["files"]
         }
-        bad = c.post("/v1/adapters/alice/two-bad", files=upload_parts(folder_with({"use_dora": True}, "bad")))
-        assert bad.status_code == 422 and "the adapter in second/" in bad.text and "DoRA" in bad.text, bad.text
+        bad = c.post("/v1/adapters/alice/two-bad", files=upload_parts(folder_with({"lora_bias": True}, "bad")))
+        assert bad.status_code == 422 and "the adapter in second/" in bad.text and "lora_bias" in bad.text, bad.text
+
+
+def test_a_dora_adapter_is_merged_alone_and_refused_where_its_magnitudes_cannot_go(tmp_path: Path) -> None:
+    dora = make(tmp_path, "dora", *MERGED["dora"])
+    plain = make(tmp_path, "plain", *MERGED["plain"])
+    model = tiny_llama()
+    before = snapshot(model)
+    for adapters, weights in (([dora, plain], None), ([dora], [0.5])):
+        with pytest.raises(ValueError, match="DoRA adapter"):
+            merge(model, adapters, weights)
+        assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())
+    with pytest.raises(ValueError, match="DoRA adapter.*Arrow"):
+        apply_arrow(model, [dora, plain])

@@ -5,6 +5,7 @@ them those names answer with the extra to install."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import time
 import warnings
@@ -25,6 +26,25 @@ from quiver_hub.credentials import default_endpoint, forget, save
 from quiver_hub.errors import HubError
 
 app = typer.Typer(help="Quiver: a hub for LoRA adapters.", no_args_is_help=True, add_completion=False)
+
+
+def show_version(value: bool) -> None:
+    if value:
+        from quiver_hub import __version__
+
+        print(f"quiver {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def options(
+    version: Annotated[
+        bool, typer.Option("--version", callback=show_version, is_eager=True, help="print the version and exit")
+    ] = False,
+) -> None:
+    """Quiver: a hub for LoRA adapters."""
+
+
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)  # never break a message across lines
 
@@ -144,7 +164,7 @@ def upload(folder: Path, repo: str, endpoint: str | None, token: str | None, exc
 
 @app.command()
 def pull(
-    spec: Annotated[str, typer.Argument(help="namespace/name[@revision or @number]")],
+    spec: Annotated[str, typer.Argument(help="namespace/name\\[@revision or @number]")],
     endpoint: Endpoint = None,
     token: Token = None,
 ) -> None:
@@ -190,7 +210,7 @@ def search(
 
 @app.command()
 def info(
-    spec: Annotated[str, typer.Argument(help="namespace/name[@revision]")],
+    spec: Annotated[str, typer.Argument(help="namespace/name\\[@revision]")],
     endpoint: Endpoint = None,
     token: Token = None,
 ) -> None:
@@ -450,4 +470,12 @@ def main() -> None:
     if not loaded:
         for name in SERVER_COMMANDS:
             needs_server(name)
-    app()
+    if os.environ.get("QUIVER_DEBUG"):
+        app()
+        return
+    try:
+        app()
+    except (HubError, ValueError, OSError) as e:  # what a user can act on: one line, never a traceback
+        message = e.message if isinstance(e, HubError) else str(e)
+        err.print(f"[red]error:[/] {escape(message)} (QUIVER_DEBUG=1 shows where)", highlight=False)
+        raise SystemExit(1) from None

@@ -10,18 +10,19 @@ import tempfile
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
-import torch
-from safetensors.torch import load
 
 from quiver_hub.cache import Cache
-from quiver_hub.capture import capture_inputs, chat_tokens, reference_means, routing_payload, text_tokens
-from quiver_hub.composition import Composition
 from quiver_hub.credentials import default_endpoint, default_token
 from quiver_hub.errors import HubError, error_for
-from quiver_hub.routing import Routing, combine, split_requests
+
+if TYPE_CHECKING:  # the model work imports torch, which the commands that only talk HTTP never need
+    import torch
+
+    from quiver_hub.composition import Composition
+    from quiver_hub.routing import Routing
 
 SKIPPED_DIRS = (".git", ".cache", "__pycache__", ".ipynb_checkpoints")
 ROUTE_METHODS = ("arrow", "arrow-centered", "arrow+examples")
@@ -53,6 +54,7 @@ def convert_pickled_weights(paths: dict[str, Path], into: Path) -> str | None:
     unpickles anything). What was done, for the user; None when there was nothing to convert."""
     if PICKLED_WEIGHTS not in paths or "adapter_model.safetensors" in paths:
         return None
+    import torch
     from safetensors.torch import save_file
 
     try:
@@ -180,6 +182,15 @@ class Hub:
             warnings.warn(f"{repo}: {notice}", UserWarning, stacklevel=2)
         return version
 
+    def tag(self, spec: str, tag: str, message: str = "") -> dict:
+        """Name the version `spec` names (`ns/name` is the latest) with `tag`."""
+        repo, rev = split_repo(spec)
+        body = {"tag": tag, "revision": rev or "latest", "message": message}
+        return self._call("POST", f"/v1/adapters/{repo}/tags", json=body)
+
+    def untag(self, repo: str, tag: str) -> None:
+        self._request("DELETE", f"/v1/adapters/{repo}/tags/{tag}")
+
     def delete(self, spec: str) -> list[dict]:
         repo, rev = split_repo(spec)
         path = f"/v1/adapters/{repo}" + (f"/versions/{rev}" if rev else "")
@@ -207,6 +218,8 @@ class Hub:
     def prototypes(self, spec: str) -> dict[str, torch.Tensor]:
         """The version's Arrow prototypes as the hub computed them at publish (module -> unit vector)."""
         repo, rev = split_repo(spec)
+        from safetensors.torch import load
+
         return load(self._request("GET", f"/v1/adapters/{repo}/versions/{rev or 'latest'}/prototypes").content)
 
     def pull(self, spec: str, progress: Callable[[str, int, int], None] | None = None) -> Path:
@@ -312,6 +325,9 @@ class Hub:
         "arrow-centered", on the states minus each module's mean input over ordinary text
         (capture.reference_means), which all inputs share; "arrow+examples" (the default), centered, and
         averaged with how close the user's words are to each adapter's example inputs."""
+        from quiver_hub.capture import capture_inputs, chat_tokens, reference_means, text_tokens
+        from quiver_hub.routing import Routing, combine, split_requests
+
         if method not in ROUTE_METHODS:
             raise ValueError(f"method must be one of {', '.join(ROUTE_METHODS)}, got {method!r}")
         words = None
@@ -351,6 +367,8 @@ class Hub:
         return combine(answers, limit)
 
     def _route_request(self, states: Mapping[str, Any], params: dict) -> list[dict]:
+        from quiver_hub.capture import routing_payload
+
         return self._call(
             "POST",
             "/v1/route",

@@ -194,18 +194,103 @@ def pull(
 
 @app.command()
 def search(
-    query: str, base_model: str | None = None, limit: int = 10, endpoint: Endpoint = None, token: Token = None
+    query: str,
+    base_model: str | None = None,
+    task: Annotated[str | None, typer.Option(help="only adapters of this task")] = None,
+    tag: Annotated[list[str] | None, typer.Option(help="only adapters with this tag (repeatable: all of them)")] = None,
+    limit: int = 10,
+    endpoint: Endpoint = None,
+    token: Token = None,
 ) -> None:
     """Find adapters by meaning."""
     try:
         with hub(endpoint, token) as h:
-            results = h.search(query, base_model=base_model, limit=limit)
+            results = h.search(query, base_model=base_model, task=task, tags=tag or (), limit=limit)
     except HubError as e:
         fail(e)
     table = Table("score", "adapter", "version", "base model", "task")
     for r in results:
         table.add_row(f"{r['score']:.3f}", r["id"], str(r["version"]), r["base_model"], r["task"] or "")
     out.print(table if results else "no adapters match")
+
+
+@app.command("list")
+def list_command(
+    base_model: Annotated[str | None, typer.Option(help="only adapters of this base model")] = None,
+    task: Annotated[str | None, typer.Option(help="only adapters of this task")] = None,
+    tag: Annotated[str | None, typer.Option(help="only adapters with this tag")] = None,
+    namespace: Annotated[str | None, typer.Option(help="only this user's or organisation's")] = None,
+    endpoint: Endpoint = None,
+    token: Token = None,
+) -> None:
+    """Every adapter you can see, newest first, with its latest version."""
+    filters = {"base_model": base_model, "task": task, "tag": tag, "namespace": namespace}
+    try:
+        with hub(endpoint, token) as h:
+            adapters = h.list(**{k: v for k, v in filters.items() if v})
+    except HubError as e:
+        fail(e)
+    table = Table("adapter", "latest", "base model", "task", "visibility")
+    for a in adapters:
+        latest = a.get("latest") or {}
+        table.add_row(a["id"], str(latest.get("version", "-")), a["base_model"], a.get("task") or "", a["visibility"])
+    out.print(table if adapters else "no adapters")
+
+
+@app.command()
+def delete(
+    spec: Annotated[str, typer.Argument(help="namespace/name (every version) or namespace/name@version")],
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="do not ask")] = False,
+    endpoint: Endpoint = None,
+    token: Token = None,
+) -> None:
+    """Delete an adapter, or one of its versions (the versions' numbers are never reused)."""
+    if not yes:
+        typer.confirm(f"delete {spec}?", abort=True)
+    try:
+        with hub(endpoint, token) as h:
+            deleted = h.delete(spec)
+    except HubError as e:
+        fail(e)
+    names = [f"{d['id']}@{d['version']}" for d in deleted]
+    out.print(f"deleted {', '.join(names) or 'nothing'}")
+
+
+tag_app = typer.Typer(help="Tags: names for versions.", no_args_is_help=True)
+app.add_typer(tag_app, name="tag")
+
+
+@tag_app.command("create")
+def tag_create(
+    spec: Annotated[str, typer.Argument(help="namespace/name\\[@version] (default: the latest)")],
+    tag: Annotated[str, typer.Argument(help="the tag, e.g. v1.0")],
+    message: str = "",
+    endpoint: Endpoint = None,
+    token: Token = None,
+) -> None:
+    """Name a version with a tag (ns/name@v1.0 then pulls it)."""
+    try:
+        with hub(endpoint, token) as h:
+            made = h.tag(spec, tag, message)
+    except HubError as e:
+        fail(e)
+    out.print(f"tagged {made['version']['id']} version {made['version']['version']} as {made['name']}")
+
+
+@tag_app.command("delete")
+def tag_delete(
+    repo: Annotated[str, typer.Argument(help="namespace/name")],
+    tag: str,
+    endpoint: Endpoint = None,
+    token: Token = None,
+) -> None:
+    """Remove a tag (the version stays)."""
+    try:
+        with hub(endpoint, token) as h:
+            h.untag(repo, tag)
+    except HubError as e:
+        fail(e)
+    out.print(f"removed tag {tag} of {repo}")
 
 
 @app.command()

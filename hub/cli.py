@@ -14,14 +14,15 @@ import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
-from sqlalchemy import inspect
 
-from quiver_hub.hub.services import Services
 from quiver_hub.hub.settings import Settings, SettingsError, load_settings
+
+if TYPE_CHECKING:  # the hub's services (torch, FAISS, the database) load in the commands that use them
+    from quiver_hub.hub.services import Services
 
 admin_app = typer.Typer(
     help="Operator commands on the hub's database: users, organisations, tokens, the audit log.",
@@ -71,6 +72,8 @@ def serve(
     # the server's threads for the same cores and slow every publish on a busy hub several times. This
     # is the process's entry point, so it sets the process-wide pool (an app embedded elsewhere does not).
     torch.set_num_threads(settings.analysis_threads)
+    from quiver_hub.hub.services import Services
+
     Services.open(settings).close()  # migrate before accepting connections, and fail early if we cannot
     err.print(f"[bold]quiver[/] database {redact(settings.db_url)}, files under {settings.home.resolve()}")
     uvicorn.Server(server_config(create_app(settings), settings, host or settings.host, port or settings.port)).run()
@@ -80,6 +83,8 @@ def database_exists(settings: Settings) -> bool:
     """Whether the database the settings name holds Quiver's schema already."""
     if settings.database_url is None:
         return Path(settings.db_url.split("///", 1)[1]).is_file()
+    from sqlalchemy import inspect
+
     from quiver_hub.registry.db import make_engine
 
     engine = make_engine(settings.db_url)
@@ -101,6 +106,8 @@ def operator_services(init: bool = False) -> Iterator[Services]:
             "QUIVER_HOME or QUIVER_DATABASE_URL; or pass --init to create one."
         )
         raise typer.Exit(2)
+    from quiver_hub.hub.services import Services
+
     services = Services.open(settings)
     try:
         yield services
@@ -265,6 +272,8 @@ def blobs_copy(
 
 def migrate() -> None:
     """Apply the database migrations and exit."""
+    from quiver_hub.hub.services import Services
+
     Services.open(operator_settings()).close()
     print("database is up to date")
 

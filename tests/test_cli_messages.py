@@ -6,15 +6,17 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from tests.conftest import free_port
+from tests.adapters import upload_parts, write_adapter
+from tests.conftest import LiveServer, free_port
 
 
 def quiver(*args: str, **env: str) -> subprocess.CompletedProcess:
     full = {k: v for k, v in os.environ.items() if not k.startswith("QUIVER_")}
-    full.update(QUIVER_ENDPOINT=f"http://127.0.0.1:{free_port()}", **env)  # nothing listens there
+    full.update({"QUIVER_ENDPOINT": f"http://127.0.0.1:{free_port()}", **env})  # default: nothing listens there
     return subprocess.run(
         [sys.executable, "-m", "quiver_hub", *args], env=full, capture_output=True, text=True, timeout=120
     )
@@ -44,3 +46,40 @@ def test_help_shows_the_revision_syntax_and_the_version() -> None:
     assert pull.returncode == 0 and "namespace/name[@revision or @number]" in pull.stdout, pull.stdout
     version = quiver("--version")
     assert version.returncode == 0 and version.stdout.startswith("quiver ")
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_list_tag_and_delete(server: LiveServer, tmp_path: Path) -> None:
+    token = server.token("alice")
+    with server.client(token) as c:
+        for name in ("fr", "de"):
+            files = upload_parts(write_adapter(tmp_path / name))
+            assert c.post(f"/v1/adapters/alice/{name}", files=files, data={"task": name}).status_code == 201
+    env = {"QUIVER_ENDPOINT": server.url, "QUIVER_TOKEN": token}
+    listed = quiver("list", "--task", "fr", **env)
+    assert listed.returncode == 0 and "alice/fr" in listed.stdout and "alice/de" not in listed.stdout, listed
+    tagged = quiver("tag", "create", "alice/fr@1", "v1.0", **env)
+    assert tagged.returncode == 0 and "as v1.0" in tagged.stdout, tagged.stderr
+    with server.client(token) as c:
+        assert c.get("/v1/adapters/alice/fr/versions/v1.0").json()["version"] == 1
+    assert quiver("tag", "delete", "alice/fr", "v1.0", **env).returncode == 0
+    deleted = quiver("delete", "alice/de", "--yes", **env)
+    assert deleted.returncode == 0 and "deleted alice/de@1" in deleted.stdout, deleted.stderr
+    asked = quiver("delete", "alice/fr", **env)  # no --yes, no terminal: nothing is deleted
+    assert asked.returncode != 0
+    with server.client(token) as c:
+        assert c.get("/v1/adapters/alice/de").status_code == 404 and c.get("/v1/adapters/alice/fr").status_code == 200
+    help_ = quiver("--help")
+    assert all(command in help_.stdout for command in ("list", "delete", "tag"))
+
+
+def test_the_command_starts_without_torch() -> None:
+    """`quiver --help`, whoami, search, info and list import no torch (bench/bench_cli.py times them beside
+    `hf --help`): the command, its operator commands and the HTTP client load without it."""
+    code = (
+        "import sys, quiver_hub.cli, quiver_hub.hub.cli, quiver_hub.api\n"
+        "heavy = sorted(m for m in ('torch', 'faiss', 'sentence_transformers', 'numpy') if m in sys.modules)\n"
+        "print(heavy)"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0 and run.stdout.strip() == "[]", run.stdout + run.stderr

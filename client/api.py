@@ -6,11 +6,13 @@ import contextlib
 import fnmatch
 import json
 import os
+import re
 import tempfile
+import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
 
@@ -45,6 +47,31 @@ def upload_paths(folder: Path, exclude: Sequence[str] = ()) -> dict[str, Path]:
 
 
 PICKLED_WEIGHTS = "adapter_model.bin"
+# What transformers' save_pretrained writes for a whole model: its weights, sharded or not, and their index.
+MODEL_WEIGHTS = re.compile(
+    r"(model|pytorch_model|tf_model|flax_model)(-\d+-of-\d+)?\.(safetensors|bin|h5|msgpack)(\.index\.json)?"
+)
+
+
+def preflight(folder: Path, paths: dict[str, Path]) -> None:
+    """Refuse, before a byte is sent, a folder that is not an adapter: a full model checkpoint (its
+    weights are gigabytes the hub would refuse after receiving them), or a folder without PEFT's config."""
+    weights = sorted(p for p in paths if MODEL_WEIGHTS.fullmatch(p.rsplit("/", 1)[-1]))
+    size = sum(paths[p].stat().st_size for p in weights)
+    if "adapter_config.json" not in paths:
+        if weights or "config.json" in paths:
+            raise ValueError(
+                f"{folder} is a full model checkpoint ({', '.join(weights[:3]) or 'config.json'}), not a PEFT "
+                "adapter: push the folder PEFT's save_pretrained wrote for the adapter (adapter_config.json and "
+                "adapter_model.safetensors)"
+            )
+        raise ValueError(f"{folder} has no adapter_config.json: it is not a PEFT adapter folder")
+    if weights:
+        raise ValueError(
+            f"{folder} holds a full model's weights beside the adapter ({', '.join(weights[:3])}, "
+            f"{size / 1e6:.0f} MB): leave them out with --exclude 'model*' (exclude=['model*']) or push the "
+            "adapter's own folder"
+        )
 
 
 def convert_pickled_weights(paths: dict[str, Path], into: Path) -> str | None:
@@ -71,6 +98,29 @@ def convert_pickled_weights(paths: dict[str, Path], into: Path) -> str | None:
     del paths[PICKLED_WEIGHTS]
     paths["adapter_model.safetensors"] = target
     return f"converted {PICKLED_WEIGHTS} to adapter_model.safetensors here (torch.load with weights_only=True)"
+
+
+RETRIES = 4  # after the first try: 0.5, 1, 2 and 4 s apart
+RETRIES_REFUSED = 2  # a hub that refuses connections is down more often than restarting: 0.5 and 1 s
+TRANSIENT = (502, 503, 504)
+T = TypeVar("T")
+
+
+def retrying(action: Callable[[], T]) -> T:
+    """`action`, tried again after a lost connection or a 502/503/504 (a hub restarting, a proxy between),
+    with exponential backoff; any other error, and the last one, is raised."""
+    for attempt in range(RETRIES + 1):
+        try:
+            return action()
+        except httpx.TransportError as e:  # lost in the middle of a download
+            if attempt == RETRIES:
+                raise HubError(0, "unreachable", f"the connection to the hub was lost: {e}") from None
+        except HubError as e:
+            refused = e.status == 0 and e.code == "unreachable"
+            if not (refused or e.status in TRANSIENT) or attempt == (RETRIES_REFUSED if refused else RETRIES):
+                raise
+        time.sleep(0.5 * 2**attempt)
+    raise AssertionError("unreachable")
 
 
 def offline() -> bool:
@@ -113,7 +163,13 @@ class Hub:
         return self._request(method, path, **kwargs).json()
 
     def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        """The hub's successful response; a hub error as its exception, an unreachable hub as HubError."""
+        """The hub's successful response; a hub error as its exception, an unreachable hub as HubError.
+        Reads (GET, HEAD) are tried again on a lost connection or a 502/503/504, with backoff."""
+        if method in ("GET", "HEAD"):
+            return retrying(lambda: self._request_once(method, path, **kwargs))
+        return self._request_once(method, path, **kwargs)
+
+    def _request_once(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         try:
             response = self._http.request(method, path, **kwargs)
         except httpx.TransportError as e:
@@ -156,6 +212,7 @@ class Hub:
             else:
                 folder = Path(folder_or_model)
             paths = upload_paths(folder, exclude)
+            preflight(folder, paths)
             if converted := convert_pickled_weights(paths, Path(tmp)):
                 warnings.warn(f"{folder}: {converted}", UserWarning, stacklevel=2)
             if examples is not None:
@@ -230,25 +287,28 @@ class Hub:
         (id or number) come from the cache alone."""
         repo, rev = split_repo(spec)
         if offline():
-            if rev and (revision := self.cache.cached_revision(repo, rev)):
+            if revision := self.cache.cached_revision(repo, rev):
                 return self.cache.version_dir(repo, revision)
-            raise HubError(0, "offline", f"QUIVER_OFFLINE is set and {spec} is not in the cache pinned to a revision")
+            raise HubError(0, "offline", f"QUIVER_OFFLINE is set and {spec} is not in the cache")
         try:
             version = self._call("GET", f"/v1/adapters/{repo}/versions/{rev or 'latest'}")
         except HubError as e:
-            if e.code == "unreachable" and rev and (revision := self.cache.cached_revision(repo, rev)):
+            if e.code == "unreachable" and (revision := self.cache.cached_revision(repo, rev)):
                 warnings.warn(f"{e.message}; using {repo}@{revision} from the cache", RuntimeWarning, stacklevel=2)
                 return self.cache.version_dir(repo, revision)
             raise
         revision = version["revision"]
-        if (folder := self.cache.version_dir(repo, revision)).is_dir():
-            return folder
-        files = {}
-        for f in version["files"]:
-            url = f"/v1/adapters/{repo}/versions/{revision}/files/{f['path']}"
-            fetch = lambda start, url=url, f=f: self._stream(url, start, f["path"], f["size"], progress)  # noqa: E731
-            files[f["path"]] = self.cache.blob(f["sha256"], f["size"], fetch)
-        return self.cache.add_version(repo, version["version"], revision, files)
+        if not (folder := self.cache.version_dir(repo, revision)).is_dir():
+            files = {}
+            for f in version["files"]:
+                url = f"/v1/adapters/{repo}/versions/{revision}/files/{f['path']}"
+                fetch = lambda start, url=url, f=f: self._stream(url, start, f["path"], f["size"], progress)  # noqa: E731
+                # a connection lost or a 5xx: tried again, resuming from the bytes already here
+                files[f["path"]] = retrying(lambda f=f, fetch=fetch: self.cache.blob(f["sha256"], f["size"], fetch))
+            folder = self.cache.add_version(repo, version["version"], revision, files)
+        if rev is None:
+            self.cache.remember_latest(repo, revision)
+        return folder
 
     def _stream(
         self,

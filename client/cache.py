@@ -39,8 +39,22 @@ class Cache:
     def version_dir(self, repo: str, revision: str) -> Path:
         return self.root / "adapters" / repo / revision
 
-    def cached_revision(self, repo: str, rev: str) -> str | None:
-        """The revision id of a pinned `rev` (a revision id or a version number) if it is cached."""
+    def remember_latest(self, repo: str, revision: str) -> None:
+        """What the hub last said `repo` (unpinned) means, for offline use (as huggingface_hub keeps
+        refs/main)."""
+        ref = self.root / "adapters" / repo / "refs" / "latest"
+        ref.parent.mkdir(parents=True, exist_ok=True)
+        tmp = ref.with_name(f".latest.{os.getpid()}")
+        tmp.write_text(revision)
+        os.replace(tmp, ref)
+
+    def cached_revision(self, repo: str, rev: str | None) -> str | None:
+        """The revision id of a pinned `rev` (a revision id or a version number) if it is cached; with
+        `rev` None, the one the hub last answered for the unpinned name."""
+        if rev is None or rev == "latest":
+            ref = self.root / "adapters" / repo / "refs" / "latest"
+            revision = ref.read_text().strip() if ref.is_file() else None
+            return revision if revision and self.version_dir(repo, revision).is_dir() else None
         if len(rev) == 40 and self.version_dir(repo, rev).is_dir():
             return rev
         number = self.root / "adapters" / repo / "numbers" / rev

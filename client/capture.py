@@ -9,12 +9,20 @@ the user's words in context), but only the tokens of the last user message are r
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
+import hashlib
+import json
+import os
+import sys
+from collections.abc import Collection, Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from safetensors.numpy import save
+from safetensors.torch import load_file, save_file
+
+from quiver_hub.cache import default_cache_dir
 
 Message = Mapping[str, str]
 
@@ -113,15 +121,22 @@ def reference_means(
     model: torch.nn.Module, tokenizer: Any, modules: Collection[str], chat: bool | None = None
 ) -> dict[str, torch.Tensor]:
     """The mean input of each module over REFERENCE (every token, each text chat-formatted as a user
-    message when `chat`, by default when the tokenizer has a chat template), kept on the model so it is
-    measured once."""
+    message when `chat`, by default when the tokenizer has a chat template). Measured once per model: kept
+    on the model, and on disk under QUIVER_CACHE/reference keyed by the model's weights, the tokenizer and
+    the reference texts, so a new process reads them instead of running the model over every text (with
+    progress on a terminal the first time)."""
     chat = bool(getattr(tokenizer, "chat_template", None)) if chat is None else chat
     cache: dict[str, torch.Tensor] = model.__dict__.setdefault("_quiver_reference", {}).setdefault(chat, {})
     missing = [m for m in modules if m not in cache]
     if missing:
+        stored = reference_file(model, tokenizer, chat)
+        if stored.is_file():
+            cache.update({m: t for m, t in load_file(str(stored)).items() if m in missing})
+            missing = [m for m in missing if m not in cache]
+    if missing:
         sums: dict[str, torch.Tensor] = {}
         count = 0
-        for text in REFERENCE:
+        for text in progress(REFERENCE, f"measuring {len(missing)} modules' mean inputs once for this model"):
             ids = (
                 chat_tokens(tokenizer, [{"role": "user", "content": text}])[0]
                 if chat
@@ -131,8 +146,49 @@ def reference_means(
             for m, h in states.items():
                 sums[m] = sums.get(m, 0) + h.double().sum(0)
             count += len(ids)
-        cache.update({m: (s / count).float() for m, s in sums.items()})
+        cache.update({m: (s / count).float().cpu() for m, s in sums.items()})
+        keep_on_disk(stored, cache)
     return {m: cache[m] for m in modules if m in cache}
+
+
+def fingerprint(model: torch.nn.Module, tokenizer: Any, chat: bool) -> str:
+    """What the reference means depend on, hashed: every parameter's name, shape and dtype and a strided
+    sample of its values (a fine-tuned or merged model differs there; reading every weight of a 7B model
+    would cost more than it saves), the tokenizer's vocabulary size and chat template, the texts."""
+    digest = hashlib.sha256(json.dumps([REFERENCE, chat, getattr(tokenizer, "chat_template", None)]).encode())
+    digest.update(str(len(tokenizer) if hasattr(tokenizer, "__len__") else "").encode())
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            flat = p.detach().reshape(-1)
+            sample = flat[:: max(1, flat.numel() // 256)][:256].to("cpu", torch.float64)
+            digest.update(f"{name}{tuple(p.shape)}{p.dtype}".encode() + sample.numpy().tobytes())
+    return digest.hexdigest()
+
+
+def reference_file(model: torch.nn.Module, tokenizer: Any, chat: bool) -> Path:
+    return default_cache_dir() / "reference" / f"{fingerprint(model, tokenizer, chat)}.safetensors"
+
+
+def keep_on_disk(path: Path, means: Mapping[str, torch.Tensor]) -> None:
+    """Write the means atomically (another process may be reading); a cache that cannot be written is
+    only slower."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        save_file({m: t.contiguous() for m, t in means.items()}, str(tmp))
+        os.replace(tmp, path)
+    except OSError:
+        pass
+
+
+def progress(items: Sequence[str], what: str) -> Iterator[str]:
+    """`items`, with a progress bar on a terminal (nothing elsewhere)."""
+    if not sys.stderr.isatty():
+        yield from items
+        return
+    from rich.progress import track
+
+    yield from track(items, description=what, console=None, transient=True)
 
 
 def routing_payload(hidden_states: Mapping[str, Any]) -> bytes:

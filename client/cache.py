@@ -4,6 +4,14 @@ Hugging Face cache:
     blobs/<sha256>                       file contents, verified against their sha256
     adapters/<ns>/<name>/<revision>/     one folder per version, its files linking to blobs/
     adapters/<ns>/<name>/numbers/<n>     the revision of version n (versions are immutable)
+    adapters/<ns>/<name>/refs/latest     what the hub last said the unpinned name means (for offline use)
+    reference/<fingerprint>.safetensors  a model's reference means (quiver_hub.capture)
+
+`quiver cache ls | verify | prune` read and tend it (`versions`, `verify`, `prune` here). Quiver keeps
+its own layout rather than huggingface_hub's because a pull is addressed by the hub's sha256 of each file
+and verified against it, and one blob serves every version and adapter that holds the same bytes;
+adapters downloaded through the Hugging Face protocol (snapshot_download, PEFT) land in the HF cache as
+usual, where `hf cache ls/verify` see them (the hub's tree gives what those tools check).
 
 Downloads go to blobs/<sha256>.incomplete and resume from where they stopped; a lock per blob (filelock,
 as huggingface_hub uses: it works on every OS) makes several processes pulling at once safe; a version
@@ -19,6 +27,7 @@ import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from filelock import FileLock
@@ -116,3 +125,69 @@ class Cache:
             numbers.mkdir(exist_ok=True)
             (numbers / str(number)).write_text(revision)
         return final
+
+
+@dataclass(frozen=True)
+class CachedVersion:
+    repo: str
+    revision: str
+    number: int | None
+    files: int
+    size: int  # bytes of the blobs its files name
+
+
+def versions(cache: Cache) -> list[CachedVersion]:
+    """Every complete version in the cache, by repo then number."""
+    out = []
+    adapters = cache.root / "adapters"
+    for folder in sorted(adapters.glob("*/*/*")) if adapters.is_dir() else []:
+        if len(folder.name) != 40 or not folder.is_dir():
+            continue
+        repo = f"{folder.parent.parent.name}/{folder.parent.name}"
+        numbers = folder.parent / "numbers"
+        names = {n.read_text().strip(): int(n.name) for n in numbers.iterdir()} if numbers.is_dir() else {}
+        number = names.get(folder.name)
+        files = [f for f in folder.rglob("*") if f.is_file() or f.is_symlink()]
+        size = sum(f.stat().st_size for f in files if f.exists())
+        out.append(CachedVersion(repo, folder.name, number, len(files), size))
+    return sorted(out, key=lambda v: (v.repo, v.number or 0))
+
+
+def verify(cache: Cache) -> tuple[int, list[str]]:
+    """Hash every blob again: (how many were checked, the ones whose bytes no longer match their name,
+    which are removed so that the next pull downloads them again)."""
+    bad, checked = [], 0
+    for blob in sorted(cache.blobs.iterdir()):
+        if len(blob.name) != 64:
+            continue
+        checked += 1
+        digest = hashlib.sha256()
+        with open(blob, "rb") as f:
+            while chunk := f.read(CHUNK):
+                digest.update(chunk)
+        if digest.hexdigest() != blob.name:
+            bad.append(blob.name)
+            blob.unlink()
+    return checked, bad
+
+
+def prune(cache: Cache, repo: str | None = None) -> int:
+    """Remove `repo`'s versions (all of them), then every blob no version names and every unfinished
+    download; the bytes freed."""
+    freed = 0
+    if repo is not None:
+        folder = cache.root / "adapters" / repo
+        if folder.is_dir():
+            shutil.rmtree(folder)
+    named = set()
+    adapters = cache.root / "adapters"
+    for link in adapters.rglob("*") if adapters.is_dir() else []:
+        if link.is_symlink():
+            named.add(Path(os.readlink(link)).name)
+        elif link.is_file() and link.parent.name not in ("numbers", "refs"):
+            named.add(hashlib.sha256(link.read_bytes()).hexdigest())  # a copy (no symlinks here)
+    for blob in cache.blobs.iterdir():
+        if blob.name.endswith(".incomplete") or (len(blob.name) == 64 and blob.name not in named):
+            freed += blob.stat().st_size
+            blob.unlink()
+    return freed

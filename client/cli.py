@@ -256,6 +256,46 @@ def delete(
     out.print(f"deleted {', '.join(names) or 'nothing'}")
 
 
+cache_app = typer.Typer(help="The local cache of pulled adapters (QUIVER_CACHE).", no_args_is_help=True)
+app.add_typer(cache_app, name="cache")
+
+
+@cache_app.command("ls")
+def cache_ls() -> None:
+    """Every version in the cache: adapter, version, revision, files and size."""
+    from quiver_hub.cache import Cache, versions
+
+    cache = Cache()
+    found = versions(cache)
+    table = Table("adapter", "version", "revision", "files", "size")
+    for v in found:
+        table.add_row(v.repo, str(v.number or "?"), v.revision[:12], str(v.files), f"{v.size / 1e6:.1f} MB")
+    out.print(table if found else f"nothing cached in {cache.root}")
+
+
+@cache_app.command("verify")
+def cache_verify() -> None:
+    """Hash every cached file again; a file that no longer matches is removed (the next pull fetches it)."""
+    from quiver_hub.cache import Cache, verify
+
+    checked, bad = verify(Cache())
+    for sha in bad:
+        err.print(f"[red]corrupt, removed:[/] {sha}")
+    out.print(f"{checked} files checked, {len(bad)} corrupt")
+    if bad:
+        raise typer.Exit(1)
+
+
+@cache_app.command("prune")
+def cache_prune(
+    repo: Annotated[str | None, typer.Argument(help="namespace/name: remove its versions first")] = None,
+) -> None:
+    """Remove files no cached version uses and unfinished downloads (with REPO, that adapter's versions)."""
+    from quiver_hub.cache import Cache, prune
+
+    out.print(f"freed {prune(Cache(), repo) / 1e6:.1f} MB")
+
+
 tag_app = typer.Typer(help="Tags: names for versions.", no_args_is_help=True)
 app.add_typer(tag_app, name="tag")
 

@@ -83,3 +83,25 @@ def test_the_command_starts_without_torch() -> None:
     )
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0 and run.stdout.strip() == "[]", run.stdout + run.stderr
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_the_cache_commands(server: LiveServer, tmp_path: Path) -> None:
+    token = server.token("alice")
+    folder = write_adapter(tmp_path / "a")
+    with server.client(token) as c:
+        assert c.post("/v1/adapters/alice/a", files=upload_parts(folder)).status_code == 201
+    env = {"QUIVER_ENDPOINT": server.url, "QUIVER_TOKEN": token, "QUIVER_CACHE": str(tmp_path / "cache")}
+    assert quiver("pull", "alice/a", **env).returncode == 0
+    listed = quiver("cache", "ls", **env)
+    assert listed.returncode == 0 and "alice/a" in listed.stdout, listed.stdout
+    assert quiver("cache", "verify", **env).stdout.strip().endswith("0 corrupt")
+    blob = next(p for p in (tmp_path / "cache" / "blobs").iterdir() if len(p.name) == 64)
+    blob.write_bytes(b"damaged")
+    damaged = quiver("cache", "verify", **env)
+    assert damaged.returncode == 1 and blob.name in damaged.stderr and not blob.exists()
+    (tmp_path / "cache" / "blobs" / ("0" * 64 + ".incomplete")).write_bytes(b"x" * 1000)
+    pruned = quiver("cache", "prune", "alice/a", **env)
+    assert pruned.returncode == 0 and "freed" in pruned.stdout
+    assert "nothing cached" in quiver("cache", "ls", **env).stdout
+    assert [p.name for p in (tmp_path / "cache" / "blobs").iterdir()] == []

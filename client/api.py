@@ -136,6 +136,32 @@ def split_repo(spec: str) -> tuple[str, str | None]:
     return repo, rev or None
 
 
+class Sent:
+    """Bytes of an upload read so far, told to a progress callback."""
+
+    def __init__(self, total: int, progress: Callable[[int, int], None] | None) -> None:
+        self.total, self.done, self.progress = total, 0, progress
+
+    def reading(self, f: Any) -> Any:
+        if self.progress is None:
+            return f
+        counter = self
+
+        class Counted:  # the file, its reads counted
+            name = getattr(f, "name", "")
+
+            def read(self, n: int = -1) -> bytes:
+                data = f.read(n)
+                counter.done += len(data)
+                counter.progress(counter.done, counter.total)
+                return data
+
+            def __getattr__(self, attr: str) -> Any:
+                return getattr(f, attr)
+
+        return Counted()
+
+
 class Hub:
     def __init__(
         self,
@@ -198,8 +224,10 @@ class Hub:
         base_model: str | None = None,
         exclude: Sequence[str] = (),
         derived_from: dict | None = None,
+        progress: Callable[[int, int], None] | None = None,
     ) -> dict:
-        """Publish a PEFT adapter folder (or a PeftModel, saved first) as the next version of repo.
+        """Publish a PEFT adapter folder (or a PeftModel, saved first) as the next version of repo;
+        `progress(sent, total)` is told the bytes as they go.
 
         Every file of the folder goes up (subfolders too; not .git or caches) except those matching an
         `exclude` pattern ("*.bin"): the hub stores tokenizer files and the like beside the adapter, and
@@ -232,8 +260,12 @@ class Hub:
                 }.items()
                 if v is not None
             }
+            counter = Sent(sum(p.stat().st_size for p in paths.values()), progress)
             with contextlib.ExitStack() as opened:  # streamed from disk, not read into memory
-                files = [("files", (rel, opened.enter_context(open(path, "rb")))) for rel, path in paths.items()]
+                files = [
+                    ("files", (rel, counter.reading(opened.enter_context(open(path, "rb")))))
+                    for rel, path in paths.items()
+                ]
                 version = self._call("POST", f"/v1/adapters/{repo}", files=files, data=data)
         for notice in version.get("notices", []):  # what the hub decided for you, or asks you to check
             warnings.warn(f"{repo}: {notice}", UserWarning, stacklevel=2)

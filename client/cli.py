@@ -18,7 +18,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, DownloadColumn, Progress, SpinnerColumn, TextColumn, TransferSpeedColumn
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 from rich.table import Table
 
 from quiver_hub.api import Hub, upload_paths
@@ -143,15 +143,18 @@ def upload(folder: Path, repo: str, endpoint: str | None, token: str | None, exc
         raise typer.Exit(2) from None
     size = sum(p.stat().st_size for p in paths.values())
     err.print(f"uploading {len(paths)} files ({size / 1e6:.1f} MB): {', '.join(paths)}")
+    columns = (TextColumn("uploading {task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn())
     try:
         with (
             hub(endpoint, token) as h,
-            Progress(SpinnerColumn(), TextColumn("publishing {task.description}"), console=err, transient=True) as bar,
+            Progress(*columns, console=err, transient=True, disable=not err.is_terminal) as bar,
         ):
-            bar.add_task(repo, total=None)
+            task = bar.add_task(repo, total=size)
             with warnings.catch_warnings(record=True) as notes:  # what the push did for you, or asks you to check
                 warnings.simplefilter("always", UserWarning)
-                version = h.push(folder, repo, exclude=exclude, **meta)
+                version = h.push(
+                    folder, repo, exclude=exclude, progress=lambda sent, _: bar.update(task, completed=sent), **meta
+                )
     except HubError as e:
         fail(e)
     except ValueError as e:  # a pickled adapter_model.bin that is not plain tensors
@@ -176,6 +179,7 @@ def pull(
         TransferSpeedColumn(),
         console=err,
         transient=True,
+        disable=not err.is_terminal,
     ) as bar:
         tasks: dict[str, int] = {}
 

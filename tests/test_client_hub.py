@@ -58,14 +58,17 @@ def test_push_pull_and_the_cache(server: LiveServer, tmp_path: Path) -> None:
         assert client.pull(f"alice/cached@{v1['revision']}") == pulled == client.pull("alice/cached@1")
         assert client.info("alice/cached")["tags"] == ["x", "y"]
         assert [a["id"] for a in client.list(tag="x")] == ["alice/cached"]
-    # A pinned revision in the cache needs no hub when the hub cannot be reached (or QUIVER_OFFLINE=1).
+    # A pinned revision in the cache, or an unpinned name pulled before, needs no hub when the hub cannot
+    # be reached (or QUIVER_OFFLINE=1).
     with Hub("http://127.0.0.1:9", cache_dir=tmp_path / "cache") as unreachable:
         with pytest.warns(RuntimeWarning, match="from the cache"):
             assert unreachable.pull(f"alice/cached@{v1['revision']}") == pulled
         with pytest.warns(RuntimeWarning, match="from the cache"):
             assert unreachable.pull("alice/cached@1") == pulled
+        with pytest.warns(RuntimeWarning, match="from the cache"):  # the last answer, as huggingface_hub
+            assert unreachable.pull("alice/cached") == pulled  # resolves main when the Hub cannot be reached
         with pytest.raises(Exception, match="cannot reach the hub"):
-            unreachable.pull("alice/cached")  # "latest" must ask the hub
+            unreachable.pull("alice/never-pulled")
     # When the hub answers, it decides: a version deleted there is gone, warm cache or not, and its
     # number is never given to other weights.
     with Hub(server.url, token, cache_dir=tmp_path / "cache") as client:

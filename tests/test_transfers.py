@@ -124,3 +124,13 @@ def test_a_full_model_is_refused_before_a_byte_is_sent(server: LiveServer, tmp_p
     with server.client(token) as c:
         assert c.get("/v1/audit").json() == before  # the hub saw no publish
         assert c.get("/v1/adapters/alice/full").status_code == 404
+
+
+def test_a_push_reports_its_bytes_as_they_go(server: LiveServer, tmp_path: Path) -> None:
+    folder = write_adapter(tmp_path / "a", hidden=256, layers=4)
+    total = sum(p.stat().st_size for p in folder.iterdir())
+    seen: list[tuple[int, int]] = []
+    with Hub(server.url, server.token("alice"), cache_dir=tmp_path / "c") as hub:
+        hub.push(folder, "alice/progress", progress=lambda sent, of: seen.append((sent, of)))
+    assert seen and seen[-1] == (total, total)
+    assert [s for s, _ in seen] == sorted(s for s, _ in seen) and len(seen) > 2

@@ -90,18 +90,22 @@ class Cache:
             if start > size:
                 partial.unlink()
                 start = 0
-            with open(partial, "ab") as out:
-                for chunk in fetch(start) if start < size else ():
-                    out.write(chunk)
-            digest = hashlib.sha256()
-            with open(partial, "rb") as f:
-                while chunk := f.read(CHUNK):
-                    digest.update(chunk)
-            if digest.hexdigest() != sha256:
+            for resumed in (start > 0, False):  # a bad resumed file (stale, damaged): once more from byte 0
+                with open(partial, "ab") as out:
+                    for chunk in fetch(start) if start < size else ():
+                        out.write(chunk)
+                digest = hashlib.sha256()
+                with open(partial, "rb") as f:
+                    while chunk := f.read(CHUNK):
+                        digest.update(chunk)
+                if digest.hexdigest() == sha256:
+                    os.replace(partial, target)
+                    return target
                 partial.unlink()
-                raise OSError(f"downloaded content does not match sha256 {sha256}; try again")
-            os.replace(partial, target)
-            return target
+                start = 0
+                if not resumed:
+                    break
+            raise OSError(f"the hub sent bytes that do not match their sha256 {sha256[:12]}...; try again later")
 
     def add_version(self, repo: str, number: int, revision: str, files: dict[str, Path]) -> Path:
         """Make the version folder (files link to their blobs) appear at once, complete."""

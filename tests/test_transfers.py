@@ -5,6 +5,7 @@ once resolves offline from the last answer."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import threading
 from collections.abc import Iterator
@@ -134,3 +135,17 @@ def test_a_push_reports_its_bytes_as_they_go(server: LiveServer, tmp_path: Path)
         hub.push(folder, "alice/progress", progress=lambda sent, of: seen.append((sent, of)))
     assert seen and seen[-1] == (total, total)
     assert [s for s, _ in seen] == sorted(s for s, _ in seen) and len(seen) > 2
+
+
+def test_a_damaged_partial_download_is_fetched_again_whole(
+    server: LiveServer, published: tuple[str, Path], tmp_path: Path
+) -> None:
+    token, folder = published
+    weights = (folder / "adapter_model.safetensors").read_bytes()
+    sha = hashlib.sha256(weights).hexdigest()
+    blobs = tmp_path / "c" / "blobs"
+    blobs.mkdir(parents=True)
+    (blobs / f"{sha}.incomplete").write_bytes(b"\0" * (len(weights) // 2))  # a partial file that is wrong
+    with Hub(server.url, token, cache_dir=tmp_path / "c") as hub:
+        pulled = hub.pull("alice/big")
+    assert (pulled / "adapter_model.safetensors").read_bytes() == weights

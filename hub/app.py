@@ -25,6 +25,7 @@ from quiver_hub.hub.routes import (
     hf_repos,
     hf_unsupported,
     pages,
+    repo_pages,
 )
 from quiver_hub.hub.services import Services
 from quiver_hub.hub.settings import Settings, secret_key
@@ -62,6 +63,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(hf.router)  # after the API: its /{namespace}/{name}/resolve/... is broad
     app.include_router(hf_unsupported.router)  # /api/... that nothing above answers: a clear refusal
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
+    app.include_router(repo_pages.router)  # /{ns}/{name}/tree|blob|commits/...: before the broad page paths
     app.include_router(pages.router)  # last: /{namespace} and /{namespace}/{name} are the broadest paths
     app.add_middleware(
         SessionMiddleware,

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from safetensors.torch import save
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from quiver_hub.registry import lora, peft_format
@@ -206,12 +206,30 @@ def fail_interrupted(sessions: sessionmaker[Session]) -> None:
 
 
 def get_run(session: Session, principal: Principal, run_id: int) -> ClusterRun:
-    """A run is its owner's (runs made anonymously before runs needed a token are everyone's). Its
-    members are a record of that moment: read them through visible_clusters."""
+    """A run its owner may read, and anyone once every member is public (cluster adapters' lineage links to
+    their run; runs made anonymously before runs needed a token are everyone's). Its members are a record of
+    that moment: read them through visible_clusters."""
     run = session.get(ClusterRun, run_id) if 1 <= run_id <= MAX_DB_ID else None
-    if run is None or (run.owner_id is not None and run.owner_id != principal.user_id):
+    if run is None or not (run.owner_id is None or run.owner_id == principal.user_id or all_public(session, run)):
         raise NotFound(f"cluster run {run_id} not found")
     return run
+
+
+def all_public(session: Session, run: ClusterRun) -> bool:
+    """Whether every member of a finished run is an adapter that is public now (none private, none gone)."""
+    if run.status != "done" or not run.clusters:
+        return False
+    revisions = sorted({m["revision"] for c in run.clusters for m in c["members"]})
+    public = 0
+    for start in range(0, len(revisions), 1000):
+        query = (
+            select(func.count())
+            .select_from(Version)
+            .join(Adapter, Adapter.id == Version.adapter_id)
+            .where(Version.revision.in_(revisions[start : start + 1000]), Adapter.visibility == "public")
+        )
+        public += session.scalar(query)
+    return public == len(revisions)
 
 
 def list_runs(session: Session, principal: Principal) -> list[ClusterRun]:

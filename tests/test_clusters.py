@@ -345,3 +345,22 @@ def test_a_cluster_holding_a_dora_adapter_is_not_averaged(server: LiveServer, tm
         merged = c.post(f"/v1/clusters/{run['id']}/merge", json={})
         assert merged.status_code == 400 and "alice/member1 is a DoRA adapter" in merged.text, merged.text
         assert c.get("/v1/adapters", params={"tag": "mbc-cluster"}).json()["adapters"] == []
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_run_over_public_adapters_is_readable_by_anyone(server: LiveServer, tmp_path: Path) -> None:
+    """Cluster adapters' lineage links to their run: a run whose members are all public reads for everyone;
+    once one is private, only its owner reads it again."""
+    alice = server.token("alice")
+    ids = publish_library(server, alice, tmp_path, planted(per=2))
+    made = run(server, alice, k=2)
+    with server.client() as anon, server.client(server.token("bob")) as bob:
+        for c in (anon, bob):
+            assert c.get(f"/v1/clusters/{made['id']}").status_code == 200
+        assert anon.get(f"/clusters/{made['id']}").status_code == 200
+        with server.client(alice) as owner:
+            assert owner.patch(f"/v1/adapters/{ids[0]}", json={"visibility": "private"}).status_code == 200
+        assert anon.get(f"/v1/clusters/{made['id']}").status_code == 404
+        assert anon.get(f"/clusters/{made['id']}").status_code == 404
+    with server.client(alice) as owner:
+        assert owner.get(f"/v1/clusters/{made['id']}").status_code == 200

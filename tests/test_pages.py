@@ -103,11 +103,17 @@ def test_find_read_download_and_load(server: LiveServer, site: dict, tmp_path: P
             "adapter_config.json",
             "adapter_model.safetensors",
         }
-        href = page.locator("table.files a", has_text="adapter_model.safetensors").get_attribute("href")
-        downloaded = page.request.get(server.url + href)
-        assert downloaded.body() == (site["fr"] / "adapter_model.safetensors").read_bytes()
         snippet = page.inner_text('[data-snippet="Python (quiver_hub)"]')
         screenshot(page, "adapter", tmp_path)
+        adapter_url = page.url
+        page.locator("table.files a", has_text="adapter_model.safetensors").click()  # its page: the tensors
+        page.wait_for_selector("table.tensors")
+        assert "lora_A.weight" in page.inner_text("table.tensors") and "F32" in page.inner_text("table.tensors")
+        screenshot(page, "blob", tmp_path)
+        href = page.locator("a", has_text="download").first.get_attribute("href")
+        downloaded = page.request.get(server.url + href)
+        assert downloaded.body() == (site["fr"] / "adapter_model.safetensors").read_bytes()
+        page.goto(adapter_url)
         page.goto(server.url + "/login")  # a cluster run is its maker's
         page.fill("input[name=token]", site["alice"])
         page.click("form.stack button")
@@ -116,6 +122,15 @@ def test_find_read_download_and_load(server: LiveServer, site: dict, tmp_path: P
         circles = page.locator("svg.scatter circle").count()
         members = sum(len(c["members"]) for c in site["run"]["clusters"])
         assert circles == members == 3 and page.locator("section.cluster").count() == 2
+        labels = page.locator("svg.scatter text.point-label").all_text_contents()
+        assert sorted(labels) == ["fr", "sql", "summaries"] and "principal direction" in page.text_content(
+            "svg.scatter"
+        )
+        titles = page.locator("svg.scatter circle title").all_text_contents()  # hover: the full name and cluster
+        assert all(t.startswith("alice/") and "(cluster" in t for t in titles)
+        for i in range(circles):  # every point clear of the frame's edges (and of the axes' names)
+            point = page.locator("svg.scatter circle").nth(i)
+            assert all(40 <= float(point.get_attribute(a)) <= 440 for a in ("cx", "cy"))
         screenshot(page, "cluster", tmp_path)
     assert blocked == []  # the pages need nothing from outside the hub
     env = {k: v for k, v in os.environ.items() if not k.startswith("QUIVER_")}
@@ -189,3 +204,48 @@ def test_forms_without_the_csrf_token_are_refused(server: LiveServer, site: dict
         r = c.post("/login", data={"token": site["bob"], "csrf": "forged"})
         assert r.status_code == 400 and "stale" in r.text
         assert c.post("/logout", data={"csrf": ""}).status_code in (400, 422)
+
+
+def test_files_history_and_private_repos_on_the_repo_pages(server: LiveServer, site: dict) -> None:
+    with server.client() as c:
+        tree = c.get("/alice/fr/tree/main")
+        assert tree.status_code == 200 and "adapter_model.safetensors" in tree.text and "README.md" in tree.text
+        card = c.get("/alice/fr/blob/main/README.md")
+        assert card.status_code == 200 and "French translator" in card.text
+        evil = c.get("/bob/evil/blob/main/README.md")  # the file shown as text: nothing in it is markup
+        assert "&lt;script&gt;" in evil.text and "<script>window" not in evil.text
+        tensors = c.get("/alice/fr/blob/1/adapter_model.safetensors")
+        assert tensors.status_code == 200 and "lora_B.weight" in tensors.text and "F32" in tensors.text
+        history = c.get("/alice/fr/commits/main")
+        assert history.status_code == 200 and "v1" in history.text
+        for path in (
+            "/bob/secret/tree/main",
+            "/bob/secret/blob/main/README.md",
+            "/bob/secret/commits/main",
+            "/alice/fr/blob/main/nope.txt",
+            "/alice/fr/tree/99",
+        ):
+            assert c.get(path).status_code == 404, path
+    with server.client(site["bob"]) as bob, browser() as b:
+        assert bob.get("/bob/secret/tree/main").status_code == 404  # the pages go by the browser's session
+        page = b.new_page()
+        page.goto(server.url + "/login")
+        page.fill("input[name=token]", site["bob"])
+        page.click("form.stack button")
+        page.wait_for_url(server.url + "/bob")
+        assert page.goto(server.url + "/bob/secret/commits/main").status == 200
+
+
+def test_the_pages_hold_at_phone_width(server: LiveServer, site: dict, tmp_path: Path) -> None:
+    with browser() as b:
+        page = b.new_page(viewport={"width": 390, "height": 844})
+        for path, name in (
+            ("/alice/fr", "phone-adapter"),
+            ("/alice/fr/blob/main/adapter_config.json", None),
+            ("/", None),
+        ):
+            page.goto(server.url + path)
+            width = page.evaluate("document.documentElement.scrollWidth")
+            assert width <= 390, (path, width)  # nothing overflows sideways
+            if name:
+                screenshot(page, name, tmp_path)

@@ -32,6 +32,8 @@ router = APIRouter(include_in_schema=False)
 # First path segments that belong to the API and the docs, never to a namespace's page.
 RESERVED = {"v1", "api", "docs", "redoc", "openapi.json", "static", "static-offline-docs", "healthz", "readyz"}
 PICTURE = 480
+MARGIN = 48  # room for the axes' names and the points' labels
+MAX_LABELS = 40  # a picture of more members shows names on hover only
 
 
 def not_found(request: Request, what: str) -> HTMLResponse:
@@ -164,10 +166,16 @@ def picture(clusters: list[dict]) -> dict:
     xy = np.array([m["xy"] for _, m in members], dtype=float)
     lo, span = xy.min(axis=0), np.ptp(xy, axis=0)
     span[span == 0] = 1.0
-    scaled = 20 + (xy - lo) / span * (PICTURE - 40)
+    scaled = MARGIN + (xy - lo) / span * (PICTURE - 2 * MARGIN)  # inside the frame, clear of its edges
     return {
         "points": [
-            {"id": m["id"], "cluster": index, "x": round(float(x), 1), "y": round(float(PICTURE - y), 1)}
+            {
+                "id": m["id"],
+                "label": m["id"].rsplit("/", 1)[-1] if len(members) <= MAX_LABELS else "",
+                "cluster": index,
+                "x": round(float(x), 1),
+                "y": round(float(PICTURE - y), 1),
+            }
             for (index, m), (x, y) in zip(members, scaled, strict=True)
         ]
     }

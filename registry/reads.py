@@ -126,6 +126,14 @@ def visible_versions(session: Session, principal: Principal, version_ids: set[in
     return seen
 
 
+def descriptions(session: Session, adapter_ids: list[int]) -> dict[int, str]:
+    """adapter id -> its description, for results already checked as visible."""
+    if not adapter_ids:
+        return {}
+    rows = session.execute(select(Adapter.id, Adapter.description).where(Adapter.id.in_(sorted(set(adapter_ids)))))
+    return {i: d or "" for i, d in rows}
+
+
 def recent_adapters(session: Session, principal: Principal, limit: int = 10) -> list[Adapter]:
     """The most recently updated adapters the caller may see."""
     query = visible(principal, select(Adapter).join(Namespace)).order_by(Adapter.updated_at.desc(), Adapter.id.desc())

@@ -7,6 +7,7 @@ docs/screenshots when QUIVER_UPDATE_SCREENSHOTS=1."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -249,3 +250,21 @@ def test_the_pages_hold_at_phone_width(server: LiveServer, site: dict, tmp_path:
             assert width <= 390, (path, width)  # nothing overflows sideways
             if name:
                 screenshot(page, name, tmp_path)
+
+
+def test_search_results_read_as_people_read_them(server: LiveServer, site: dict, tmp_path: Path) -> None:
+    with server.client() as c:
+        found = c.get("/search", params={"q": "French translation"}).text
+        assert "Translates English into French" in found and "% match" in found and "next" not in found
+    token = server.token("carol")
+    with server.client(token) as c:
+        for i in range(21):
+            files = upload_parts(write_adapter(tmp_path / f"m{i}", seed=10 + i))
+            assert (
+                c.post(f"/v1/adapters/carol/m{i}", files=files, data={"description": f"model {i}"}).status_code == 201
+            )
+        first = c.get("/search", params={"q": "a model", "page": 1}).text
+        second = c.get("/search", params={"q": "a model", "page": 2}).text
+    names = lambda html: set(re.findall(r'class="name" href="/([^"]+)"', html))  # noqa: E731
+    assert len(names(first)) == 20 and "next &rarr;" in first and "page=2" in first
+    assert names(second) and not names(first) & names(second) and "previous" in second

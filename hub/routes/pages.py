@@ -13,9 +13,10 @@ exist). Usable without JavaScript; hub/web.py has the safety rules (sanitised ca
 from __future__ import annotations
 
 from typing import Annotated
+from urllib.parse import urlencode
 
 import numpy as np
-from fastapi import APIRouter, Form, Request
+from fastapi import APIRouter, Form, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlalchemy import select
@@ -32,6 +33,7 @@ router = APIRouter(include_in_schema=False)
 # First path segments that belong to the API and the docs, never to a namespace's page.
 RESERVED = {"v1", "api", "docs", "redoc", "openapi.json", "static", "static-offline-docs", "healthz", "readyz"}
 PICTURE = 480
+PAGE = 20  # search results a page
 MARGIN = 48  # room for the axes' names and the points' labels
 MAX_LABELS = 40  # a picture of more members shows names on hover only
 
@@ -60,8 +62,9 @@ def search(
     task: str | None = None,
     tag: str | None = None,
     namespace: str | None = None,
+    page_number: Annotated[int, Query(alias="page")] = 1,
 ) -> HTMLResponse:
-    """By meaning (the ranking of POST /v1/search) or by name, with the same filters."""
+    """By meaning (the ranking of POST /v1/search, PAGE a page) or by name, with the same filters."""
     principal = page_principal(request, state)
     q = q[:2000]
     filters = {
@@ -83,6 +86,9 @@ def search(
             adapters, _ = reads.list_adapters(session, principal, listing, None, 50)
             context.update(adapters=adapters, latest=reads.latest_versions(session, adapters))
             return page(request, "search.html", principal=principal, **context)
+    page_number = max(1, min(page_number, routing.MAX_LIMIT // PAGE))
+    context.update(page_number=page_number, start=(page_number - 1) * PAGE + 1, more=False)
+    context["query_for"] = lambda n: urlencode({**request.query_params, "page": n})
     if q:
         query = state.embedder.embed_one(q)
         index_filters = Filters(
@@ -91,33 +97,48 @@ def search(
             tags=(tag,) if tag else (),
             namespace=filters["namespace"],
         )
-        ranked = routing.search_text(state.fresh_indexes(), principal, query, index_filters, 20)
-        context["results"] = [result(r) for r in routing.visible_now(state.sessions, principal, ranked)]
+        wanted = page_number * PAGE + 1  # one more than shown: is there a next page?
+        ranked = routing.search_text(
+            state.fresh_indexes(), principal, query, index_filters, min(wanted, routing.MAX_LIMIT)
+        )
+        ranked = routing.visible_now(state.sessions, principal, ranked)
+        shown = ranked[(page_number - 1) * PAGE : page_number * PAGE]
+        context["results"] = results(state, shown)
+        context["more"] = len(ranked) > page_number * PAGE and page_number * PAGE < routing.MAX_LIMIT
     return page(request, "search.html", principal=principal, **context)
 
 
-def result(r: routing.Ranked) -> dict:
-    return {
-        "id": r.entry.identity.id,
-        "version": r.entry.identity.version,
-        "score": r.score,
-        "base_model": r.entry.base_model,
-        "task": r.entry.task,
-    }
+def results(state: StateDep, ranked: list[routing.Ranked]) -> list[dict]:
+    """Ranked adapters as the pages list them: the score as a share a person reads (the cosine, 0 to
+    100%), with each adapter's description."""
+    with state.sessions() as session:
+        described = reads.descriptions(session, [r.entry.adapter_id for r in ranked])
+    return [
+        {
+            "id": r.entry.identity.id,
+            "version": r.entry.identity.version,
+            "score": r.score,
+            "match": round(100 * max(0.0, min(1.0, r.score))),
+            "base_model": r.entry.base_model,
+            "task": r.entry.task,
+            "description": described.get(r.entry.adapter_id, ""),
+        }
+        for r in ranked
+    ]
 
 
 @router.get("/find", response_class=HTMLResponse)
 def find(request: Request, state: StateDep, text: str = "", base_model: str | None = None) -> HTMLResponse:
     """Adapters whose example inputs are closest to a text (the ranking of POST /v1/route/text)."""
     principal = page_principal(request, state)
-    results = []
+    found = []
     if text.strip():
         query = state.embedder.embed_one(text[:20000])
         ranked = routing.search_text(
             state.fresh_indexes(), principal, query, Filters(base_model=base_model or None), 20, use_text=False
         )
-        results = [result(r) for r in routing.visible_now(state.sessions, principal, ranked)]
-    return page(request, "find.html", principal=principal, text=text, base_model=base_model, results=results)
+        found = results(state, routing.visible_now(state.sessions, principal, ranked))
+    return page(request, "find.html", principal=principal, text=text, base_model=base_model, results=found)
 
 
 @router.get("/models/{base_model:path}", response_class=HTMLResponse)

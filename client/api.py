@@ -413,7 +413,7 @@ class Hub:
         route. Inputs too long for one request are split over several and combined exactly. The answer
         is a list of adapters, best first, with merge_plan() for the recommended merge.
 
-        method (README, "Finding adapters"): "arrow", the paper's, on the states as they are;
+        method (docs/routing-and-clustering.md): "arrow", the paper's, on the states as they are;
         "arrow-centered", on the states minus each module's mean input over ordinary text
         (capture.reference_means), which all inputs share; "arrow+examples" (the default), centered, and
         averaged with how close the user's words are to each adapter's example inputs."""

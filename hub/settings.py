@@ -1,4 +1,4 @@
-"""The one settings object: environment variables prefixed QUIVER_ (README.md, "Configuration").
+"""The one settings object: environment variables prefixed QUIVER_ (docs/operations.md, "Configuration").
 
 The server's limits live here (request bodies, connections, timeouts); the domain's limits on fields,
 files and adapters are registry/limits.py. Both are listed in the README.

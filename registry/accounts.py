@@ -1,4 +1,4 @@
-"""Who is calling, and what they may do (README.md, "Accounts, roles and tokens").
+"""Who is calling, and what they may do (docs/security.md).
 
 A caller is a Principal: anonymous, or a user acting through one bearer token. The token's scope (read or
 write) and the namespaces it is limited to narrow what the user's roles allow. One table says what a role

@@ -1,4 +1,4 @@
-"""Which files a version may hold (README.md, "What an adapter is here").
+"""Which files a version may hold (docs/adapters-and-api.md).
 
 The adapter's own files (adapter_config.json, adapter_model.safetensors, README.md, examples.jsonl) are
 validated and analysed. Beside them, a real training folder holds files that are not the adapter but are

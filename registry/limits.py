@@ -1,4 +1,4 @@
-"""Hard limits on what one request may hand the registry, in one place (README.md, "Limits").
+"""Hard limits on what one request may hand the registry, in one place (docs/operations.md, "Limits").
 
 Every field, list and file has a bound, checked before the work it would cost: a request over a bound is
 a clear 4xx and leaves nothing behind. Database columns are at least as wide as the bounds on what goes

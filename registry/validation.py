@@ -1,4 +1,4 @@
-"""What makes an upload a PEFT LoRA adapter Quiver accepts (README.md, "What an adapter is here").
+"""What makes an upload a PEFT LoRA adapter Quiver accepts (docs/adapters-and-api.md).
 
 Works on files already staged on disk; reads the safetensors header only, never the tensors.
 Every rejection is an InvalidAdapter whose message says what to fix.

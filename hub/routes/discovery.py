@@ -169,7 +169,7 @@ async def route(
     """Arrow retrieval: which adapters' prototypes best explain these hidden states (the inputs of the
     adapted modules), scored by the routing weight averaged over tokens and modules. With `text` (the
     same input as text), method "arrow+examples": averaged with the adapters' share of a sharp softmax
-    of its similarity to their example inputs (README, "Finding adapters")."""
+    of its similarity to their example inputs (docs/routing-and-clustering.md)."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip()
     body = await request.body()  # bounded by QUIVER_MAX_ROUTE_BYTES (hub.limits); parsed off the event loop
     if content_type == "application/octet-stream":

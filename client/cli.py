@@ -112,6 +112,10 @@ def push(
     task: str | None = None,
     tags: Annotated[str | None, typer.Option(help="comma separated")] = None,
     visibility: Annotated[str | None, typer.Option(help="public or private")] = None,
+    license: Annotated[str | None, typer.Option("--license", help="e.g. apache-2.0 (default: the card's)")] = None,  # noqa: A002
+    example: Annotated[
+        list[str] | None, typer.Option("--example", help="an input the adapter is for (repeatable): routing reads them")
+    ] = None,
     base_model: BaseModelOption = None,
     exclude: Exclude = None,
     endpoint: Endpoint = None,
@@ -128,6 +132,8 @@ def push(
         description=description,
         task=task,
         visibility=visibility,
+        license=license,
+        examples=example or None,
         base_model=base_model,
         tags=[t.strip() for t in tags.split(",") if t.strip()] if tags else None,
     )

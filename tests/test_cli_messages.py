@@ -105,3 +105,25 @@ def test_the_cache_commands(server: LiveServer, tmp_path: Path) -> None:
     assert pruned.returncode == 0 and "freed" in pruned.stdout
     assert "nothing cached" in quiver("cache", "ls", **env).stdout
     assert [p.name for p in (tmp_path / "cache" / "blobs").iterdir()] == []
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_push_takes_a_license_and_examples_and_a_corrupt_download_is_one_line(
+    server: LiveServer, tmp_path: Path
+) -> None:
+    token = server.token("alice")
+    env = {"QUIVER_ENDPOINT": server.url, "QUIVER_TOKEN": token, "QUIVER_CACHE": str(tmp_path / "cache")}
+    folder = write_adapter(tmp_path / "a")
+    args = ("push", str(folder), "alice/a", "--license", "apache-2.0", "--example", "Translate: hi", "--example", "x")
+    pushed = quiver(*args, **env)
+    assert pushed.returncode == 0, pushed.stderr
+    with server.client(token) as c:
+        assert c.get("/v1/adapters/alice/a").json()["license"] == "apache-2.0"
+        version = c.get("/v1/adapters/alice/a/versions/latest").json()
+        examples = c.get("/v1/adapters/alice/a/versions/latest/files/examples.jsonl").text
+    assert examples.splitlines() == ['{"input": "Translate: hi"}', '{"input": "x"}']
+    weights = next(f["sha256"] for f in version["files"] if f["path"] == "adapter_model.safetensors")
+    server.state.store.local_path(weights).write_bytes(b"not the bytes it was")  # the hub's copy damaged
+    pulled = quiver("pull", "alice/a", **env)
+    assert pulled.returncode == 1 and "do not match their sha256" in pulled.stderr, pulled.stderr
+    assert len(pulled.stderr.strip().splitlines()) == 1 and "Traceback" not in pulled.stderr

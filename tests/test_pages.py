@@ -268,3 +268,20 @@ def test_search_results_read_as_people_read_them(server: LiveServer, site: dict,
     names = lambda html: set(re.findall(r'class="name" href="/([^"]+)"', html))  # noqa: E731
     assert len(names(first)) == 20 and "next &rarr;" in first and "page=2" in first
     assert names(second) and not names(first) & names(second) and "previous" in second
+
+
+def test_a_long_card_is_folded_and_unfolds_without_javascript(server: LiveServer, tmp_path: Path) -> None:
+    long_card = b"# Model Card for Model ID\n\n" + b"".join(
+        b"## Section %d\n\n<!-- Provide a longer summary. -->\n\n[More Information Needed]\n\n" % i for i in range(60)
+    )
+    folder = write_adapter(tmp_path / "long", extra_files={"README.md": long_card})
+    with server.client(server.token("alice")) as c:
+        assert c.post("/v1/adapters/alice/long", files=upload_parts(folder)).status_code == 201
+    with browser() as b:
+        page = b.new_page()
+        page.route("**/*.js", lambda route: route.abort())  # no script runs: the fold is CSS alone
+        page.goto(server.url + "/alice/long")
+        folded = page.locator(".card").bounding_box()["height"]
+        assert folded < 800 and page.locator("label.unfold").is_visible()
+        page.click("label.unfold")
+        assert page.locator(".card").bounding_box()["height"] > 2 * folded

@@ -10,24 +10,19 @@ hub process, because each request reads the token's row again.
 
 from __future__ import annotations
 
-import hashlib
 import secrets
 from datetime import timedelta
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from quiver_hub.registry.accounts import Principal, authenticate, principal_of
+from quiver_hub.registry.accounts import Principal, authenticate, hash_token, principal_of
 from quiver_hub.registry.db import writing
 from quiver_hub.registry.errors import RegistryError, Unauthorized
 from quiver_hub.registry.models import Token, WebSession, utcnow
 
 LIFETIME = timedelta(days=14)
 MAX_KEY_LENGTH = 128  # a cookie's id is 43 characters; anything far longer is not ours
-
-
-def _hash(key: str) -> str:
-    return hashlib.sha256(key.encode()).hexdigest()
 
 
 def new_csrf() -> str:
@@ -43,7 +38,7 @@ def sign_in(sessions: sessionmaker[Session], token: str) -> tuple[Principal, str
         principal = authenticate(session, token)
         key, csrf = secrets.token_urlsafe(32), new_csrf()
         session.add(
-            WebSession(key_hash=_hash(key), token_id=principal.token_id, csrf=csrf, expires_at=utcnow() + LIFETIME)
+            WebSession(key_hash=hash_token(key), token_id=principal.token_id, csrf=csrf, expires_at=utcnow() + LIFETIME)
         )
         session.commit()
         return principal, key, csrf
@@ -54,7 +49,7 @@ def resume(session: Session, key: str) -> tuple[Principal, str] | None:
     token no longer works."""
     if not isinstance(key, str) or len(key) > MAX_KEY_LENGTH:
         return None
-    row = session.scalar(select(WebSession).where(WebSession.key_hash == _hash(key)))
+    row = session.scalar(select(WebSession).where(WebSession.key_hash == hash_token(key)))
     if row is None or row.ended_at is not None or row.expires_at <= utcnow():
         return None
     try:
@@ -71,7 +66,7 @@ def sign_out(sessions: sessionmaker[Session], key: str) -> None:
     with writing(sessions) as session:
         session.execute(
             update(WebSession)
-            .where(WebSession.key_hash == _hash(key), WebSession.ended_at.is_(None))
+            .where(WebSession.key_hash == hash_token(key), WebSession.ended_at.is_(None))
             .values(ended_at=utcnow())
         )
         session.commit()

@@ -113,7 +113,7 @@ def apply_arrow(
     """
     adapters = as_adapters(adapters)
     for adapter in adapters:
-        adapter.refuse_dora("token-level mixing (Arrow)")
+        adapter.refuse_beyond_factors("token-level mixing (Arrow)")
     if prototypes is None and hub is not None:
         prototypes = [hub.prototypes(f"{a.origin[0]}@{a.origin[1]}") if a.origin else None for a in adapters]
     if not adapters:

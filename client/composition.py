@@ -156,7 +156,7 @@ def compose(
     is a terminal."""
     adapters = as_adapters(adapters)
     for adapter in adapters:
-        adapter.refuse_dora("few-shot composition")
+        adapter.refuse_beyond_factors("few-shot composition")
     if progress is None and sys.stderr.isatty():
         progress = report_progress(steps if method == "gradient" else LORAHUB_BUDGET)
     if not adapters or not examples:

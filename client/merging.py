@@ -28,6 +28,7 @@ from torch import nn
 
 from quiver_hub import fused as fused_kernel
 from quiver_hub.adapter import Adapter, as_adapters, target_layer
+from quiver_hub.registry import lora, peft_format
 
 _SAVED = "_quiver_saved_weights"
 
@@ -40,53 +41,63 @@ def merge(
     *,
     offload: bool = False,
 ) -> None:
-    """Add sum_i weights[i] * delta_i to the model's weights in place (weights default to 1).
+    """Add sum_i weights[i] * delta_i to the model's weights in place (weights default to 1), and what else
+    the adapters do as PEFT's merge_and_unload does it: lora_B biases added to the layers' biases, LoRA on
+    embeddings, saved parameters (modules_to_save, classifier heads, biases, embeddings) and trainable
+    token rows put in place of the base's.
+
+    Several adapters merge as PEFT's add_weighted_adapter allows: two adapters may not save the same
+    parameter nor the same token row, and an adapter that replaces parameters merges with weight 1 (a
+    fraction of a replaced module is not defined); a DoRA adapter merges alone.
 
     Everything is checked before anything changes: a module the model lacks, a shape mismatch, or a
     model already merged is a ValueError and leaves the model as it was.
 
     offload: for weights on a GPU, keep the originals in pinned host memory and merge in place, so the
     merge takes no GPU memory beyond the factors of a few modules; unmerge then copies them back (over
-    PCIe: slower than the swap, still bitwise). Without it a merged model holds both copies on the GPU.
-    Weights on a CPU ignore it.
+    PCIe: slower than the swap, still bitwise). Without it a merged model holds both copies on the GPU
+    (replaced parameters always do). Weights on a CPU ignore it.
     """
     adapters = as_adapters(adapters)
     weights = [1.0] * len(adapters) if weights is None else list(weights)
     if len(weights) != len(adapters):
         raise ValueError(f"{len(weights)} weights for {len(adapters)} adapters")
-    if _state(model)["saved"]:
+    state = _state(model)
+    if state["saved"] or state["params"]:
         raise ValueError("the model already has merged adapters: unmerge(model) first")
-    plan: dict[str, tuple[nn.Module, list[tuple[Adapter, float]]]] = {}
     named = dict(model.named_modules())
+    plan: dict[str, tuple[nn.Module, list[tuple[Adapter, lora.Factors, float]]]] = {}
     for adapter, w in zip(adapters, weights, strict=True):
         if adapter.dora and (len(adapters) > 1 or w != 1):
-            adapter.refuse_dora("a weighted merge, or a merge beside other adapters,")
-        for module in adapter.factors:
-            layer = target_layer(named, module, adapter)
-            plan.setdefault(module, (layer, []))[1].append((adapter, w))
+            what = "a weighted merge, or a merge beside other adapters,"
+            raise ValueError(peft_format.mixing_refusal(adapter.name, what, ["DoRA magnitudes (use_dora)"]))
+        for embedding, factors in ((False, adapter.factors), (True, adapter.embeddings)):
+            for module, f in factors.items():
+                layer = target_layer(named, module, adapter, embedding)
+                plan.setdefault(module, (layer, []))[1].append((adapter, f, w))
+    replace, untied = replacements(model, named, adapters, weights)
 
-    state = _state(model)
     jobs, kept = [], {}  # kept: module -> where its original is kept until the merge is done
     changing = False  # no weight changes before add_products (in place, with offload)
     try:
         for module, (layer, members) in plan.items():
             original = layer.weight.data
+            source = replace.pop(f"{module}.weight", original)  # a saved embedding, under its LoRA
             in_place = offload and original.device.type != "cpu"
             kept[module] = _buffer(state, module, original, host=in_place)
             if in_place:
                 kept[module].copy_(original)
             terms = []
-            for adapter, w in members:
-                f = adapter.factors[module]
+            for _, f, w in members:
                 B, A = (f.A.T, f.B.T) if type(layer).__name__ == "Conv1D" else (f.B, f.A)  # Conv1D: W is in x out
                 terms.append((B, A, w * f.scaling))
-            jobs.append((original, terms, original if in_place else kept[module]))
+            jobs.append((source, terms, original if in_place else kept[module]))
         changing = True
         add_products(jobs)
-        for (module, (layer, members)), (_, _, merged_weight) in zip(plan.items(), jobs, strict=True):
-            adapter = members[0][0]  # a DoRA adapter is merged alone (above)
+        for (layer, members), (_, _, merged_weight) in zip(plan.values(), jobs, strict=True):
+            adapter, f, _ = members[0]  # a DoRA adapter is merged alone (above)
             if adapter.dora:
-                rescale_rows(merged_weight, adapter.factors[module].magnitude, type(layer).__name__ == "Conv1D")
+                rescale_rows(merged_weight, f.magnitude, type(layer).__name__ == "Conv1D")
     except BaseException as e:
         for module, buffer in kept.items():
             if changing and buffer.device != plan[module][0].weight.device:  # in place: put the original back
@@ -98,6 +109,89 @@ def merge(
         if kept[module].device == layer.weight.device:  # not offloaded: swap the merged buffer in
             layer.weight.data, kept[module] = kept[module], layer.weight.data
         state["saved"][module] = kept[module]
+    for name, value in replace.items():
+        parameter = model.get_parameter(name)
+        state["params"][name] = (parameter, parameter.data)
+        if name in untied:  # a module PEFT saved a copy of (modules_to_save): its own parameter, tied or not
+            module, _, attr = name.rpartition(".")
+            model.get_submodule(module)._parameters[attr] = nn.Parameter(value, parameter.requires_grad)
+        else:  # a parameter tied to others changes with them, as PEFT loads it
+            parameter.data = value
+
+
+def replacements(
+    model: nn.Module, named: dict[str, nn.Module], adapters: Sequence[Adapter], weights: Sequence[float]
+) -> tuple[dict[str, torch.Tensor], set[str]]:
+    """The new value of every parameter the adapters set whole, computed without changing the model: saved
+    parameters, then lora_B biases added (in fp32, rounded once) to the layers' biases, then token rows;
+    and the saved modules' parameters, which PEFT keeps apart from any they were tied to (a saved lm_head
+    of a model whose lm_head shares the embedding's weight changes the lm_head alone).
+    ValueError, naming it, for what PEFT would not merge or what the model cannot take."""
+    parameters = dict(model.named_parameters(remove_duplicate=False))
+    replace: dict[str, torch.Tensor] = {}
+    untied = set()
+    owner: dict[str, str] = {}  # parameter (or parameter:row) -> the adapter that sets it
+
+    def claim(name: str, adapter: Adapter) -> None:
+        if name in owner:
+            raise ValueError(
+                f"{owner[name]} and {adapter.name} both replace {name}: PEFT's add_weighted_adapter refuses "
+                "adapters that save the same module, and so does Quiver; merge one of them"
+            )
+        owner[name] = adapter.name
+
+    for adapter, w in zip(adapters, weights, strict=True):
+        changed = {}  # PEFT saves an embedding under its LoRA whole: when it is the model's own, it changes nothing
+        for name, value in adapter.saved.items():
+            parameter = parameters.get(name)
+            if parameter is None:
+                raise ValueError(f"adapter {adapter.name!r} saves {name}, which the model does not have")
+            if parameter.shape != value.shape:
+                raise ValueError(
+                    f"adapter {adapter.name!r} saves {name} as {list(value.shape)}, but the model's is "
+                    f"{list(parameter.shape)} (a head for another number of labels?)"
+                )
+            value = value.to(parameter.device, parameter.dtype, copy=True)
+            if not torch.equal(value, parameter.data):
+                changed[name] = value
+        if (changed or adapter.tokens) and w != 1:
+            names = ", ".join(sorted(changed | adapter.tokens))
+            raise ValueError(
+                f"{adapter.name} replaces parameters of the model ({names}): a merge with weight {w} is not "
+                "defined for them; merge it with weight 1"
+            )
+        for name, value in changed.items():
+            claim(name, adapter)
+            replace[name] = value
+            if peft_format.saved_reason(adapter.config, name, set()) == "modules_to_save":
+                untied.add(name)
+    for module in sorted({m for a in adapters for m, f in a.factors.items() if f.bias is not None}):
+        bias = getattr(named[module], "bias", None)
+        if bias is None:  # PEFT's own refusal
+            raise ValueError(
+                f"{module}: impossible to merge LoRA with lora_bias=True because the base layer has no bias (PEFT)"
+            )
+        total = replace.get(f"{module}.bias", bias.data).float()
+        for adapter, w in zip(adapters, weights, strict=True):
+            if (f := adapter.factors.get(module)) is not None and f.bias is not None:
+                total = total + f.bias.to(total.device, torch.float32) * (w * f.scaling)
+        replace[f"{module}.bias"] = total.to(bias.dtype)
+    for adapter in adapters:
+        for module, (rows, delta) in adapter.tokens.items():
+            layer = named.get(module)
+            if not isinstance(layer, nn.Embedding | nn.Linear) or delta.shape[1:] != layer.weight.shape[1:]:
+                raise ValueError(f"adapter {adapter.name!r} sets token rows of {module}, not an embedding of the model")
+            if max(rows, default=-1) >= layer.weight.shape[0]:
+                raise ValueError(
+                    f"adapter {adapter.name!r} sets token {max(rows)} of {module}, of {layer.weight.shape[0]} rows"
+                )
+            for row in rows:
+                claim(f"{module}.weight row {row}", adapter)
+            name = f"{module}.weight"
+            base = replace.get(name, layer.weight.data)
+            index = torch.tensor(rows, device=base.device)
+            replace[name] = base.index_copy(0, index, delta.to(base.device, base.dtype))
+    return replace, untied
 
 
 def rescale_rows(merged: torch.Tensor, magnitude: torch.Tensor, conv1d: bool) -> None:
@@ -232,10 +326,11 @@ def concatenated(
 
 
 def _state(model: nn.Module) -> dict[str, dict[str, torch.Tensor]]:
-    """Per model: the original weights of merged modules ("saved") and, between merges, the buffers
-    that held merged weights ("spare"), reused by the next merge (fresh memory costs page faults)."""
+    """Per model: the original weights of merged modules ("saved"), the original data of parameters an
+    adapter replaced ("params", by name) and, between merges, the buffers that held merged weights
+    ("spare"), reused by the next merge (fresh memory costs page faults)."""
     if _SAVED not in model.__dict__:
-        model.__dict__[_SAVED] = {"saved": {}, "spare": {}}
+        model.__dict__[_SAVED] = {"saved": {}, "spare": {}, "params": {}}
     return model.__dict__[_SAVED]
 
 
@@ -255,6 +350,11 @@ def unmerge(model: nn.Module, free: bool = False) -> None:
             layer.weight.data.copy_(original)
             state["spare"][module] = original
     state["saved"].clear()
+    for name, (parameter, data) in reversed(state["params"].items()):  # reversed: a tied parameter set twice
+        module, _, attr = name.rpartition(".")
+        model.get_submodule(module)._parameters[attr] = parameter
+        parameter.data = data
+    state["params"].clear()
     if free:
         state["spare"].clear()
 

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from quiver_hub.registry import lora
+from quiver_hub.registry import lora, peft_format
 from quiver_hub.registry.embedder import TextEmbedder
 from quiver_hub.registry.errors import InvalidAdapter
 from quiver_hub.registry.files import EXAMPLES_FILE
@@ -40,7 +40,7 @@ class VersionAnalysis:
 
 
 def analyse_weights(weights: Path, config: dict[str, Any]) -> tuple[list[ModulePrototype], np.ndarray, np.ndarray]:
-    factors = lora.load_factors(weights, config)
+    factors = peft_format.read(weights, config).factors
     for module, f in factors.items():
         if not (torch.isfinite(f.A).all() and torch.isfinite(f.B).all()):
             raise InvalidAdapter(f"{lora.WEIGHTS_FILE}: {module} has NaN or infinite values")

@@ -185,9 +185,14 @@ def identity(v: Version) -> dict:
     return {"id": i.id, "version": i.version, "revision": i.revision}
 
 
-def version_factors(store: BlobStore, v: Version) -> dict[str, lora.Factors]:
+def version_factors(store: BlobStore, v: Version, averaged: bool = False) -> dict[str, lora.Factors]:
+    """A version's LoRA factors (what clustering compares). `averaged`: for a cluster adapter, which carries
+    an average of factors alone: InvalidRequest naming the version when it holds more (DoRA, saved modules...)."""
     weights = v.file(lora.WEIGHTS_FILE)
-    return lora.load_factors(store.local_path(weights.sha256), v.adapter_config)
+    loaded = peft_format.read(store.local_path(weights.sha256), v.adapter_config)
+    if averaged and (beyond := loaded.beyond_factors(v.adapter_config)):
+        raise InvalidRequest(peft_format.mixing_refusal(VersionIdentity.of(v).id, "averaging a cluster", beyond))
+    return loaded.factors
 
 
 def fail_interrupted(sessions: sessionmaker[Session]) -> None:
@@ -290,9 +295,8 @@ def merge_run(
             members = []
             for m in c["members"]:
                 v = session.scalar(select(Version).where(Version.revision == m["revision"]))
-                if v.adapter_config.get("use_dora"):
-                    raise InvalidRequest(peft_format.dora_refusal(m["id"], f"averaging cluster {c['index']}"))
-                members.append(MergeMember(identity(v), v.adapter.task, v.adapter_config, version_factors(store, v)))
+                factors = version_factors(store, v, averaged=True)
+                members.append(MergeMember(identity(v), v.adapter.task, v.adapter_config, factors))
             if members:
                 groups.append((c["index"], members))
         if not groups:

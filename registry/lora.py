@@ -13,13 +13,11 @@ import math
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import regex
 import torch
-from safetensors.torch import load_file
 
 KEY_PREFIX = "base_model.model."
 A_SUFFIX = ".lora_A.weight"
@@ -111,12 +109,20 @@ def targets_module(target_modules: str | Iterable[str] | None, module: str) -> b
 @dataclass(frozen=True)
 class Factors:
     """One module's LoRA: A (r x in), B (out x r), scaling s; delta = s * B @ A. A DoRA module also has
-    its magnitude vector m (out): merged, W' = m / ||W + delta||_row * (W + delta), as PEFT merges it."""
+    its magnitude vector m (out): merged, W' = m / ||W + delta||_row * (W + delta), as PEFT merges it. With
+    lora_bias, B's bias b (out): merged, the layer's bias + s * b. Read by registry.peft_format.read."""
 
     A: torch.Tensor
     B: torch.Tensor
     scaling: float
     magnitude: torch.Tensor | None = None
+    bias: torch.Tensor | None = None
+
+    def to(self, device: str | torch.device) -> Factors:
+        def move(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t.to(device)
+
+        return Factors(self.A.to(device), self.B.to(device), self.scaling, move(self.magnitude), move(self.bias))
 
     @property
     def in_features(self) -> int:
@@ -125,21 +131,6 @@ class Factors:
     @property
     def out_features(self) -> int:
         return self.B.shape[0]
-
-
-def load_factors(weights_path: str | Path, config: Mapping[str, Any]) -> dict[str, Factors]:
-    """Read adapter_model.safetensors into factors per module, with PEFT's per-module scaling."""
-    tensors = load_file(str(weights_path))
-    pairs: dict[str, dict[str, torch.Tensor]] = {}
-    for key, value in tensors.items():
-        parsed = split_key(key)
-        if parsed is not None:
-            pairs.setdefault(parsed[0], {})[parsed[1]] = value
-    return {
-        module: Factors(pair["A"], pair["B"], module_scaling(config, module), tensors.get(magnitude_key(module)))
-        for module, pair in sorted(pairs.items())
-        if "A" in pair and "B" in pair
-    }
 
 
 # --- Arrow prototypes ----------------------------------------------------------------------------

@@ -61,7 +61,7 @@ def validate_adapter(files: dict[str, Path]) -> AdapterSummary:
         alpha=float(config["lora_alpha"]),
         target_modules=sorted(modules),
         num_parameters=sum(t.numel for t in tensors.values()),
-        shapes=factor_shapes(tensors),
+        shapes=factor_shapes(tensors, config),
     )
 
 
@@ -150,69 +150,74 @@ def check_pattern(pattern: Any, key: str) -> None:
 
 
 def check_factors(config: dict[str, Any], tensors: dict) -> set[str]:
-    """Every tensor (factors alone: peft_format refused the rest) is a lora_A/lora_B weight of a targeted
-    module, in pairs, shapes agreeing with r."""
+    """Every tensor (what peft_format.sort_keys places: it refused the rest) fits: lora_A/lora_B weights of a
+    targeted module in pairs with shapes agreeing with r, and what goes with them (DoRA magnitudes, lora_B
+    biases, embedding LoRA, token rows). The modules with Linear factors, which routing analyses."""
     name = lora.WEIGHTS_FILE
     if not tensors:
         raise InvalidAdapter(f"{name}: holds no tensors")
     if len(tensors) > 2 * MAX_MODULES:
         raise InvalidAdapter(f"{name}: more than {MAX_MODULES} modules")
-    factors: dict[str, dict[str, tuple[int, ...]]] = {}
-    magnitudes: dict[str, tuple[int, ...]] = {}
-    for key, info in tensors.items():
-        if (dora_module := lora.magnitude_module(key)) is not None:  # with use_dora (peft_format)
-            magnitudes[dora_module] = info.shape
-            continue
-        module, side = lora.split_key(key)  # every other tensor was refused by peft_format.unsupported
+    parts = peft_format.sort_keys(config, tensors)
+    shape = {key: tuple(info.shape) for key, info in tensors.items()}
+    for module, keys in sorted(parts.factors.items()) + sorted(parts.embeddings.items()):
         if len(module) > MAX_MODULE_NAME_CHARS:
             raise InvalidAdapter(f"{name}: module name {module[:60]!r}... is longer than {MAX_MODULE_NAME_CHARS}")
-        factors.setdefault(module, {})[side] = info.shape
-    for module in sorted(factors):
-        pair = factors[module]
-        for side in ("A", "B"):
-            if side not in pair:
-                raise InvalidAdapter(f"{name}: lora_{side} missing for {module}")
-        a, b = pair["A"], pair["B"]
-        if len(a) != 2 or len(b) != 2:
-            raise InvalidAdapter(f"{name}: {module}: lora_A and lora_B must be matrices, got {a} and {b}")
-        if 0 in a or 0 in b:
+        check_pair(config, module, keys, shape, embedding=module in parts.embeddings)
+    for parameter in parts.saved:
+        if len(parameter) > MAX_MODULE_NAME_CHARS:
+            raise InvalidAdapter(f"{name}: {parameter[:60]!r}... is longer than {MAX_MODULE_NAME_CHARS}")
+    for module, (rows, key) in parts.tokens.items():
+        got = shape[key]
+        if len(got) != 2 or got[0] != len(rows) or len(set(rows)) != len(rows):
             raise InvalidAdapter(
-                f"{name}: {module}: lora_A is {a[0]}x{a[1]} and lora_B {b[0]}x{b[1]}; no side may be 0"
+                f"{name}: {key} is {list(got)}, but trainable_token_indices names {len(rows)} distinct rows of {module}"
             )
-        try:
-            r = lora.module_rank(config, module)
-            selected = lora.targets_module(config.get("target_modules"), module)
-        except ValueError as e:  # a pattern too slow to match this name
-            raise InvalidAdapter(f"{lora.CONFIG_FILE}: {e}") from None
-        if a[0] != r or b[1] != r:
-            raise InvalidAdapter(
-                f"{name}: {module}: lora_A is {a[0]}x{a[1]} and lora_B is {b[0]}x{b[1]}, "
-                f"but the config says rank {r} (lora_A must be r x in, lora_B out x r)"
-            )
-        if not selected:
-            raise InvalidAdapter(
-                f"{name}: {module} has factors but is not selected by target_modules {config.get('target_modules')!r}"
-            )
-        if config.get("use_dora") and magnitudes.get(module) != (b[0],):
-            got = magnitudes.get(module)
-            raise InvalidAdapter(
-                f"{name}: {module}: a DoRA adapter needs its magnitude vector of {b[0]} values (one per output), "
-                + (f"got shape {list(got)}" if got else "and it has none")
-            )
-    if stray := sorted(set(magnitudes) - set(factors)):
-        raise InvalidAdapter(f"{name}: DoRA magnitude vectors for modules without factors: {', '.join(stray[:3])}")
-    return set(factors)
+    return set(parts.factors)
 
 
-def factor_shapes(tensors: dict) -> dict[str, tuple[int, int]]:
-    """(in_features, out_features) per module, from checked headers: A is r x in, B is out x r."""
-    shapes: dict[str, list[int]] = {}
-    for key, info in tensors.items():
-        if lora.split_key(key) is None:  # a DoRA magnitude vector
-            continue
-        module, side = lora.split_key(key)
-        shapes.setdefault(module, [0, 0])[0 if side == "A" else 1] = info.shape[1 if side == "A" else 0]
-    return {m: (s[0], s[1]) for m, s in shapes.items()}
+def check_pair(config: dict[str, Any], module: str, keys: dict[str, str], shape: dict, embedding: bool) -> None:
+    """One module's factors: both present, matrices of rank r (lora_A r x in, lora_B out x r; an embedding's
+    lora_embedding_A r x vocab, lora_embedding_B dim x r), selected by target_modules; its DoRA magnitude
+    and lora_B bias one value per output."""
+    name, kind = lora.WEIGHTS_FILE, "lora_embedding_" if embedding else "lora_"
+    for side in ("A", "B"):
+        if side not in keys:
+            raise InvalidAdapter(f"{name}: {kind}{side} missing for {module}")
+    a, b = shape[keys["A"]], shape[keys["B"]]
+    if len(a) != 2 or len(b) != 2:
+        raise InvalidAdapter(f"{name}: {module}: {kind}A and {kind}B must be matrices, got {a} and {b}")
+    if 0 in a or 0 in b:
+        raise InvalidAdapter(f"{name}: {module}: {kind}A is {a[0]}x{a[1]} and {kind}B {b[0]}x{b[1]}; no side may be 0")
+    try:
+        r = lora.module_rank(config, module)
+        selected = lora.targets_module(config.get("target_modules"), module)
+    except ValueError as e:  # a pattern too slow to match this name
+        raise InvalidAdapter(f"{lora.CONFIG_FILE}: {e}") from None
+    if a[0] != r or b[1] != r:
+        raise InvalidAdapter(
+            f"{name}: {module}: {kind}A is {a[0]}x{a[1]} and {kind}B is {b[0]}x{b[1]}, "
+            f"but the config says rank {r} ({kind}A must be r x in, {kind}B out x r)"
+        )
+    if not selected:
+        raise InvalidAdapter(
+            f"{name}: {module} has factors but is not selected by target_modules {config.get('target_modules')!r}"
+        )
+    if config.get("use_dora") and not embedding and shape.get(keys.get("magnitude")) != (b[0],):
+        got = shape.get(keys.get("magnitude"))
+        raise InvalidAdapter(
+            f"{name}: {module}: a DoRA adapter needs its magnitude vector of {b[0]} values (one per output), "
+            + (f"got shape {list(got)}" if got else "and it has none")
+        )
+    if "bias" in keys and shape[keys["bias"]] != (b[0],):
+        raise InvalidAdapter(f"{name}: {module}: lora_B.bias is {list(shape[keys['bias']])}, not {b[0]} values")
+
+
+def factor_shapes(tensors: dict, config: dict[str, Any]) -> dict[str, tuple[int, int]]:
+    """(in_features, out_features) per module with Linear factors, from checked headers: A is r x in, B is
+    out x r."""
+    keys = peft_format.sort_keys(config, tensors).factors
+    return {m: (tensors[k["A"]].shape[1], tensors[k["B"]].shape[0]) for m, k in keys.items()}
 
 
 def read_examples(path: Path) -> list[str]:

@@ -360,7 +360,7 @@ def stored_shapes(store: BlobStore, version: Version) -> dict[str, tuple[int, in
     weights = store.local_path(version.file(lora.WEIGHTS_FILE).sha256)
     with weights.open("rb") as f:
         tensors, _ = read_header(f, weights.stat().st_size, lora.WEIGHTS_FILE)
-    return factor_shapes(tensors)
+    return factor_shapes(tensors, version.adapter_config)
 
 
 def update_adapter(

@@ -15,7 +15,7 @@ import torch
 from sklearn.metrics import adjusted_rand_score
 
 from examples.make_adapter import BASE_MODEL, tiny_llama
-from quiver_hub.registry import cluster_runs, lora, mbc
+from quiver_hub.registry import cluster_runs, mbc, peft_format
 from tests.adapters import BASE, lora_config, upload_parts, write_factors
 from tests.conftest import LiveServer
 
@@ -232,7 +232,7 @@ def peft_folder(tmp_path: Path, seed: int, r: int, alpha: float, **extra) -> Pat
 
 def deltas(folder: Path) -> dict[str, torch.Tensor]:
     config = json.loads((folder / "adapter_config.json").read_text())
-    factors = lora.load_factors(folder / "adapter_model.safetensors", config)
+    factors = peft_format.read(folder / "adapter_model.safetensors", config).factors
     return {m: f.scaling * f.B.double() @ f.A.double() for m, f in factors.items()}
 
 
@@ -332,18 +332,23 @@ def test_landmark_rows_agree_with_the_exact_recipe() -> None:
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
-def test_a_cluster_holding_a_dora_adapter_is_not_averaged(server: LiveServer, tmp_path: Path) -> None:
-    """A DoRA adapter is stored, routed and clustered like any other; but its magnitudes rescale the whole
-    merged weight, so an average of deltas is not what its members mean: the merge says so by name."""
+@pytest.mark.parametrize(
+    "extra, named", [({"use_dora": True}, "DoRA magnitudes"), ({"modules_to_save": ["lm_head"]}, "saved parameters")]
+)
+def test_a_cluster_holding_more_than_factors_is_not_averaged(
+    server: LiveServer, tmp_path: Path, extra: dict, named: str
+) -> None:
+    """A DoRA adapter, or one that saves a module whole, is stored, routed and clustered like any other (on
+    its factors); but an average of factors is not what its members mean: the merge says so by name."""
     token = server.token("alice")
-    folders = [peft_folder(tmp_path, 1, 4, 8), peft_folder(tmp_path, 2, 4, 8, use_dora=True)]
+    folders = [peft_folder(tmp_path, 1, 4, 8), peft_folder(tmp_path, 2, 4, 8, **extra)]
     with server.client(token) as c:
         for i, folder in enumerate(folders):
             assert c.post(f"/v1/adapters/alice/member{i}", files=upload_parts(folder)).status_code == 201
         run = c.post("/v1/clusters", json={"base_model": BASE_MODEL, "k": 1}).json()
         assert run["status"] == "done", run
         merged = c.post(f"/v1/clusters/{run['id']}/merge", json={})
-        assert merged.status_code == 400 and "alice/member1 is a DoRA adapter" in merged.text, merged.text
+        assert merged.status_code == 400 and f"alice/member1 has {named}" in merged.text, merged.text
         assert c.get("/v1/adapters", params={"tag": "mbc-cluster"}).json()["adapters"] == []
 
 

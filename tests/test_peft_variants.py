@@ -91,52 +91,41 @@ MERGED = {
         None,
     ),
     "gpt2 dora": (tiny_gpt2, dict(target_modules=["c_attn"], fan_in_fan_out=True, use_dora=True), {}, None),
-}
-REFUSED = {
-    "modules_to_save lm_head": (
-        tiny_llama,
-        dict(target_modules=QV, modules_to_save=["lm_head"]),
+    "modules_to_save lm_head": (tiny_llama, dict(target_modules=QV, modules_to_save=["lm_head"]), {}, None),
+    "gpt2 modules_to_save lm_head (tied to wte: PEFT unties it)": (
+        tiny_gpt2,
+        dict(target_modules=["c_attn"], fan_in_fan_out=True, modules_to_save=["lm_head"]),
         {},
         None,
-        "saved module",
     ),
-    "sequence classification head": (
-        tiny_llama_classifier,
-        dict(target_modules=QV, task_type="SEQ_CLS"),
+    "sequence classification head": (tiny_llama_classifier, dict(target_modules=QV, task_type="SEQ_CLS"), {}, None),
+    "lora on embed_tokens": (tiny_llama, dict(target_modules=["embed_tokens", "q_proj"]), {}, None),
+    "gpt2 lora on wte (tied)": (tiny_gpt2, dict(target_modules=["c_attn", "wte"], fan_in_fan_out=True), {}, None),
+    "lora on lm_head": (tiny_llama, dict(target_modules=["q_proj", "lm_head"]), {}, None),
+    "save_embedding_layers": (tiny_llama, dict(target_modules=QV), {"save_embedding_layers": True}, None),
+    "trainable_token_indices": (tiny_llama, dict(target_modules=QV, trainable_token_indices=[1, 2]), {}, None),
+    "trainable_token_indices by module": (
+        tiny_llama,
+        dict(target_modules=QV, trainable_token_indices={"embed_tokens": [4, 9]}),
         {},
         None,
-        "saved module",
     ),
-    "lora on embed_tokens": (tiny_llama, dict(target_modules=["embed_tokens", "q_proj"]), {}, None, "embedding"),
-    "save_embedding_layers": (
-        tiny_llama,
-        dict(target_modules=["q_proj", "embed_tokens"]),
-        {"save_embedding_layers": True},
-        None,
-        "embedding",
-    ),
-    "trainable_token_indices": (
-        tiny_llama,
-        dict(target_modules=QV, trainable_token_indices=[1, 2]),
+    "gpt2 trainable tokens (tied)": (
+        tiny_gpt2,
+        dict(target_modules=["c_attn"], fan_in_fan_out=True, trainable_token_indices=[3, 7]),
         {},
         None,
-        "trainable token",
     ),
-    "gpt2 bias=all": (tiny_gpt2, dict(target_modules=["c_attn"], fan_in_fan_out=True, bias="all"), {}, None, "bias"),
+    "gpt2 bias=all": (tiny_gpt2, dict(target_modules=["c_attn"], fan_in_fan_out=True, bias="all"), {}, None),
     "gpt2 bias=lora_only": (
         tiny_gpt2,
         dict(target_modules=["c_attn"], fan_in_fan_out=True, bias="lora_only"),
         {},
         None,
-        "bias",
     ),
-    "lora_bias": (
-        tiny_gpt2,
-        dict(target_modules=["c_attn"], fan_in_fan_out=True, lora_bias=True),
-        {},
-        None,
-        "lora_bias",
-    ),
+    "gpt2 lora_bias": (tiny_gpt2, dict(target_modules=["c_attn"], fan_in_fan_out=True, lora_bias=True), {}, None),
+}
+REFUSED = {
     "target_parameters": (tiny_llama, dict(target_modules=QV), {}, edited({"target_parameters": ["w"]}), "parameters"),
     "layer_replication": (
         tiny_llama,
@@ -166,6 +155,27 @@ REFUSED = {
         edited(tensors={"base_model.model.model.layers.0.self_attn.q_proj.lora_C.weight": torch.ones(2, 2)}),
         "lora_C",
     ),
+    "a saved tensor no setting explains": (
+        tiny_llama,
+        dict(target_modules=QV),
+        {},
+        edited(tensors={"base_model.model.model.norm.weight": torch.ones(32)}),
+        "no setting explains",
+    ),
+    "lora_B.bias without lora_bias": (
+        tiny_llama,
+        dict(target_modules=QV),
+        {},
+        edited(tensors={"base_model.model.model.layers.0.self_attn.q_proj.lora_B.bias": torch.ones(32)}),
+        "lora_B.bias",
+    ),
+    "token deltas for rows the config does not name": (
+        tiny_llama,
+        dict(target_modules=QV, trainable_token_indices=[1, 2]),
+        {},
+        edited({"trainable_token_indices": None}),
+        "trainable_token_indices does not place",
+    ),
 }
 UNMERGEABLE = {  # PEFT itself refuses to merge these: the hub stores them, the client refuses with PEFT's reason
     "activated lora": (
@@ -174,6 +184,13 @@ UNMERGEABLE = {  # PEFT itself refuses to merge these: the hub stores them, the 
         {},
         None,
         "alora_invocation_tokens",
+    ),
+    "lora_bias on a layer without a bias": (
+        tiny_llama,
+        dict(target_modules=QV, lora_bias=True),
+        {},
+        None,
+        "because the base layer has no bias",
     ),
 }
 
@@ -243,9 +260,13 @@ def test_arrow_with_one_expert_is_peft_unmerged_forward(tmp_path: Path, name: st
 def test_the_client_refuses_what_it_cannot_apply_and_names_it(tmp_path: Path, name: str) -> None:
     build, fields, save, edit, named = {**REFUSED, **UNMERGEABLE}[name]
     folder = make(tmp_path, name, build, fields, save, edit)
-    with pytest.raises(ValueError, match="refuses it") as refused:
-        Adapter.load(folder)
-    assert named in str(refused.value), str(refused.value)
+    if name in UNMERGEABLE:  # PEFT refuses to merge it too
+        with pytest.raises((ValueError, NotImplementedError, RuntimeError)):
+            peft.PeftModel.from_pretrained(build(), folder).merge_and_unload()
+    else:
+        with pytest.raises(ValueError, match="refuses it") as refused:
+            Adapter.load(folder)
+        assert named in str(refused.value), str(refused.value)
     model = build()
     before = snapshot(model)
     with pytest.raises(ValueError, match=named):
@@ -276,9 +297,9 @@ def test_the_hub_stores_what_merges_and_refuses_the_rest_by_name(server: LiveSer
             r = c.post(f"/v1/adapters/alice/no{i}", files=upload_parts(make(tmp_path, name, build, fields, save, edit)))
             assert r.status_code == 422 and named in r.json()["error"]["message"], (name, r.text)
             assert c.get(f"/v1/adapters/alice/no{i}").status_code == 404  # nothing stored
-        for name, (build, fields, save, edit, _) in UNMERGEABLE.items():  # stored for download
+        for i, (name, (build, fields, save, edit, _)) in enumerate(UNMERGEABLE.items()):  # stored for download
             folder = make(tmp_path, name, build, fields, save, edit)
-            assert c.post("/v1/adapters/alice/alora", files=upload_parts(folder)).status_code == 201, name
+            assert c.post(f"/v1/adapters/alice/peft-refuses{i}", files=upload_parts(folder)).status_code == 201, name
         ia3 = tmp_path / "ia3"
         peft.get_peft_model(tiny_llama(), peft.IA3Config(target_modules=["k_proj"])).save_pretrained(ia3)
         r = c.post("/v1/adapters/alice/ia3", files=upload_parts(ia3))
@@ -332,9 +353,9 @@ def test_quiver_push_converts_a_pickled_adapter_without_running_it(server: LiveS
 def test_every_adapter_of_a_multi_adapter_folder_is_checked(server: LiveServer, tmp_path: Path) -> None:
     def folder_with(second: dict, name: str) -> Path:
         model = peft.get_peft_model(tiny_llama(), peft.LoraConfig(r=4, target_modules=QV, init_lora_weights=False))
-        model.add_adapter("second", peft.LoraConfig(r=2, target_modules=["k_proj"], **second))
+        model.add_adapter("second", peft.LoraConfig(r=2, target_modules=["k_proj"]))
         model.save_pretrained(tmp_path / name)
-        assert (tmp_path / name / "second" / "adapter_config.json").is_file()
+        edited(second)(tmp_path / name / "second")
         return tmp_path / name
 
     with server.client(server.token("alice")) as c:
@@ -343,8 +364,10 @@ def test_every_adapter_of_a_multi_adapter_folder_is_checked(server: LiveServer, 
         assert {"second/adapter_config.json", "second/adapter_model.safetensors"} <= {
             f["path"] for f in ok.json()["files"]
         }
-        bad = c.post("/v1/adapters/alice/two-bad", files=upload_parts(folder_with({"lora_bias": True}, "bad")))
-        assert bad.status_code == 422 and "the adapter in second/" in bad.text and "lora_bias" in bad.text, bad.text
+        bad = c.post(
+            "/v1/adapters/alice/two-bad", files=upload_parts(folder_with({"layer_replication": [[0, 1]]}, "bad"))
+        )
+        assert bad.status_code == 422 and "the adapter in second/" in bad.text and "layer_replication" in bad.text
 
 
 def test_a_dora_adapter_is_merged_alone_and_refused_where_its_magnitudes_cannot_go(tmp_path: Path) -> None:
@@ -353,8 +376,70 @@ def test_a_dora_adapter_is_merged_alone_and_refused_where_its_magnitudes_cannot_
     model = tiny_llama()
     before = snapshot(model)
     for adapters, weights in (([dora, plain], None), ([dora], [0.5])):
-        with pytest.raises(ValueError, match="DoRA adapter"):
+        with pytest.raises(ValueError, match="DoRA magnitudes"):
             merge(model, adapters, weights)
         assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())
-    with pytest.raises(ValueError, match="DoRA adapter.*Arrow"):
+    with pytest.raises(ValueError, match="DoRA magnitudes.*Arrow"):
         apply_arrow(model, [dora, plain])
+
+
+def peft_delta(build: Callable, folder: Path) -> dict[str, torch.Tensor]:
+    """PEFT's merge_and_unload minus the base model, per state-dict key (float64)."""
+    base = build().state_dict()
+    merged = peft.PeftModel.from_pretrained(build(), folder).merge_and_unload().state_dict()
+    return {k: merged[k].double() - base[k].double() for k in base}
+
+
+@pytest.mark.parametrize(
+    "names, weights",
+    [
+        (["modules_to_save lm_head", "lora on embed_tokens", "plain"], [1.0, 0.6, -1.3]),
+        (["trainable_token_indices", "trainable_token_indices by module", "rslora"], [1.0, 1.0, 0.4]),
+        (["gpt2 bias=all", "gpt2 lora_bias", "gpt2 lora on wte (tied)"], [1.0, 0.5, 2.0]),
+    ],
+)
+def test_weighted_merges_of_every_part_are_the_weighted_sums_of_peft_deltas(
+    tmp_path: Path, names: list[str], weights: list[float]
+) -> None:
+    """LoRA on embeddings and lora_B biases take any weight; saved modules and token rows, weight 1."""
+    build = MERGED[names[0]][0]
+    folders = [make(tmp_path, n, *MERGED[n]) for n in names]
+    deltas = [peft_delta(build, f) for f in folders]
+    model = build()
+    before = snapshot(model)
+    merge(model, folders, weights)
+    for k, v in model.state_dict().items():
+        expected = before[k].double() + sum(w * d[k] for w, d in zip(weights, deltas, strict=True))
+        torch.testing.assert_close(v.double(), expected, rtol=0, atol=1e-5, msg=k)
+    unmerge(model)
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())
+
+
+def test_what_replaces_parameters_is_merged_once_with_weight_one_and_never_mixed(tmp_path: Path) -> None:
+    saved = make(tmp_path, "saved", *MERGED["modules_to_save lm_head"])
+    saved_too = make(
+        tmp_path, "saved-too", tiny_llama, dict(target_modules=["k_proj"], modules_to_save=["lm_head"]), {}, None
+    )
+    tokens = make(tmp_path, "tokens", *MERGED["trainable_token_indices"])
+    tokens_too = make(
+        tmp_path, "tokens-too", tiny_llama, dict(target_modules=QV, trainable_token_indices=[2, 5]), {}, None
+    )
+    plain = make(tmp_path, "plain", *MERGED["plain"])
+    model = tiny_llama()
+    before = snapshot(model)
+    for adapters, weights, message in (
+        ([saved, plain], [0.5, 1.0], "lm_head.weight.*weight 0.5 is not defined"),
+        ([saved, saved_too], None, "both replace lm_head.weight"),
+        ([tokens, tokens_too], None, "both replace model.embed_tokens.weight row 2"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            merge(model, adapters, weights)
+        assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())
+    for folder, what in ((saved, "saved parameters"), (tokens, "trainable tokens")):
+        with pytest.raises(ValueError, match=f"{what}.*Arrow"):
+            apply_arrow(model, [folder, plain])
+    gpt2 = tiny_gpt2()
+    merge(gpt2, make(tmp_path, "gpt2-head", *MERGED["gpt2 modules_to_save lm_head (tied to wte: PEFT unties it)"]))
+    assert gpt2.lm_head.weight is not gpt2.transformer.wte.weight
+    unmerge(gpt2)
+    assert gpt2.lm_head.weight is gpt2.transformer.wte.weight  # tied again, as it was

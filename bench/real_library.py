@@ -97,15 +97,29 @@ def chat(tokenizer, prompt: str, answer: str | None = None) -> list[int]:  # noq
     return ids
 
 
-def adapter_dir(task: Task, recipe: Recipe) -> Path:
-    key = hashlib.sha256(json.dumps([task.name, task.description, asdict(recipe)]).encode()).hexdigest()[:12]
+def adapter_dir(task: Task, recipe: Recipe, form: dict | None = None) -> Path:
+    keyed = [task.name, task.description, asdict(recipe)] + ([form] if form else [])
+    key = hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()[:12]
     return cache_dir() / "adapters" / f"{task.name}-{key}"
 
 
-def train(task: Task, recipe: Recipe, model, tokenizer, examples: list[tuple[str, str]] | None = None) -> Path:  # noqa: ANN001
+# A saved module (modules_to_save) trains every weight of the module: at a tenth of the LoRA's rate, as
+# is usual for heads and embeddings (at the LoRA's rate, lm_head forgets the vocabulary).
+SAVED_MODULE_LR = 0.1
+
+
+def train(  # noqa: ANN001
+    task: Task,
+    recipe: Recipe,
+    model,
+    tokenizer,
+    examples: list[tuple[str, str]] | None = None,
+    form: dict | None = None,
+) -> Path:
     """Train (or find cached) the task's LoRA adapter; returns its PEFT folder (with README.md and
-    examples.jsonl, as a user would publish it)."""
-    target = adapter_dir(task, recipe)
+    examples.jsonl, as a user would publish it). `form`: more LoraConfig fields (use_dora,
+    modules_to_save, ...) for the forms PEFT writes besides plain LoRA (bench/bench_variants.py)."""
+    target = adapter_dir(task, recipe, form)
     if examples is None and (target / "adapter_model.safetensors").is_file():
         return target
     from peft import LoraConfig, get_peft_model
@@ -114,10 +128,20 @@ def train(task: Task, recipe: Recipe, model, tokenizer, examples: list[tuple[str
     examples = examples or task.examples(train_inputs)
     torch.manual_seed(int(hashlib.sha256(task.name.encode()).hexdigest()[:8], 16))  # each adapter its own init
     config = LoraConfig(
-        r=recipe.rank, lora_alpha=recipe.alpha, target_modules=TARGETS, lora_dropout=0.0, task_type="CAUSAL_LM"
+        r=recipe.rank,
+        lora_alpha=recipe.alpha,
+        target_modules=TARGETS,
+        lora_dropout=0.0,
+        task_type="CAUSAL_LM",
+        **(form or {}),
     )
     peft_model = get_peft_model(model, config)
-    optimiser = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=recipe.lr)
+    trained = [(n, p) for n, p in peft_model.named_parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for n, p in trained if "lora_" in n]},
+        {"params": [p for n, p in trained if "lora_" not in n], "lr": recipe.lr * SAVED_MODULE_LR},
+    ]
+    optimiser = torch.optim.AdamW([g for g in groups if g["params"]], lr=recipe.lr)
     rows = []
     for prompt, answer in examples:
         prefix = chat(tokenizer, prompt)

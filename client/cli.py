@@ -56,11 +56,6 @@ def hub(endpoint: str | None, token: str | None) -> Hub:
     return Hub(endpoint, token)
 
 
-def fail(e: HubError) -> None:
-    err.print(f"[red]error{f' {e.status}' if e.status else ''}:[/] {e.message}")
-    raise typer.Exit(1)
-
-
 @app.command()
 def login(
     token: Annotated[str, typer.Option(prompt=True, hide_input=True, help="a token from your hub's operator")],
@@ -68,11 +63,8 @@ def login(
 ) -> None:
     """Check a token against the hub and remember both for later commands."""
     endpoint = endpoint or default_endpoint()
-    try:
-        with Hub(endpoint, token) as h:
-            me = h.whoami()
-    except HubError as e:
-        fail(e)
+    with Hub(endpoint, token) as h:
+        me = h.whoami()
     path = save(endpoint, token)
     out.print(f"logged in to {endpoint} as {me['user']} ({me['scope']}); saved to {path}")
 
@@ -87,11 +79,8 @@ def logout() -> None:
 @app.command()
 def whoami(endpoint: Endpoint = None, token: Token = None) -> None:
     """Who the token in use belongs to, its scope and organisations."""
-    try:
-        with hub(endpoint, token) as h:
-            me = h.whoami()
-    except HubError as e:
-        fail(e)
+    with hub(endpoint, token) as h:
+        me = h.whoami()
     orgs = f", member of {', '.join(me['orgs'])}" if me["orgs"] else ""
     out.print(f"{me['user']} ({me['scope']} token {me['token_id']}) at {h.endpoint}{orgs}")
 
@@ -161,8 +150,6 @@ def upload(folder: Path, repo: str, endpoint: str | None, token: str | None, exc
                 version = h.push(
                     folder, repo, exclude=exclude, progress=lambda sent, _: bar.update(task, completed=sent), **meta
                 )
-    except HubError as e:
-        fail(e)
     except ValueError as e:  # a pickled adapter_model.bin that is not plain tensors
         err.print(f"[red]error:[/] {escape(str(e))}")
         raise typer.Exit(2) from None
@@ -194,11 +181,8 @@ def pull(
                 tasks[path] = bar.add_task(path, total=total)
             bar.update(tasks[path], completed=done)
 
-        try:
-            with hub(endpoint, token) as h:
-                folder = h.pull(spec, progress=progress)
-        except HubError as e:
-            fail(e)
+        with hub(endpoint, token) as h:
+            folder = h.pull(spec, progress=progress)
     print(folder)
 
 
@@ -213,11 +197,8 @@ def search(
     token: Token = None,
 ) -> None:
     """Find adapters by meaning."""
-    try:
-        with hub(endpoint, token) as h:
-            results = h.search(query, base_model=base_model, task=task, tags=tag or (), limit=limit)
-    except HubError as e:
-        fail(e)
+    with hub(endpoint, token) as h:
+        results = h.search(query, base_model=base_model, task=task, tags=tag or (), limit=limit)
     table = Table("score", "adapter", "version", "base model", "task")
     for r in results:
         table.add_row(f"{r['score']:.3f}", r["id"], str(r["version"]), r["base_model"], r["task"] or "")
@@ -235,11 +216,8 @@ def list_command(
 ) -> None:
     """Every adapter you can see, newest first, with its latest version."""
     filters = {"base_model": base_model, "task": task, "tag": tag, "namespace": namespace}
-    try:
-        with hub(endpoint, token) as h:
-            adapters = h.list(**{k: v for k, v in filters.items() if v})
-    except HubError as e:
-        fail(e)
+    with hub(endpoint, token) as h:
+        adapters = h.list(**{k: v for k, v in filters.items() if v})
     table = Table("adapter", "latest", "base model", "task", "visibility")
     for a in adapters:
         latest = a.get("latest") or {}
@@ -257,11 +235,8 @@ def delete(
     """Delete an adapter, or one of its versions (the versions' numbers are never reused)."""
     if not yes:
         typer.confirm(f"delete {spec}?", abort=True)
-    try:
-        with hub(endpoint, token) as h:
-            deleted = h.delete(spec)
-    except HubError as e:
-        fail(e)
+    with hub(endpoint, token) as h:
+        deleted = h.delete(spec)
     names = [f"{d['id']}@{d['version']}" for d in deleted]
     out.print(f"deleted {', '.join(names) or 'nothing'}")
 
@@ -319,11 +294,8 @@ def tag_create(
     token: Token = None,
 ) -> None:
     """Name a version with a tag (ns/name@v1.0 then pulls it)."""
-    try:
-        with hub(endpoint, token) as h:
-            made = h.tag(spec, tag, message)
-    except HubError as e:
-        fail(e)
+    with hub(endpoint, token) as h:
+        made = h.tag(spec, tag, message)
     out.print(f"tagged {made['version']['id']} version {made['version']['version']} as {made['name']}")
 
 
@@ -335,11 +307,8 @@ def tag_delete(
     token: Token = None,
 ) -> None:
     """Remove a tag (the version stays)."""
-    try:
-        with hub(endpoint, token) as h:
-            h.untag(repo, tag)
-    except HubError as e:
-        fail(e)
+    with hub(endpoint, token) as h:
+        h.untag(repo, tag)
     out.print(f"removed tag {tag} of {repo}")
 
 
@@ -350,11 +319,8 @@ def info(
     token: Token = None,
 ) -> None:
     """Show an adapter (or one version with @rev)."""
-    try:
-        with hub(endpoint, token) as h:
-            data = h.info(spec)
-    except HubError as e:
-        fail(e)
+    with hub(endpoint, token) as h:
+        data = h.info(spec)
     table = Table(show_header=False)
     for key, value in data.items():
         if key in ("adapter_config",):
@@ -410,39 +376,36 @@ def cluster_command(
     token: Token = None,
 ) -> None:
     """Group the adapters you can see by their parameters (MBC) and show the clusters."""
-    try:
-        with hub(endpoint, token) as h:
-            run = h.cluster(base_model, k=k, method=method, seed=seed)
-            if run["status"] == "running":
-                with Progress(console=err, transient=True) as bar:
-                    task = bar.add_task(f"clustering {run['params']['adapters']} adapters", total=1.0)
-                    while run["status"] == "running":
-                        time.sleep(0.5)
-                        run = h.cluster_run(run["id"])
-                        bar.update(task, completed=run["progress"])
-            if run["status"] == "failed":
-                err.print(f"[red]cluster run {run['id']} failed:[/] {run['error']}")
-                raise typer.Exit(1)
-            silhouette = f"{run['silhouette']:.3f}" if run["silhouette"] is not None else "-"
-            table = Table(title=f"run {run['id']}: {run['method']}, k={run['k']}, silhouette {silhouette}")
-            for column in ("cluster", "adapter", "version", "task", "distance"):
-                table.add_column(column)
-            for cluster in run["clusters"]:
-                for i, m in enumerate(cluster["members"]):
-                    table.add_row(
-                        str(cluster["index"]) if i == 0 else "",
-                        m["id"],
-                        str(m["version"]),
-                        m["task"] or "",
-                        f"{m['distance']:.3f}",
-                        end_section=i == len(cluster["members"]) - 1,
-                    )
-            out.print(table)
-            if merge:
-                for v in h.merge_clusters(run["id"], rank):
-                    out.print(f"published {v['id']} version {v['version']} (rank {v['rank']})")
-    except HubError as e:
-        fail(e)
+    with hub(endpoint, token) as h:
+        run = h.cluster(base_model, k=k, method=method, seed=seed)
+        if run["status"] == "running":
+            with Progress(console=err, transient=True) as bar:
+                task = bar.add_task(f"clustering {run['params']['adapters']} adapters", total=1.0)
+                while run["status"] == "running":
+                    time.sleep(0.5)
+                    run = h.cluster_run(run["id"])
+                    bar.update(task, completed=run["progress"])
+        if run["status"] == "failed":
+            err.print(f"[red]cluster run {run['id']} failed:[/] {run['error']}")
+            raise typer.Exit(1)
+        silhouette = f"{run['silhouette']:.3f}" if run["silhouette"] is not None else "-"
+        table = Table(title=f"run {run['id']}: {run['method']}, k={run['k']}, silhouette {silhouette}")
+        for column in ("cluster", "adapter", "version", "task", "distance"):
+            table.add_column(column)
+        for cluster in run["clusters"]:
+            for i, m in enumerate(cluster["members"]):
+                table.add_row(
+                    str(cluster["index"]) if i == 0 else "",
+                    m["id"],
+                    str(m["version"]),
+                    m["task"] or "",
+                    f"{m['distance']:.3f}",
+                    end_section=i == len(cluster["members"]) - 1,
+                )
+        out.print(table)
+        if merge:
+            for v in h.merge_clusters(run["id"], rank):
+                out.print(f"published {v['id']} version {v['version']} (rank {v['rank']})")
 
 
 token_app = typer.Typer(help="Your tokens (and, for operators, anyone's).", no_args_is_help=True)
@@ -473,11 +436,8 @@ def token_create(
     expires_at = None
     if expires_in_days is not None:
         expires_at = (datetime.now(UTC) + timedelta(days=expires_in_days)).isoformat()
-    try:
-        with hub(endpoint, token) as h:
-            made = h.create_token(name, scope or "read", expires_at, namespace)
-    except HubError as e:
-        fail(e)
+    with hub(endpoint, token) as h:
+        made = h.create_token(name, scope or "read", expires_at, namespace)
     err.print(f"{made['scope']} token {made['id']} ({made['name'] or 'unnamed'}); it is shown only now:")
     print(made["token"])
 
@@ -485,11 +445,8 @@ def token_create(
 @token_app.command("list")
 def token_list(endpoint: Endpoint = None, token: Token = None) -> None:
     """Your tokens: never their secrets; when each was last used."""
-    try:
-        with hub(endpoint, token) as h:
-            rows = h.tokens()
-    except HubError as e:
-        fail(e)
+    with hub(endpoint, token) as h:
+        rows = h.tokens()
     table = Table("id", "name", "scope", "starts with", "namespaces", "expires", "last used", "revoked")
     for r in rows:
         table.add_row(
@@ -508,11 +465,8 @@ def token_list(endpoint: Endpoint = None, token: Token = None) -> None:
 @token_app.command("revoke")
 def token_revoke(token_id: int, endpoint: Endpoint = None, token: Token = None) -> None:
     """Revoke a token by its id: refused at once, on every hub process."""
-    try:
-        with hub(endpoint, token) as h:
-            h.revoke_token(token_id)
-    except HubError as e:
-        fail(e)
+    with hub(endpoint, token) as h:
+        h.revoke_token(token_id)
     out.print(f"revoked token {token_id}")
 
 
@@ -525,11 +479,8 @@ def audit_command(
     token: Token = None,
 ) -> None:
     """The audit log of the namespaces you administer, newest first."""
-    try:
-        with hub(endpoint, token) as h:
-            rows = h.audit(namespace, action, limit)
-    except HubError as e:
-        fail(e)
+    with hub(endpoint, token) as h:
+        rows = h.audit(namespace, action, limit)
     table = Table("when", "who", "action", "target", "details", "from")
     for e in rows:
         table.add_row(e["at"], e["actor"], e["action"], e["target"], json.dumps(e["details"]), e["address"] or "")
@@ -610,7 +561,9 @@ def main() -> None:
         return
     try:
         app()
-    except (HubError, ValueError, OSError) as e:  # what a user can act on: one line, never a traceback
-        message = e.message if isinstance(e, HubError) else str(e)
-        err.print(f"[red]error:[/] {escape(message)} (QUIVER_DEBUG=1 shows where)", highlight=False)
+    except HubError as e:  # the hub's answer, from any command: one path to the exit code
+        err.print(f"[red]error{f' {e.status}' if e.status else ''}:[/] {escape(e.message)}", highlight=False)
+        raise SystemExit(1) from None
+    except (ValueError, OSError) as e:  # what a user can act on: one line, never a traceback
+        err.print(f"[red]error:[/] {escape(str(e))} (QUIVER_DEBUG=1 shows where)", highlight=False)
         raise SystemExit(1) from None

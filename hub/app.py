@@ -13,7 +13,7 @@ from starlette.middleware.sessions import SessionMiddleware
 
 import quiver_hub
 from quiver_hub.hub import errors
-from quiver_hub.hub.limits import BodyLimit
+from quiver_hub.hub.body_limit import BodyLimit
 from quiver_hub.hub.routes import (
     accounts,
     adapters,

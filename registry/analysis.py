@@ -16,11 +16,10 @@ from quiver_hub.registry import lora, peft_format
 from quiver_hub.registry.embedder import TextEmbedder
 from quiver_hub.registry.errors import InvalidAdapter
 from quiver_hub.registry.files import EXAMPLES_FILE
-from quiver_hub.registry.limits import MAX_EMBEDDED_CHARS
+from quiver_hub.registry.limits import MAX_CARD_CHARS, MAX_EMBEDDED_CHARS
 from quiver_hub.registry.validation import read_examples
 from quiver_hub.registry.vectors import normalised_mean
 
-MAX_CARD_CHARS = 2000
 EMBEDDED_EXAMPLES = 256  # the mean embedding of the first ones
 
 

@@ -14,11 +14,10 @@ from sqlalchemy.orm import Session
 
 from quiver_hub.registry.accounts import ROLE_ALLOWS, Principal
 from quiver_hub.registry.errors import Forbidden, InvalidRequest
-from quiver_hub.registry.limits import MAX_DB_ID
+from quiver_hub.registry.limits import MAX_DB_ID, MAX_EVENTS
 from quiver_hub.registry.models import AuditEvent, Namespace
 
 OPERATOR = "operator"  # the actor of `quiver admin` commands, which run on the database itself
-MAX_EVENTS = 500
 
 
 def record(

@@ -7,10 +7,15 @@ from typing import Any
 
 import yaml
 
-from quiver_hub.registry.limits import MAX_LICENSE_CHARS, MAX_TAG_CHARS, MAX_TAGS, MAX_TASK_CHARS
+from quiver_hub.registry.limits import (
+    MAX_FRONT_MATTER_CHARS,
+    MAX_LICENSE_CHARS,
+    MAX_TAG_CHARS,
+    MAX_TAGS,
+    MAX_TASK_CHARS,
+)
 
 FRONT_MATTER = re.compile(r"\A---\s*\n(.*?)\n---\s*(\n|\Z)", re.S)
-MAX_FRONT_MATTER_CHARS = 64 * 1024
 
 
 class NoAliasLoader(yaml.SafeLoader):

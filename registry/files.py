@@ -20,7 +20,7 @@ from pathlib import Path
 
 from quiver_hub.registry import lora
 from quiver_hub.registry.errors import InvalidAdapter
-from quiver_hub.registry.limits import MAX_CARD_BYTES, MAX_FILES
+from quiver_hub.registry.limits import MAX_CARD_BYTES, MAX_FILES, MAX_TEXT_BYTES
 from quiver_hub.registry.names import check_file_path
 from quiver_hub.registry.safetensors_header import read_header
 
@@ -39,7 +39,6 @@ IMAGE_MAGIC = {
     ".webp": (b"RIFF",),
 }
 BINARY_SUFFIXES = (".model", ".safetensors")
-MAX_TEXT_BYTES = 64 * 1024 * 1024  # tokenizer.json of a large vocabulary is ~20 MB
 EXCLUDE_HINT = (
     "leave them out of the upload: huggingface_hub's upload_folder(..., ignore_patterns=[{patterns}]), "
     "`hf upload ... --exclude {first}`, or `quiver push ... --exclude {first}`"

@@ -14,13 +14,12 @@ from sqlalchemy.orm import Session
 
 from quiver_hub.registry.accounts import Principal, can_read
 from quiver_hub.registry.errors import InvalidRequest, NotFound
-from quiver_hub.registry.limits import MAX_DB_ID
+from quiver_hub.registry.limits import MAX_DB_ID, MAX_PAGE
 from quiver_hub.registry.models import Adapter, Namespace, RetiredName, Tag, Version
 from quiver_hub.registry.names import check_repo_id
 
 REVISION_RE = re.compile(r"[0-9a-f]{40}")
 TAG_RE = re.compile(r"[\w.\-]{1,128}", re.ASCII)
-MAX_PAGE = 200
 
 
 @dataclass(frozen=True)

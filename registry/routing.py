@@ -22,12 +22,8 @@ from quiver_hub.registry.accounts import Principal, can_read
 from quiver_hub.registry.base_models import close_to
 from quiver_hub.registry.errors import InvalidRequest
 from quiver_hub.registry.indexes import PUBLIC, Candidates, Entry, Filters, IndexSet, PartitionedIndex
+from quiver_hub.registry.limits import MAX_ROUTE_MODULES, MAX_ROUTE_RESULTS, MAX_ROUTE_TOKENS, MAX_TOP_K
 from quiver_hub.registry.reads import visible_versions
-
-MAX_TOKENS = 8192  # over all modules of one request
-MAX_MODULES = 1024
-MAX_TOP_K = 64
-MAX_LIMIT = 100
 
 
 @dataclass(frozen=True)
@@ -52,8 +48,8 @@ def check_params(top_k: int, temperature: float, limit: int) -> None:
         raise InvalidRequest(f"top_k must be between 1 and {MAX_TOP_K}, got {top_k}")
     if not (np.isfinite(temperature) and temperature > 0):
         raise InvalidRequest(f"temperature must be a positive number, got {temperature}")
-    if not 1 <= limit <= MAX_LIMIT:
-        raise InvalidRequest(f"limit must be between 1 and {MAX_LIMIT}, got {limit}")
+    if not 1 <= limit <= MAX_ROUTE_RESULTS:
+        raise InvalidRequest(f"limit must be between 1 and {MAX_ROUTE_RESULTS}, got {limit}")
 
 
 def route(
@@ -83,12 +79,13 @@ def route(
         )
     if not hidden:
         raise InvalidRequest("hidden_states is empty: give at least one module's token rows")
-    if len(hidden) > MAX_MODULES:
-        raise InvalidRequest(f"at most {MAX_MODULES} modules per request, got {len(hidden)}")
+    if len(hidden) > MAX_ROUTE_MODULES:
+        raise InvalidRequest(f"at most {MAX_ROUTE_MODULES} modules per request, got {len(hidden)}")
     tokens = sum(h.shape[0] for h in hidden.values())
-    if tokens > MAX_TOKENS:
+    if tokens > MAX_ROUTE_TOKENS:
         raise InvalidRequest(
-            f"at most {MAX_TOKENS} token rows per request (over all modules), got {tokens}", code="too_many_tokens"
+            f"at most {MAX_ROUTE_TOKENS} token rows per request (over all modules), got {tokens}",
+            code="too_many_tokens",
         )
     within = replace(filters, base_model=None)  # the prototype indexes are already per base model
 
@@ -240,8 +237,8 @@ def search_text(
 ) -> list[Ranked]:
     """Rank by cosine of the query embedding to the adapters' text and/or example embeddings
     (the larger of the two when both are used)."""
-    if not 1 <= limit <= MAX_LIMIT:
-        raise InvalidRequest(f"limit must be between 1 and {MAX_LIMIT}, got {limit}")
+    if not 1 <= limit <= MAX_ROUTE_RESULTS:
+        raise InvalidRequest(f"limit must be between 1 and {MAX_ROUTE_RESULTS}, got {limit}")
     used: list[PartitionedIndex] = [i for use, i in ((use_text, indexes.text), (use_examples, indexes.examples)) if use]
     with indexes.lock:
         scores: dict[int, float] = {}

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 from quiver_hub.registry.errors import InvalidAdapter
+from quiver_hub.registry.limits import MAX_HEADER_BYTES
 from quiver_hub.registry.parsing import parse_json
 
-MAX_HEADER_BYTES = 16 * 1024 * 1024
 # Floating types only: LoRA factors are weights. Anything else is refused by name.
 ITEM_SIZES = {"F16": 2, "BF16": 2, "F32": 4, "F64": 8}
 

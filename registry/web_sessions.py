@@ -19,10 +19,10 @@ from sqlalchemy.orm import Session, sessionmaker
 from quiver_hub.registry.accounts import Principal, authenticate, hash_token, principal_of
 from quiver_hub.registry.db import writing
 from quiver_hub.registry.errors import RegistryError, Unauthorized
+from quiver_hub.registry.limits import MAX_SESSION_KEY_CHARS
 from quiver_hub.registry.models import Token, WebSession, utcnow
 
 LIFETIME = timedelta(days=14)
-MAX_KEY_LENGTH = 128  # a cookie's id is 43 characters; anything far longer is not ours
 
 
 def new_csrf() -> str:
@@ -47,7 +47,7 @@ def sign_in(sessions: sessionmaker[Session], token: str) -> tuple[Principal, str
 def resume(session: Session, key: str) -> tuple[Principal, str] | None:
     """The principal and CSRF secret of a live session; None when the id names no live session, or its
     token no longer works."""
-    if not isinstance(key, str) or len(key) > MAX_KEY_LENGTH:
+    if not isinstance(key, str) or len(key) > MAX_SESSION_KEY_CHARS:
         return None
     row = session.scalar(select(WebSession).where(WebSession.key_hash == hash_token(key)))
     if row is None or row.ended_at is not None or row.expires_at <= utcnow():
@@ -61,7 +61,7 @@ def resume(session: Session, key: str) -> tuple[Principal, str] | None:
 
 def sign_out(sessions: sessionmaker[Session], key: str) -> None:
     """End the session `key` names (nothing when it names none)."""
-    if not isinstance(key, str) or len(key) > MAX_KEY_LENGTH:
+    if not isinstance(key, str) or len(key) > MAX_SESSION_KEY_CHARS:
         return
     with writing(sessions) as session:
         session.execute(

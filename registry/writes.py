@@ -34,6 +34,7 @@ from quiver_hub.registry.gc import purge_blobs
 from quiver_hub.registry.limits import (
     MAX_DESCRIPTION_CHARS,
     MAX_LICENSE_CHARS,
+    MAX_LINEAGE,
     MAX_TAG_CHARS,
     MAX_TAGS,
     MAX_TASK_CHARS,
@@ -310,9 +311,6 @@ def check_module_shapes(session: Session, base_model: str, shapes: dict[str, tup
     ]
     if new and record:
         session.execute(upsert(session)(BaseModelModule).values(new).on_conflict_do_nothing())
-
-
-MAX_LINEAGE = 256
 
 
 def check_lineage(sessions: sessionmaker[Session], principal: Principal, lineage: object) -> dict:

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Query, Response
 from pydantic import BaseModel, Field
 
 from quiver_hub.hub.deps import PrincipalDep, SessionDep, StateDep
-from quiver_hub.registry import audit, orgs, tokens
+from quiver_hub.registry import audit, limits, orgs, tokens
 from quiver_hub.registry.accounts import user_orgs
 from quiver_hub.registry.errors import Unauthorized
 from quiver_hub.registry.models import AuditEvent, Token
@@ -172,7 +172,7 @@ def audit_log(
     namespace: str | None = None,
     action: str | None = None,
     before: Annotated[int | None, Query(description="events older than this id (the next page)")] = None,
-    limit: Annotated[int, Query(ge=1, le=audit.MAX_EVENTS)] = 100,
+    limit: Annotated[int, Query(ge=1, le=limits.MAX_EVENTS)] = 100,
 ) -> list[Event]:
     """The writes in the namespaces the caller administers (its own; organisations it is admin of)."""
     return [event_out(e) for e in audit.events(session, principal, namespace, action, before, limit)]

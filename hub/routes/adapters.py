@@ -14,7 +14,7 @@ from quiver_hub.hub import schemas
 from quiver_hub.hub.deps import PrincipalDep, SessionDep, StateDep
 from quiver_hub.hub.downloads import blob_response
 from quiver_hub.hub.uploads import form_lineage, form_meta, read_form, stage_files
-from quiver_hub.registry import reads, tags, writes
+from quiver_hub.registry import limits, reads, tags, writes
 from quiver_hub.registry.accounts import require_write
 from quiver_hub.registry.errors import NotFound
 from quiver_hub.registry.names import check_repo_id
@@ -106,7 +106,7 @@ def list_adapters(
     tag: str | None = None,
     namespace: str | None = None,
     cursor: str | None = None,
-    limit: Annotated[int, Query(ge=1, le=reads.MAX_PAGE)] = 50,
+    limit: Annotated[int, Query(ge=1, le=limits.MAX_PAGE)] = 50,
 ) -> schemas.AdapterPage:
     filters = reads.AdapterFilter(base_model=base_model, task=task, tags=(tag,) if tag else (), namespace=namespace)
     adapters, next_cursor = reads.list_adapters(session, principal, filters, cursor, limit)

@@ -12,7 +12,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 
 from quiver_hub.hub.deps import PrincipalDep, StateDep
-from quiver_hub.registry import routing
+from quiver_hub.registry import limits, routing
 from quiver_hub.registry.accounts import Principal
 from quiver_hub.registry.errors import InvalidRequest
 from quiver_hub.registry.indexes import Filters, IndexSet
@@ -41,14 +41,14 @@ class SearchRequest(BaseModel):
     base_model: str | None = None
     task: str | None = None
     tags: list[str] = []
-    limit: int = Field(10, ge=1, le=routing.MAX_LIMIT)
+    limit: int = Field(10, ge=1, le=limits.MAX_ROUTE_RESULTS)
 
 
 class RouteTextRequest(BaseModel):
     model_config = {"extra": "forbid"}
     text: str = Field(min_length=1, max_length=20000)
     base_model: str | None = None
-    limit: int = Field(10, ge=1, le=routing.MAX_LIMIT)
+    limit: int = Field(10, ge=1, le=limits.MAX_ROUTE_RESULTS)
 
 
 class RouteRequest(BaseModel):
@@ -93,7 +93,7 @@ def answer(ranked: list[routing.Ranked]) -> list[Result]:
 class RouteModules(BaseModel):
     base_model: str
     modules: dict[str, int] = Field(description="module name -> in_features (the width of its input rows)")
-    max_rows: int = Field(routing.MAX_TOKENS, description="token rows a route request may hold, over its modules")
+    max_rows: int = Field(limits.MAX_ROUTE_TOKENS, description="token rows a route request may hold, over its modules")
 
 
 @router.get("/route/modules", response_model=RouteModules)
@@ -171,7 +171,7 @@ async def route(
     same input as text), method "arrow+examples": averaged with the adapters' share of a sharp softmax
     of its similarity to their example inputs (docs/routing-and-clustering.md)."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip()
-    body = await request.body()  # bounded by QUIVER_MAX_ROUTE_BYTES (hub.limits); parsed off the event loop
+    body = await request.body()  # bounded by QUIVER_MAX_ROUTE_BYTES (hub.body_limit); parsed off the event loop
     if content_type == "application/octet-stream":
         hidden = await run_in_threadpool(hidden_from_safetensors, body)
         params = dict(

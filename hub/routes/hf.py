@@ -19,7 +19,7 @@ from quiver_hub.hub.deps import PrincipalDep, SessionDep, StateDep
 from quiver_hub.hub.downloads import blob_response
 from quiver_hub.hub.errors import HF_TAG
 from quiver_hub.hub.hf import EMPTY_COMMIT, entry_not_found, file_entry, model_json, version_for
-from quiver_hub.registry import reads
+from quiver_hub.registry import limits, reads
 from quiver_hub.registry.accounts import user_orgs
 from quiver_hub.registry.errors import NotFound, Unauthorized
 from quiver_hub.registry.models import Version
@@ -167,7 +167,7 @@ def list_models(
             elif term and term not in ("peft", "lora", "safetensors"):
                 tags.append(term)
     filters = reads.AdapterFilter(base_model=base_model, namespace=author, tags=tuple(tags), search=search)
-    page, next_cursor = reads.list_adapters(session, principal, filters, cursor, min(limit, reads.MAX_PAGE))
+    page, next_cursor = reads.list_adapters(session, principal, filters, cursor, min(limit, limits.MAX_PAGE))
     latest = reads.latest_versions(session, page)
     wants_full = (full or "").lower() in ("1", "true")
     body = [model_json(request, state, a, latest.get(a.id), full=wants_full) for a in page]

@@ -23,7 +23,7 @@ from sqlalchemy import select
 
 from quiver_hub.hub.deps import StateDep
 from quiver_hub.hub.web import check_csrf, page, page_principal, sign_in, sign_out
-from quiver_hub.registry import cluster_runs, orgs, reads, routing, tokens, writes
+from quiver_hub.registry import cluster_runs, limits, orgs, reads, routing, tokens, writes
 from quiver_hub.registry.accounts import allowed
 from quiver_hub.registry.errors import NotFound, RegistryError
 from quiver_hub.registry.indexes import Filters
@@ -86,7 +86,7 @@ def search(
             adapters, _ = reads.list_adapters(session, principal, listing, None, 50)
             context.update(adapters=adapters, latest=reads.latest_versions(session, adapters))
             return page(request, "search.html", principal=principal, **context)
-    page_number = max(1, min(page_number, routing.MAX_LIMIT // PAGE))
+    page_number = max(1, min(page_number, limits.MAX_ROUTE_RESULTS // PAGE))
     context.update(page_number=page_number, start=(page_number - 1) * PAGE + 1, more=False)
     context["query_for"] = lambda n: urlencode({**request.query_params, "page": n})
     if q:
@@ -99,12 +99,12 @@ def search(
         )
         wanted = page_number * PAGE + 1  # one more than shown: is there a next page?
         ranked = routing.search_text(
-            state.fresh_indexes(), principal, query, index_filters, min(wanted, routing.MAX_LIMIT)
+            state.fresh_indexes(), principal, query, index_filters, min(wanted, limits.MAX_ROUTE_RESULTS)
         )
         ranked = routing.visible_now(state.sessions, principal, ranked)
         shown = ranked[(page_number - 1) * PAGE : page_number * PAGE]
         context["results"] = results(state, shown)
-        context["more"] = len(ranked) > page_number * PAGE and page_number * PAGE < routing.MAX_LIMIT
+        context["more"] = len(ranked) > page_number * PAGE and page_number * PAGE < limits.MAX_ROUTE_RESULTS
     return page(request, "search.html", principal=principal, **context)
 
 

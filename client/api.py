@@ -28,6 +28,7 @@ if TYPE_CHECKING:  # the model work imports torch, which the commands that only 
 
 SKIPPED_DIRS = (".git", ".cache", "__pycache__", ".ipynb_checkpoints")
 ROUTE_METHODS = ("arrow", "arrow-centered", "arrow+examples")
+ROUTE_MODULES_TTL_S = 60.0  # how long Hub.route trusts the modules it was told (Hub.route_modules)
 
 
 def upload_paths(folder: Path, exclude: Sequence[str] = ()) -> dict[str, Path]:
@@ -175,6 +176,7 @@ class Hub:
         self.cache = Cache(cache_dir)
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
         self._http = httpx.Client(base_url=self.endpoint, headers=headers, timeout=timeout, follow_redirects=True)
+        self._route_modules: dict[str, tuple[float, dict]] = {}  # base model -> (when asked, the answer)
 
     def close(self) -> None:
         self._http.close()
@@ -267,6 +269,7 @@ class Hub:
                     for rel, path in paths.items()
                 ]
                 version = self._call("POST", f"/v1/adapters/{repo}", files=files, data=data)
+            self._route_modules.clear()  # it may adapt modules no adapter did
         for notice in version.get("notices", []):  # what the hub decided for you, or asks you to check
             warnings.warn(f"{repo}: {notice}", UserWarning, stacklevel=2)
         return version
@@ -283,6 +286,7 @@ class Hub:
     def delete(self, spec: str) -> list[dict]:
         repo, rev = split_repo(spec)
         path = f"/v1/adapters/{repo}" + (f"/versions/{rev}" if rev else "")
+        self._route_modules.clear()
         return self._call("DELETE", path)["deleted"]
 
     # -- reading --
@@ -382,9 +386,16 @@ class Hub:
             "results"
         ]
 
-    def route_modules(self, base_model: str) -> dict:
-        """{"modules": {module: in_features}, "max_rows"}: what the hub can route on for this base model."""
-        return self._call("GET", "/v1/route/modules", params={"base_model": base_model})
+    def route_modules(self, base_model: str, fresh: bool = False) -> dict:
+        """{"modules": {module: in_features}, "max_rows"}: what the hub can route on for this base model.
+
+        Kept for ROUTE_MODULES_TTL_S (a route asks it every time; the set changes only when an adapter of
+        new modules is published), unless `fresh`; this client's own push and delete forget it."""
+        asked = self._route_modules.get(base_model)
+        if fresh or asked is None or time.monotonic() - asked[0] > ROUTE_MODULES_TTL_S:
+            asked = (time.monotonic(), self._call("GET", "/v1/route/modules", params={"base_model": base_model}))
+            self._route_modules[base_model] = asked
+        return asked[1]
 
     def route(
         self,

@@ -193,3 +193,25 @@ def test_hub_route_on_a_chat_sends_the_centered_states_of_the_users_words(server
             routed = hub.route(model=model, tokenizer=tok, messages=messages, method=method, top_k=2, limit=4)
             want = brute_force(protos, {m: h.numpy() for m, h in sent.items()}, 2, 1.0)
             assert {r["id"]: round(r["score"], 5) for r in routed} == {k: round(v, 5) for k, v in want.items() if v > 0}
+
+
+def test_hub_route_asks_the_modules_once_and_again_after_its_own_push(server: LiveServer, tmp_path: Path) -> None:
+    """The modules a hub routes on are kept by the client (Hub.route_modules): one GET for many routes, and
+    a push of its own (which may adapt new modules) forgets them."""
+    token = server.token("alice")
+    model, tok = tiny_llama(), chat_tokenizer()
+    model.name_or_path = BASE
+    messages = [{"role": "user", "content": "translate this into french"}]
+    with Hub(server.url, token, cache_dir=tmp_path / "cache") as hub:
+        asked = []
+        hub._http.event_hooks["request"].append(lambda r: asked.append(r.url.path))  # the real requests, counted
+        hub.push(write_adapter(tmp_path / "a", seed=1, hidden=HIDDEN), "alice/first")
+        for _ in range(3):
+            hub.route(model=model, tokenizer=tok, messages=messages, method="arrow")
+        assert asked.count("/v1/route/modules") == 1 and asked.count("/v1/route") == 3
+        hub.push(write_adapter(tmp_path / "b", seed=2, hidden=HIDDEN), "alice/second")
+        assert {r["id"] for r in hub.route(model=model, tokenizer=tok, messages=messages, method="arrow")} == {
+            "alice/first",
+            "alice/second",
+        }
+        assert asked.count("/v1/route/modules") == 2

@@ -114,10 +114,46 @@ class Prepared:
     title: str = ""  # the commit's, as Hugging Face clients list it
     message: str = ""
     oids: dict[str, str] = field(default_factory=dict)  # path -> git object id (files.git_oid)
+    described: tuple[str, bytes] | None = None  # the adapter's text and its embedding, as read before the lock
 
 
-def text_embedding(embedder: TextEmbedder, adapter: Adapter, card: str | None) -> bytes:
-    return to_bytes(embedder.embed_one(describe(adapter.description or "", adapter.task, adapter.tags or [], card)))
+def adapter_text(description: str | None, task: str | None, tags: list[str] | None, card: str | None) -> str:
+    """What text search embeds for an adapter."""
+    return describe(description or "", task, tags or [], card)
+
+
+def text_embedding(
+    embedder: TextEmbedder, adapter: Adapter, card: str | None, known: tuple[str, bytes] | None = None
+) -> bytes:
+    """The adapter's text embedding: `known` (embedded before the write lock, so that no writer waits on the
+    embedder) when the text is still what it was embedded from, else embedded now."""
+    text = adapter_text(adapter.description, adapter.task, adapter.tags, card)
+    if known is not None and known[0] == text:
+        return known[1]
+    return to_bytes(embedder.embed_one(text))
+
+
+def embed_ahead(
+    sessions: sessionmaker[Session],
+    embedder: TextEmbedder,
+    namespace: str,
+    name: str,
+    meta: AdapterMeta,
+    card: str | None = None,
+    store: BlobStore | None = None,
+) -> tuple[str, bytes]:
+    """The text an adapter will have once `meta` is applied, read without a lock, and its embedding: with
+    `card`, a new version's; with `store`, the latest version's."""
+    with sessions() as session:
+        current = find_adapter(session, namespace, name)
+        fields = [
+            getattr(meta, f) if getattr(meta, f) is not None else getattr(current, f, None)
+            for f in ("description", "task", "tags")
+        ]
+        if store is not None and current is not None and current.versions:
+            card = version_card(store, current.versions[-1])
+    text = adapter_text(*fields, card)
+    return text, to_bytes(embedder.embed_one(text))
 
 
 def version_card(store: BlobStore, version: Version | None) -> str | None:
@@ -175,7 +211,10 @@ def publish(
         except FileNotFoundError:  # a reused file purged by a delete (or a cache) while it was being read
             refuse_lost(store, files)
             raise Conflict(f"a file {namespace}/{name} reuses went away while it was read; retry") from None
-        prepared = Prepared(summary, analysis, card, embedder, derived_from, title[:255], message[:10_000], oids)
+        described = embed_ahead(sessions, embedder, namespace, name, meta, card)
+        prepared = Prepared(
+            summary, analysis, card, embedder, derived_from, title[:255], message[:10_000], oids, described
+        )
         for attempt in range(3):
             try:
                 version = _publish_once(sessions, store, principal, namespace, name, files, meta, prepared)
@@ -243,7 +282,7 @@ def _publish_once(
                 else []
             ),
         )
-        adapter.text_embedding = text_embedding(prepared.embedder, adapter, prepared.card)
+        adapter.text_embedding = text_embedding(prepared.embedder, adapter, prepared.card, prepared.described)
         session.add(version)
         session.flush()
         record_change(session, adapter.id)
@@ -373,6 +412,7 @@ def update_adapter(
     meta.check()
     if meta.base_model is not None:
         raise InvalidRequest("a version's base model is fixed; publish a new version with base_model to change it")
+    described = embed_ahead(sessions, embedder, namespace, name, meta, store=store)
     with writing(sessions) as session:
         require_write(session, principal, namespace)
         adapter = get_adapter(session, principal, namespace, name)
@@ -396,7 +436,7 @@ def update_adapter(
         )
         meta.apply(adapter)
         card = version_card(store, adapter.versions[-1] if adapter.versions else None)
-        adapter.text_embedding = text_embedding(embedder, adapter, card)
+        adapter.text_embedding = text_embedding(embedder, adapter, card, described)
         record_change(session, adapter.id)
         session.commit()
         session.refresh(adapter)

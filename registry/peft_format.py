@@ -159,6 +159,10 @@ def sort_keys(config: Mapping[str, Any], keys: Iterable[str]) -> Parts[str]:
     """Every key of adapter_model.safetensors, by what it does; keys nothing explains go to `unknown`."""
     parts: Parts[str] = Parts()
     dora, maybe_saved = bool(config.get("use_dora")), []
+
+    def refuse(why: str, key: str) -> None:
+        parts.unknown.setdefault(why, []).append(key)
+
     for key in keys:
         parsed = split_key(key)
         rest = key[len(KEY_PREFIX) :] if key.startswith(KEY_PREFIX) else None
@@ -167,32 +171,29 @@ def sort_keys(config: Mapping[str, Any], keys: Iterable[str]) -> Parts[str]:
         elif (module := magnitude_module(key)) is not None and dora:
             parts.factors.setdefault(module, {})["magnitude"] = key
         elif module is not None:
-            parts.unknown.setdefault("DoRA magnitude vectors of an adapter whose config does not say use_dora", [])
-            parts.unknown["DoRA magnitude vectors of an adapter whose config does not say use_dora"].append(key)
+            refuse("DoRA magnitude vectors of an adapter whose config does not say use_dora", key)
         elif rest is None:
-            parts.unknown.setdefault(f"a tensor outside {KEY_PREFIX!r}", []).append(key)
+            refuse(f"a tensor outside {KEY_PREFIX!r}", key)
         elif rest.endswith(LORA_BIAS_SUFFIX) and config.get("lora_bias") is True:
             parts.factors.setdefault(rest[: -len(LORA_BIAS_SUFFIX)], {})["bias"] = key
         elif rest.endswith(LORA_BIAS_SUFFIX):
-            parts.unknown.setdefault("lora_B.bias of an adapter whose config does not say lora_bias", []).append(key)
+            refuse("lora_B.bias of an adapter whose config does not say lora_bias", key)
         elif side := next((v for s, v in EMBEDDING_SUFFIXES.items() if rest.endswith(s)), None):
             parts.embeddings.setdefault(rest.rsplit(".", 1)[0], {})[side] = key
         elif rest.endswith(TOKEN_DELTA_SUFFIX):
             module = rest[: -len(TOKEN_DELTA_SUFFIX)]
             if (rows := token_rows(config, module)) is None:
-                parts.unknown.setdefault("trainable token deltas trainable_token_indices does not place", [])
-                parts.unknown["trainable token deltas trainable_token_indices does not place"].append(key)
+                refuse("trainable token deltas trainable_token_indices does not place", key)
             else:
                 parts.tokens[module] = (rows, key)
         elif ".lora_" in rest or "trainable_tokens" in rest or ".modules_to_save." in rest:
-            parts.unknown.setdefault("a tensor Quiver does not know", []).append(key)
+            refuse("a tensor Quiver does not know", key)
         else:
             maybe_saved.append((rest.replace(".base_layer.", "."), key))
     lora_modules = set(parts.factors) | set(parts.embeddings)
     for parameter, key in maybe_saved:
         if saved_reason(config, parameter, lora_modules) is None:
-            what = "a saved tensor that no setting explains (modules_to_save, bias, save_embedding_layers)"
-            parts.unknown.setdefault(what, []).append(key)
+            refuse("a saved tensor that no setting explains (modules_to_save, bias, save_embedding_layers)", key)
         else:
             parts.saved[parameter] = key
     return parts
@@ -217,6 +218,9 @@ def unsupported(config: Mapping[str, Any], keys: Iterable[str]) -> list[str]:
         problems.append(f"{kind}: {shown}")
     for module in sorted(set(parts.tokens) & set(parts.embeddings)):
         problems.append(f"{module}: trainable tokens and a LoRA on the same embedding")
+    for kind, pairs in (("lora_", parts.factors), ("lora_embedding_", parts.embeddings)):  # never half a pair
+        for module, found in sorted(pairs.items()):
+            problems += [f"{kind}{side} missing for {module}" for side in ("A", "B") if side not in found]
     return problems
 
 
@@ -269,12 +273,10 @@ def read(weights_path: str | Path, config: Mapping[str, Any]) -> Loaded:
             tensors.get(keys.get("bias", "")),
         )
         for module, keys in sorted(parts.factors.items())
-        if "A" in keys and "B" in keys
     }
     embeddings = {
         module: Factors(tensors[keys["B"]].T, tensors[keys["A"]].T, module_scaling(config, module))
         for module, keys in sorted(parts.embeddings.items())
-        if "A" in keys and "B" in keys
     }
     saved = {parameter: tensors[key] for parameter, key in sorted(parts.saved.items())}
     tokens = {module: (rows, tensors[key]) for module, (rows, key) in sorted(parts.tokens.items())}

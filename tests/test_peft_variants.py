@@ -58,6 +58,16 @@ def edited(config_change: dict | None = None, tensors: dict | None = None) -> Ca
     return edit
 
 
+def without(suffix: str) -> Callable[[Path], None]:
+    """A change to a saved adapter: the tensors whose keys end with `suffix` taken out."""
+
+    def edit(folder: Path) -> None:
+        weights = folder / "adapter_model.safetensors"
+        save_file({k: v for k, v in load_file(str(weights)).items() if not k.endswith(suffix)}, str(weights))
+
+    return edit
+
+
 # name -> (model, LoraConfig fields, save_pretrained options, edit of the saved folder)
 MERGED = {
     "plain": (tiny_llama, dict(target_modules=QV), {}, None),
@@ -168,6 +178,13 @@ REFUSED = {
         {},
         edited(tensors={"base_model.model.model.layers.0.self_attn.q_proj.lora_B.bias": torch.ones(32)}),
         "lora_B.bias",
+    ),
+    "lora_A without its lora_B": (
+        tiny_llama,
+        dict(target_modules=QV),
+        {},
+        without("q_proj.lora_B.weight"),
+        "lora_B missing",
     ),
     "token deltas for rows the config does not name": (
         tiny_llama,

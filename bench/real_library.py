@@ -130,10 +130,9 @@ def train(  # noqa: ANN001
     config = LoraConfig(
         r=recipe.rank,
         lora_alpha=recipe.alpha,
-        target_modules=TARGETS,
         lora_dropout=0.0,
         task_type="CAUSAL_LM",
-        **(form or {}),
+        **{"target_modules": TARGETS, **(form or {})},
     )
     peft_model = get_peft_model(model, config)
     trained = [(n, p) for n, p in peft_model.named_parameters() if p.requires_grad]

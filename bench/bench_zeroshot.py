@@ -37,12 +37,31 @@ from bench.common import table  # noqa: E402
 from bench.libraries import LIBRARIES, adapters, train_library  # noqa: E402
 from bench.real_library import BASE_MODEL, accuracy, cache_dir, chat, load_model  # noqa: E402
 from quiver_hub import Adapter, Hub, merged  # noqa: E402
-from quiver_hub.reranking import CRITERIA, candidate_scores  # noqa: E402
 from tests.conftest import free_port, operator_token, serve_process  # noqa: E402
 
 HELD_OUT = 20
 EXAMPLES = 5
 CANDIDATES = (2, 3, 5)
+CRITERIA = ("confidence", "shift")
+
+
+@torch.no_grad()
+def next_token_logprobs(model: torch.nn.Module, input_ids: list[int]) -> torch.Tensor:
+    """log-probabilities (float32, vocabulary) of the token after `input_ids`."""
+    return torch.log_softmax(model(input_ids=torch.tensor([input_ids])).logits[0, -1].float(), -1)
+
+
+def candidate_scores(model: torch.nn.Module, input_ids: list[int], candidates: list[Adapter]) -> dict[str, list]:
+    """criterion -> one score per candidate (higher is better): with each candidate merged, the largest
+    next-token probability ("confidence") and the KL divergence from the base model's ("shift")."""
+    base = next_token_logprobs(model, input_ids)
+    scores: dict[str, list[float]] = {c: [] for c in CRITERIA}
+    for adapter in candidates:
+        with merged(model, adapter):
+            logp = next_token_logprobs(model, input_ids)
+        scores["confidence"].append(logp.max().exp().item())
+        scores["shift"].append(torch.sum(logp.exp() * (logp - base)).item())
+    return scores
 
 
 def publish(hub: Hub, home: Path, library: str, folders: dict[str, Path]) -> tuple[dict, dict]:

@@ -415,7 +415,6 @@ class Hub:
         tags: Sequence[str] = (),
         namespace: str | None = None,
         method: str = "arrow+examples",
-        rerank: int = 0,
     ) -> Routing:
         """Which adapters fit this input? Arrow retrieval on the model's own hidden states.
 
@@ -428,12 +427,7 @@ class Hub:
         method (docs/routing-and-clustering.md): "arrow", the paper's, on the states as they are;
         "arrow-centered", on the states minus each module's mean input over ordinary text
         (capture.reference_means), which all inputs share; "arrow+examples" (the default), centered, and
-        averaged with how close the user's words are to each adapter's example inputs.
-
-        rerank: with a model, the route's first `rerank` adapters are pulled and re-ordered by how
-        confident the model is of its next token with each merged (quiver_hub.reranking; one forward
-        pass each); each gets a "rerank_score". For adapters published without examples
-        (bench/README.md, "Zero-shot routing")."""
+        averaged with how close the user's words are to each adapter's example inputs."""
         from quiver_hub.capture import capture_inputs, chat_tokens, reference_means, text_tokens
         from quiver_hub.routing import Routing, combine, split_requests
 
@@ -469,29 +463,11 @@ class Hub:
         params |= {k: v for k, v in {"task": task, "tags": ",".join(tags), "namespace": namespace}.items() if v}
         if method == "arrow+examples" and words:
             params["text"] = words[:20000]
-        if rerank and (model is None or input_ids is None):
-            raise ValueError("rerank needs the model and its input (messages, text or input_ids), not hidden_states")
         requests = split_requests(hidden_states, max_rows) if max_rows else [(1.0, hidden_states)]
         if len(requests) == 1:
-            answer = Routing(self._route_request(requests[0][1], params))
-        else:
-            answers = [(w, self._route_request(states, {**params, "all_scores": True})) for w, states in requests]
-            answer = combine(answers, limit)
-        return self._reranked(answer, model, input_ids, rerank) if rerank > 1 else answer
-
-    def _reranked(self, answer: Routing, model: torch.nn.Module, input_ids: Any, count: int) -> Routing:
-        """The first `count` adapters of the answer in the order of the model's confidence with each."""
-        from quiver_hub.adapter import Adapter
-        from quiver_hub.reranking import candidate_scores
-        from quiver_hub.routing import Routing
-
-        top = list(answer[:count])
-        adapters = [Adapter.load(self.pull(f"{r['id']}@{r['revision']}")) for r in top]
-        scores = candidate_scores(model, input_ids, adapters)["confidence"]
-        for r, score in zip(top, scores, strict=True):
-            r["rerank_score"] = score
-        order = sorted(range(len(top)), key=lambda i: -scores[i])  # stable: ties keep the route's order
-        return Routing([top[i] for i in order] + list(answer[count:]))
+            return Routing(self._route_request(requests[0][1], params))
+        answers = [(w, self._route_request(states, {**params, "all_scores": True})) for w, states in requests]
+        return combine(answers, limit)
 
     def _route_request(self, states: Mapping[str, Any], params: dict) -> list[dict]:
         from quiver_hub.capture import routing_payload

@@ -7,7 +7,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
 
 from quiver_hub import Hub
@@ -216,46 +215,3 @@ def test_hub_route_asks_the_modules_once_and_again_after_its_own_push(server: Li
             "alice/second",
         }
         assert asked.count("/v1/route/modules") == 2
-
-
-def test_rerank_orders_the_top_candidates_by_the_models_confidence_and_sees_only_the_callers(
-    server: LiveServer, tmp_path: Path
-) -> None:
-    """Hub.route(rerank=k) re-orders the route's first k by the model's largest next-token probability with
-    each merged, computed here by hand; the rest keeps the route's order, the model is left bitwise as it
-    was, and another user's private adapter is neither returned nor pulled."""
-    from quiver_hub import Adapter, merged
-
-    alice, bob = server.token("alice"), server.token("bob")
-    torch.manual_seed(0)
-    model, tok = tiny_llama(), chat_tokenizer()
-    model.name_or_path = BASE
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    messages = [{"role": "user", "content": "translate this into french"}]
-    folders = {
-        f"alice/a{i}": write_adapter(tmp_path / f"a{i}", seed=i, hidden=HIDDEN, projs=("q_proj",)) for i in range(5)
-    }
-    with Hub(server.url, bob, cache_dir=tmp_path / "bob-cache") as hub:
-        secret = write_adapter(tmp_path / "secret", seed=99, hidden=HIDDEN, projs=("q_proj",))
-        hub.push(secret, "bob/secret", visibility="private")
-    with Hub(server.url, alice, cache_dir=tmp_path / "cache") as hub:
-        for repo, folder in folders.items():
-            hub.push(folder, repo)
-        plain = hub.route(model=model, tokenizer=tok, messages=messages, method="arrow", top_k=5, limit=10)
-        reranked = hub.route(model=model, tokenizer=tok, messages=messages, method="arrow", top_k=5, limit=10, rerank=3)
-        with pytest.raises(ValueError, match="rerank needs the model"):
-            hub.route({m: np.ones((1, HIDDEN), np.float32) for m in MODULES[:1]}, base_model=BASE, rerank=3)
-    assert len(plain) == 5 and "bob/secret" not in {r["id"] for r in plain + reranked}
-    ids, _ = chat_tokens(tok, messages)
-    confidence = {}
-    for r in plain[:3]:
-        with merged(model, Adapter.load(folders[r["id"]])), torch.no_grad():
-            probs = torch.softmax(model(input_ids=torch.tensor([ids])).logits[0, -1], -1)
-        confidence[r["id"]] = probs.max().item()
-    assert [r["id"] for r in reranked[:3]] == sorted(confidence, key=lambda k: -confidence[k])
-    assert [r["id"] for r in reranked[3:]] == [r["id"] for r in plain[3:]]
-    assert [r["id"] for r in reranked[:3]] != [r["id"] for r in plain[:3]]  # these seeds: the model disagrees
-    for r in reranked[:3]:
-        assert abs(r["rerank_score"] - confidence[r["id"]]) < 1e-5
-    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
-    assert not any("secret" in str(p) for p in (tmp_path / "cache").rglob("*"))

@@ -1,7 +1,7 @@
 """Zero-shot routing and clustering on libraries no default was chosen on (issue 30).
 
     python bench/libraries.py --no-eval      # train the three libraries (~25 min on 2 cores, cached)
-    python bench/bench_zeroshot.py           # ~15 min
+    python bench/bench_zeroshot.py           # ~35 min
 
 Three libraries (bench/libraries.py: B, C, D), nine adapters each in three families, no task shared with
 another library or with bench/tasks.py, mixed in form (ranks 4-16, attention-only and all-linear, every

@@ -55,14 +55,10 @@ def small_lists() -> list[tuple[int, ...]]:
     return [tuple(rng.sample(range(1, 20), rng.randint(3, 5))) for _ in range(2000)]
 
 
-def task(name: str, family: str, description: str, inputs, prompt, answer) -> Task:  # noqa: ANN001
-    return Task(name, family, description, inputs, prompt, answer)
-
-
 LIBRARIES: dict[str, dict[str, list[Task]]] = {
     "B": {
         "doubling": [
-            task(
+            Task(
                 "double",
                 "doubling",
                 "Doubles a whole number.",
@@ -70,7 +66,7 @@ LIBRARIES: dict[str, dict[str, list[Task]]] = {
                 lambda n: f"What is twice {n}? Reply with the number only.",
                 lambda n: str(2 * n),
             ),
-            task(
+            Task(
                 "half",
                 "doubling",
                 "Halves an even whole number.",
@@ -78,7 +74,7 @@ LIBRARIES: dict[str, dict[str, list[Task]]] = {
                 lambda n: f"What is half of {n}? Reply with the number only.",
                 lambda n: str(n // 2),
             ),
-            task(
+            Task(
                 "square",
                 "doubling",
                 "Squares a small whole number.",
@@ -88,7 +84,7 @@ LIBRARIES: dict[str, dict[str, list[Task]]] = {
             ),
         ],
         "word-shape": [
-            task(
+            Task(
                 "reverse",
                 "word-shape",
                 "Spells a word backwards.",
@@ -96,7 +92,7 @@ LIBRARIES: dict[str, dict[str, list[Task]]] = {
                 lambda w: f"Spell the word '{w}' backwards.",
                 lambda w: w[::-1],
             ),
-            task(
+            Task(
                 "word-length",
                 "word-shape",
                 "Counts the letters of a word.",
@@ -104,7 +100,7 @@ LIBRARIES: dict[str, dict[str, list[Task]]] = {
                 lambda w: f"How many letters are in the word '{w}'? Reply with the number only.",
                 lambda w: str(len(w)),
             ),
-            task(
+            Task(
                 "second-letter",
                 "word-shape",
                 "Tells the second letter of a word.",
@@ -114,7 +110,7 @@ LIBRARIES: dict[str, dict[str, list[Task]]] = {
             ),
         ],
         "kinds": [
-            task(
+            Task(
                 "colour-or-shape",
                 "kinds",
                 "Tells whether a word names a colour or a shape.",
@@ -124,7 +120,7 @@ LIBRARIES: dict[str, dict[str, list[Task]]] = {
                 ].format(x[0]),
                 lambda x: x[1],
             ),
-            task(
+            Task(
                 "vowel-or-consonant",
                 "kinds",
                 "Tells whether a letter is a vowel or a consonant.",
@@ -136,7 +132,7 @@ LIBRARIES: dict[str, dict[str, list[Task]]] = {
                 ][x[1]].format(x[0]),
                 lambda x: "vowel" if x[0] in "aeiou" else "consonant",
             ),
-            task(
+            Task(
                 "bigger",
                 "kinds",
                 "Tells the larger of two numbers.",
@@ -148,7 +144,7 @@ LIBRARIES: dict[str, dict[str, list[Task]]] = {
     },
     "C": {
         "counting": [
-            task(
+            Task(
                 "next-number",
                 "counting",
                 "Tells the number that comes after a number.",
@@ -156,7 +152,7 @@ LIBRARIES: dict[str, dict[str, list[Task]]] = {
                 lambda n: f"Which number comes right after {n}?",
                 lambda n: str(n + 1),
             ),
-            task(
+            Task(
                 "previous-number",
                 "counting",
                 "Tells the number that comes before a number.",
@@ -164,7 +160,7 @@ LIBRARIES: dict[str, dict[str, list[Task]]] = {
                 lambda n: f"Which number comes right before {n}?",
                 lambda n: str(n - 1),
             ),
-            task(
+            Task(
                 "next-letter",
                 "counting",
                 "Tells the letter that comes after a letter in the alphabet.",
@@ -178,7 +174,7 @@ LIBRARIES: dict[str, dict[str, list[Task]]] = {
             ),
         ],
         "seasons": [
-            task(
+            Task(
                 "day-before",
                 "seasons",
                 "Tells the day of the week before a given day.",
@@ -196,7 +192,7 @@ LIBRARIES: dict[str, dict[str, list[Task]]] = {
                 ][x[1]].format(WEEKDAYS[x[0]]),
                 lambda x: WEEKDAYS[(x[0] - 1) % 7],
             ),
-            task(
+            Task(
                 "month-number",
                 "seasons",
                 "Tells a month's number in the year.",
@@ -210,7 +206,7 @@ LIBRARIES: dict[str, dict[str, list[Task]]] = {
                 ][x[1]].format(MONTHS[x[0]]),
                 lambda x: str(x[0] + 1),
             ),
-            task(
+            Task(
                 "season",
                 "seasons",
                 "Tells the season of a month in the northern hemisphere.",
@@ -226,7 +222,7 @@ LIBRARIES: dict[str, dict[str, list[Task]]] = {
             ),
         ],
         "wording": [
-            task(
+            Task(
                 "capitalise",
                 "wording",
                 "Writes a word with its first letter capital.",
@@ -234,7 +230,7 @@ LIBRARIES: dict[str, dict[str, list[Task]]] = {
                 lambda w: f"Write '{w}' with a capital first letter.",
                 lambda w: w.capitalize(),
             ),
-            task(
+            Task(
                 "plural",
                 "wording",
                 "Writes the plural of a regular noun.",
@@ -242,7 +238,7 @@ LIBRARIES: dict[str, dict[str, list[Task]]] = {
                 lambda w: f"What is the plural of '{w}'?",
                 lambda w: w + "s",
             ),
-            task(
+            Task(
                 "repeat",
                 "wording",
                 "Writes a word twice.",
@@ -254,7 +250,7 @@ LIBRARIES: dict[str, dict[str, list[Task]]] = {
     },
     "D": {
         "digits": [
-            task(
+            Task(
                 "digit-sum",
                 "digits",
                 "Adds up the digits of a number.",
@@ -262,7 +258,7 @@ LIBRARIES: dict[str, dict[str, list[Task]]] = {
                 lambda n: f"What is the sum of the digits of {n}?",
                 lambda n: str(sum(map(int, str(n)))),
             ),
-            task(
+            Task(
                 "digit-count",
                 "digits",
                 "Counts the digits of a number.",
@@ -270,7 +266,7 @@ LIBRARIES: dict[str, dict[str, list[Task]]] = {
                 lambda n: f"How many digits does {n} have?",
                 lambda n: str(len(str(n))),
             ),
-            task(
+            Task(
                 "last-digit",
                 "digits",
                 "Tells the last digit of a number.",
@@ -280,7 +276,7 @@ LIBRARIES: dict[str, dict[str, list[Task]]] = {
             ),
         ],
         "tallies": [
-            task(
+            Task(
                 "list-count",
                 "tallies",
                 "Counts the numbers in a list.",
@@ -288,7 +284,7 @@ LIBRARIES: dict[str, dict[str, list[Task]]] = {
                 lambda x: f"How many numbers are in this list: {fmt(x)}?",
                 lambda x: str(len(x)),
             ),
-            task(
+            Task(
                 "list-sum",
                 "tallies",
                 "Adds up a short list of small numbers.",
@@ -296,7 +292,7 @@ LIBRARIES: dict[str, dict[str, list[Task]]] = {
                 lambda x: f"What is the sum of this list: {fmt(x)}?",
                 lambda x: str(sum(x)),
             ),
-            task(
+            Task(
                 "list-second",
                 "tallies",
                 "Tells the second number of a list.",
@@ -306,7 +302,7 @@ LIBRARIES: dict[str, dict[str, list[Task]]] = {
             ),
         ],
         "lookup": [
-            task(
+            Task(
                 "opposite",
                 "lookup",
                 "Gives the opposite of a word.",
@@ -318,7 +314,7 @@ LIBRARIES: dict[str, dict[str, list[Task]]] = {
                 ][x[1]].format(x[0]),
                 lambda x: OPPOSITES[x[0]],
             ),
-            task(
+            Task(
                 "animal-sound",
                 "lookup",
                 "Tells the sound an animal makes.",
@@ -331,7 +327,7 @@ LIBRARIES: dict[str, dict[str, list[Task]]] = {
                 ][x[1]].format(x[0]),
                 lambda x: SOUNDS[x[0]],
             ),
-            task(
+            Task(
                 "number-word",
                 "lookup",
                 "Writes a number from 1 to 20 as a word.",

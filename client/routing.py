@@ -3,9 +3,11 @@
 A route request holds at most the hub's `max_rows` token rows over all its modules. A longer input (many
 tokens, many modules) is split: modules are grouped so each request stays within the limit (a module with
 more tokens than the limit is split by tokens), each request asks for every adapter's score
-(`all_scores`), and the scores are combined with each request's share: a request over M_r of the M
-modules counts M_r / M, a chunk of T_c of a module's T tokens counts T_c / (T M). The result is the
-score one request over everything would have given (the scores are averages over tokens, then modules).
+(`all_scores`) and names the input's other modules with no token rows (so the hub divides each adapter's
+weight by the routed modules it adapts over the whole input), and the scores are combined with each
+request's share: a request over M_r of the M modules counts M_r / M, a chunk of T_c of a module's T
+tokens counts T_c / (T M). The result is the score one request over everything would have given
+(registry/routing.py: the scores are averages over tokens, then over each adapter's routed modules).
 """
 
 from __future__ import annotations
@@ -41,8 +43,20 @@ Rows = dict[str, torch.Tensor]
 
 
 def split_requests(hidden: Mapping[str, Any], max_rows: int) -> list[tuple[float, Rows]]:
-    """[(weight, the states of one request)] covering every module and token of `hidden` once."""
+    """[(weight, the states of one request)] covering every module and token of `hidden` once; each
+    request holds the other modules with no rows."""
     states = {m: torch.as_tensor(h).reshape(-1, torch.as_tensor(h).shape[-1]) for m, h in hidden.items()}
+    requests = [(weight, {**placeholders(states), **rows}) for weight, rows in groups(states, max_rows)]
+    return requests if len(requests) > 1 else [(1.0, states)]
+
+
+def placeholders(states: Rows) -> Rows:
+    """Every module with no token rows (0 x in_features)."""
+    return {m: h[:0] for m, h in states.items()}
+
+
+def groups(states: Rows, max_rows: int) -> list[tuple[float, Rows]]:
+    """[(share, rows)]: the modules grouped within max_rows, a longer module alone in chunks of tokens."""
     total = len(states)
     requests: list[tuple[float, Rows]] = []
     group: Rows = {}

@@ -189,7 +189,7 @@ def _restore(indexes: IndexSet, meta: dict, npz: np.lib.npyio.NpzFile) -> None:
             base_model=raw["base_model"],
             task=raw["task"],
             tags=frozenset(raw["tags"]),
-            modules=frozenset((m, w) for m, w in raw["modules"]),
+            modules=indexes.module_set((m, w) for m, w in raw["modules"]),
         )
         indexes.entries[entry.adapter_id] = indexes.by_version[entry.version_id] = entry
     for n, part in enumerate(meta["parts"]):

@@ -189,6 +189,14 @@ class IndexSet:
         self.text = PartitionedIndex(TEXT_DIM)
         self.examples = PartitionedIndex(TEXT_DIM)
         self.seq = 0
+        self._module_sets: dict[frozenset[tuple[str, int]], frozenset[tuple[str, int]]] = {}
+
+    def module_set(self, modules: Iterable[tuple[str, int]]) -> frozenset[tuple[str, int]]:
+        """One shared frozenset per distinct set of (module, in_features): adapters of one form (most of a
+        library) hold the same object, which costs one copy and lets a route count each form's routed
+        modules once (routing.route)."""
+        found = frozenset(modules)
+        return self._module_sets.setdefault(found, found)
 
     # -- keeping in step with the database --
 
@@ -303,7 +311,7 @@ class IndexSet:
                 modules.setdefault(version_id, set()).add((module, width))
             flush()
         for version_id, found in modules.items():
-            entry = replace(self.by_version[version_id], modules=frozenset(found))
+            entry = replace(self.by_version[version_id], modules=self.module_set(found))
             self.entries[entry.adapter_id] = self.by_version[version_id] = entry
 
     # -- what a caller may search --

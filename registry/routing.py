@@ -3,8 +3,17 @@
 Arrow retrieval (docs/architecture.md, "Finding adapters"): for each module m and token t, over the
 candidate adapters e that have a prototype v_e,m for m: logit = |<h_t,m, v_e,m>| / T; keep the top k;
 softmax over those k; the others get 0. An adapter's score is its weight averaged over tokens, then
-over the given modules. The top k by |logit| is exact (PrototypeIndex: int8 codes, an error bound, and
-float32 scores of the candidates); the modules of a large request are scored on parallel threads.
+over the routed modules it adapts: an adapter of the attention projections alone, or of the top layers
+alone, is not outvoted by one of every projection of every layer for adapting less of what is routed
+(bench/README.md, "Zero-shot routing on libraries no default was chosen on"). The top k by |logit| is
+exact (PrototypeIndex: int8 codes, an error bound, and float32 scores of the candidates); the modules of
+a large request are scored on parallel threads.
+
+A module sent with no token rows (tokens x in_features with zero tokens) belongs to the input but is
+scored in another request: a client that splits one long input over several requests sends every
+module in each, so each adapter's count of routed modules is the whole input's. Such a request's scores
+stand for the whole input, scaled by modules / modules with rows; the client weights each answer by the
+inverse (client/routing.py), so the combined score is the one a single request would have given.
 """
 
 from __future__ import annotations
@@ -77,26 +86,8 @@ def route(
         raise InvalidRequest(
             "base_model is required: prototypes are compared within one base model", code="unknown_base_model"
         )
-    if not hidden:
-        raise InvalidRequest("hidden_states is empty: give at least one module's token rows")
-    if len(hidden) > MAX_ROUTE_MODULES:
-        raise InvalidRequest(f"at most {MAX_ROUTE_MODULES} modules per request, got {len(hidden)}")
-    tokens = sum(h.shape[0] for h in hidden.values())
-    if tokens > MAX_ROUTE_TOKENS:
-        raise InvalidRequest(
-            f"at most {MAX_ROUTE_TOKENS} token rows per request (over all modules), got {tokens}",
-            code="too_many_tokens",
-        )
+    check_hidden(hidden)
     within = replace(filters, base_model=None)  # the prototype indexes are already per base model
-
-    for module, h in hidden.items():
-        if h.ndim != 2 or h.shape[0] == 0 or h.shape[1] == 0:
-            raise InvalidRequest(
-                f"hidden_states[{module!r}] must be tokens x in_features with at least one token, got {list(h.shape)}",
-                code="bad_dimension",
-            )
-        if not np.isfinite(h).all():
-            raise InvalidRequest(f"hidden_states[{module!r}] contains NaN or infinite values", code="not_finite")
 
     with indexes.lock:
         per_module: dict[str, list[Candidates]] = {}
@@ -106,13 +97,54 @@ def route(
             if not per_module[module]:
                 raise unknown(indexes, principal, within, base, module, h.shape[1])
 
-        scores: dict[int, float] = {}
-        for weights in score_modules([(per_module[m], h) for m, h in hidden.items()], top_k, temperature):
+        scored = [(per_module[m], h) for m, h in hidden.items() if h.shape[0]]
+        sums: dict[int, float] = {}
+        for weights in score_modules(scored, top_k, temperature):
             for version_id, weight in weights.items():
-                scores[version_id] = scores.get(version_id, 0.0) + weight / len(hidden)
+                sums[version_id] = sums.get(version_id, 0.0) + weight
+        routed = {(m, h.shape[1]) for m, h in hidden.items()}
+        scores = own_module_means(indexes, sums, routed, len(hidden) / len(scored))
         if examples_query is not None and (text := example_shares(indexes, principal, filters, examples_query)):
             scores = {v: (scores.get(v, 0.0) + text.get(v, 0.0)) / 2 for v in scores.keys() | text.keys()}
         return ranked(indexes, scores, len(scores) if all_scores else limit, keep=lambda s: s > 0)
+
+
+def check_hidden(hidden: dict[str, np.ndarray]) -> None:
+    """Each module's states are tokens x in_features of finite values, at least one module has rows,
+    and the request is within the hub's limits."""
+    if len(hidden) > MAX_ROUTE_MODULES:
+        raise InvalidRequest(f"at most {MAX_ROUTE_MODULES} modules per request, got {len(hidden)}")
+    for module, h in hidden.items():
+        if h.ndim != 2 or h.shape[1] == 0:
+            raise InvalidRequest(
+                f"hidden_states[{module!r}] must be tokens x in_features, got {list(h.shape)}", code="bad_dimension"
+            )
+        if not np.isfinite(h).all():
+            raise InvalidRequest(f"hidden_states[{module!r}] contains NaN or infinite values", code="not_finite")
+    tokens = sum(h.shape[0] for h in hidden.values())
+    if not tokens:
+        raise InvalidRequest("hidden_states is empty: give at least one module's token rows")
+    if tokens > MAX_ROUTE_TOKENS:
+        raise InvalidRequest(
+            f"at most {MAX_ROUTE_TOKENS} token rows per request (over all modules), got {tokens}",
+            code="too_many_tokens",
+        )
+
+
+def own_module_means(
+    indexes: IndexSet, sums: dict[int, float], routed: set[tuple[str, int]], scale: float
+) -> dict[int, float]:
+    """Each adapter's summed weight divided by how many of the routed (module, in_features) it adapts,
+    times `scale` (1 for a request over the whole input). Adapters of one form share one module set
+    (IndexSet.module_set), so each form's count is taken once."""
+    counts: dict[frozenset[tuple[str, int]], int] = {}
+    scores = {}
+    for version_id, total in sums.items():
+        modules = indexes.by_version[version_id].modules
+        if (n := counts.get(modules)) is None:
+            n = counts[modules] = len(modules & routed)
+        scores[version_id] = scale * total / n
+    return scores
 
 
 EXAMPLES_TEMPERATURE = 0.05  # cosines of MiniLM embeddings are close: a sharp softmax separates them

@@ -35,6 +35,7 @@ def dense_prototypes(folder: Path) -> dict[str, np.ndarray]:
 def brute_force(
     protos: dict[str, dict[str, np.ndarray]], hidden: dict[str, np.ndarray], top_k: int, temperature: float
 ) -> dict[str, float]:
+    """Each adapter's weight averaged over tokens, then over the modules of `hidden` it adapts."""
     scores: dict[str, float] = defaultdict(float)
     for module, h in hidden.items():
         names = sorted(n for n, p in protos.items() if module in p)
@@ -45,8 +46,8 @@ def brute_force(
             w = np.exp(row[top] - row[top].max())
             w /= w.sum()
             for j, i in enumerate(top):
-                scores[names[i]] += w[j] / (len(h) * len(hidden))
-    return dict(scores)
+                scores[names[i]] += w[j] / len(h)
+    return {n: s / sum(m in protos[n] for m in hidden) for n, s in scores.items()}
 
 
 @pytest.fixture
@@ -101,7 +102,10 @@ def test_route_matches_brute_force(server: LiveServer, library: dict, top_k: int
     for r in got["results"]:
         assert abs(r["score"] - expected[r["id"]]) < 1e-5
         assert r["version"] == 1 and len(r["revision"]) == 40
-    assert abs(sum(r["score"] for r in got["results"]) - 1.0) < 1e-5  # weights of each token sum to 1
+    # The weights of each token sum to 1: each adapter's score times its share of the routed modules.
+    adapted = {n: sum(m in visible[n] for m in library["hidden"]) / len(library["hidden"]) for n in expected}
+    assert abs(sum(r["score"] * adapted[r["id"]] for r in got["results"]) - 1.0) < 1e-5
+    assert any(adapted[r["id"]] < 1 for r in got["results"])  # an adapter without v_proj: 2 of its 3 modules
     assert got["tokens"] == 15 and got["top_k"] == top_k
 
 
@@ -136,6 +140,34 @@ def test_safetensors_body_and_filters(server: LiveServer, library: dict) -> None
     expected = brute_force(visible_odd, library["hidden"], 3, 1.0)
     for r in odd["results"]:
         assert abs(r["score"] - expected[r["id"]]) < 1e-5
+
+
+def test_modules_with_no_rows_count_in_each_adapters_modules_and_only_there(server: LiveServer, library: dict) -> None:
+    """A request of V0's rows with Q0 and Q1 sent with no rows (one part of a split input): an adapter
+    without v_proj scores nothing here, and the others' V0 weight is divided by the 3 routed modules
+    they adapt and scaled by 3 modules / 1 with rows, so that the client's share (1/3) gives it back."""
+    visible = {repo: p for repo, p in library["protos"].items() if not repo.startswith("bob/")}
+    part = {Q0: np.zeros((0, HIDDEN), np.float32), V0: library["hidden"][V0], Q1: np.zeros((0, HIDDEN), np.float32)}
+    with server.client() as c:
+        r = c.post(
+            "/v1/route",
+            content=save_np(part),
+            params={"base_model": BASE, "all_scores": True},
+            headers={"Content-Type": "application/octet-stream"},
+        )
+        assert r.status_code == 200, r.text
+        empty = c.post(
+            "/v1/route",
+            content=save_np({Q0: part[Q0]}),
+            params={"base_model": BASE},
+            headers={"Content-Type": "application/octet-stream"},
+        )
+    alone = brute_force(visible, {V0: library["hidden"][V0]}, 3, 1.0)  # V0's weights, over 1 module
+    got = {x["id"]: x["score"] for x in r.json()["results"]}
+    assert got and set(got) == {n for n, s in alone.items() if s > 0} and all(V0 in visible[n] for n in got)
+    for name, score in got.items():
+        assert abs(score - alone[name]) < 1e-5  # its V0 weight, x 3 modules / 1 with rows, / its 3 modules
+    assert empty.status_code == 400 and "empty" in empty.json()["error"]["message"]
 
 
 BAD = [

@@ -81,8 +81,9 @@ def test_the_states_of_routed_tokens_are_those_the_model_computes_in_context() -
 def test_a_long_input_over_many_modules_is_routed_whole(server: LiveServer, tmp_path: Path) -> None:
     token = server.token("alice")
     protos = {}
-    for i in range(6):
-        folder = write_adapter(tmp_path / f"a{i}", seed=i, hidden=HIDDEN)
+    for i in range(6):  # two of them adapt q_proj alone: their scores are means over 2 of the 4 modules
+        projs = ("q_proj",) if i % 3 == 0 else ("q_proj", "v_proj")
+        folder = write_adapter(tmp_path / f"a{i}", seed=i, hidden=HIDDEN, projs=projs)
         with server.client(token) as c:
             assert c.post(f"/v1/adapters/alice/a{i}", files=upload_parts(folder)).status_code == 201
         protos[f"alice/a{i}"] = dense_prototypes(folder)
@@ -94,6 +95,7 @@ def test_a_long_input_over_many_modules_is_routed_whole(server: LiveServer, tmp_
     requests = split_requests(hidden, 8192)
     assert len(requests) > 2 and abs(sum(w for w, _ in requests) - 1.0) < 1e-12
     assert all(sum(len(h) for h in states.values()) <= 8192 for _, states in requests)
+    assert all(list(states) == list(hidden) for _, states in requests)  # every module, most with no rows
     with Hub(server.url, token, cache_dir=tmp_path / "cache") as hub:
         routed = hub.route(hidden, base_model=BASE, top_k=2, limit=6)
     assert isinstance(routed, Routing)
@@ -101,7 +103,9 @@ def test_a_long_input_over_many_modules_is_routed_whole(server: LiveServer, tmp_
     assert [r["id"] for r in routed] == sorted(expected, key=lambda k: (-expected[k], k))
     for r in routed:
         assert abs(r["score"] - expected[r["id"]]) < 1e-5
-    assert abs(sum(r["score"] for r in routed) - 1.0) < 1e-5
+    share = {n: sum(m in protos[n] for m in hidden) / len(hidden) for n in protos}
+    assert {s for s in share.values()} == {0.5, 1.0}
+    assert abs(sum(r["score"] * share[r["id"]] for r in routed) - 1.0) < 1e-5  # each token's weights sum to 1
 
 
 def test_merge_plan() -> None:

@@ -167,7 +167,9 @@ async def route(
     namespace: Annotated[str | None, Query()] = None,
 ) -> RouteAnswer:
     """Arrow retrieval: which adapters' prototypes best explain these hidden states (the inputs of the
-    adapted modules), scored by the routing weight averaged over tokens and modules. With `text` (the
+    adapted modules), scored by the routing weight averaged over tokens, then over the routed modules each
+    adapter adapts. A module with no token rows (safetensors, 0 x in_features) is part of the input scored
+    in another request: it counts in each adapter's routed modules. With `text` (the
     same input as text), method "arrow+examples": averaged with the adapters' share of a sharp softmax
     of its similarity to their example inputs (docs/routing-and-clustering.md)."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip()

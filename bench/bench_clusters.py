@@ -21,7 +21,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import median_time, table  # noqa: E402
 from quiver_hub.registry import lora  # noqa: E402
-from quiver_hub.registry.mbc import EXACT_MAX, LANDMARKS, Partition, cluster, params_matrix, sketch_matrix  # noqa: E402
+from quiver_hub.registry.mbc import EXACT_MAX, LANDMARKS, Aligned, Partition, cluster, params_matrix, sketch_matrix  # noqa: E402
 
 MODULES = [f"layers.{i}.{p}" for i in range(8) for p in ("q", "v")]  # 16 modules
 HIDDEN, RANK, K = 64, 4, 10
@@ -45,11 +45,11 @@ def library(n: int, seed: int = 0) -> Iterator[dict[str, lora.Factors]]:
         }
 
 
-def timed_cluster(X: np.ndarray, exact_max: int) -> tuple[Partition, float, float]:
+def timed_cluster(X: np.ndarray | Aligned, exact_max: int) -> tuple[Partition, float, float]:
     """The partition, seconds, and peak MiB of memory allocated while clustering (tracemalloc sees numpy's)."""
     tracemalloc.start()
     t = time.perf_counter()
-    partition = cluster(X.astype(np.float32), k=K, exact_max=exact_max)
+    partition = cluster(X if isinstance(X, Aligned) else X.astype(np.float32), k=K, exact_max=exact_max)
     seconds = time.perf_counter() - t
     peak = tracemalloc.get_traced_memory()[1] / 2**20
     tracemalloc.stop()

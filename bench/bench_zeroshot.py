@@ -34,12 +34,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import table  # noqa: E402
-from bench.libraries import LIBRARIES, adapters, train_library  # noqa: E402
+from bench.libraries import HELD_OUT, LIBRARIES, adapters, split, train_library  # noqa: E402
 from bench.real_library import BASE_MODEL, accuracy, cache_dir, chat, load_model  # noqa: E402
 from quiver_hub import Adapter, Hub, merged  # noqa: E402
 from tests.conftest import free_port, operator_token, serve_process  # noqa: E402
 
-HELD_OUT = 20
 EXAMPLES = 5
 CANDIDATES = (2, 3, 5)
 CRITERIA = ("confidence", "shift")
@@ -69,7 +68,7 @@ def publish(hub: Hub, home: Path, library: str, folders: dict[str, Path]) -> tup
     with_examples, bare = {}, {}
     for t, recipe, _ in adapters(library):
         folder = folders[t.name]
-        train_inputs, _ = t.split(recipe.train_examples, HELD_OUT, seed=recipe.seed)
+        train_inputs, _ = split(t, recipe)
         repo = f"lib/{library}-ex-{t.name}"
         examples = [t.prompt(x) for x in train_inputs[:EXAMPLES]]
         hub.push(folder, repo, description=t.description, task=t.name, tags=[f"{library}-ex"], examples=examples)
@@ -88,7 +87,7 @@ def routed(hub: Hub, model, tok, library: str, repos: dict, tag: str, method: st
     """One row per held-out input: the task, the ranked tasks, and (bare) each criterion's re-ranked order."""
     rows = []
     for t, recipe, _ in adapters(library):
-        _, held = t.split(recipe.train_examples, HELD_OUT, seed=recipe.seed)
+        _, held = split(t, recipe)
         for x in held:
             prompt = t.prompt(x)
             messages = [{"role": "user", "content": prompt}]
@@ -116,7 +115,7 @@ def recovery(model, tok, library: str, folders: dict, picks: dict[str, list[tupl
     loaded = {n: Adapter.load(f) for n, f in folders.items()}
     out: dict[str, list[float]] = {"base": [], "right adapter": []} | {k: [] for k in picks}
     for t, recipe, _ in adapters(library):
-        _, held = t.split(recipe.train_examples, HELD_OUT, seed=recipe.seed)
+        _, held = split(t, recipe)
         out["base"].append(accuracy(model, tok, t, held))
         with merged(model, loaded[t.name]):
             out["right adapter"].append(accuracy(model, tok, t, held))

@@ -387,6 +387,15 @@ def adapters(library: str) -> list[tuple[Task, Recipe, dict]]:
     ]
 
 
+HELD_OUT = 20  # inputs a task that every benchmark of these libraries measures on
+
+
+def split(t: Task, recipe: Recipe) -> tuple[list, list]:
+    """(training inputs, held-out inputs) of a library's task: the ones its adapter trained on, and
+    HELD_OUT others."""
+    return t.split(recipe.train_examples, HELD_OUT, seed=recipe.seed)
+
+
 def train_library(library: str) -> dict[str, Path]:
     """Every adapter of the library (task name -> PEFT folder), training what is missing."""
     folders = {}
@@ -418,7 +427,7 @@ def main() -> None:
         model, tokenizer = load_model()
         rows = []
         for t, recipe, form in adapters(library):
-            _, held_out = t.split(recipe.train_examples, seed=recipe.seed)
+            _, held_out = split(t, recipe)
             base = accuracy(model, tokenizer, t, held_out)
             with merged(model, folders[t.name]):
                 own = accuracy(model, tokenizer, t, held_out)

@@ -20,7 +20,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import table  # noqa: E402
-from bench.libraries import LIBRARIES, adapters, train_library  # noqa: E402
+from bench.libraries import LIBRARIES, adapters, split, train_library  # noqa: E402
 from bench.real_library import load_model  # noqa: E402
 from quiver_hub import Adapter, reference_means  # noqa: E402
 from quiver_hub.capture import capture_inputs, chat_tokens  # noqa: E402
@@ -48,7 +48,7 @@ def main() -> None:
         hits = {"every module": 0, "own modules": 0, "every module, top 3": 0, "own modules, top 3": 0}
         total = 0
         for t, recipe, _ in adapters(library):
-            _, held = t.split(recipe.train_examples, 20, seed=recipe.seed)
+            _, held = split(t, recipe)
             for x in held:
                 ids, mask = chat_tokens(tok, [{"role": "user", "content": t.prompt(x)}])
                 states = capture_inputs(model, tok, None, modules, input_ids=ids, mask=mask)

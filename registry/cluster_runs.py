@@ -20,7 +20,7 @@ from quiver_hub.registry.db import writing
 from quiver_hub.registry.embedder import TextEmbedder
 from quiver_hub.registry.errors import Conflict, InvalidRequest, NotFound
 from quiver_hub.registry.limits import MAX_DB_ID
-from quiver_hub.registry.mbc import METHODS, cluster, middle_layers, params_matrix, project_2d, sketch_matrix
+from quiver_hub.registry.mbc import METHODS, Aligned, cluster, middle_layers, params_matrix, project_2d, sketch_matrix
 from quiver_hub.registry.models import Adapter, ClusterRun, Embedding, Version, utcnow
 from quiver_hub.registry.reads import VersionIdentity, latest_versions, visible
 from quiver_hub.registry.vectors import from_bytes
@@ -143,7 +143,7 @@ def compute(
                 X = params_matrix([version_factors(store, v) for v in versions], sparsity=req.sparsity, seed=req.seed)
             progress(0.3)
             partition = cluster(X, req.k, req.seed, progress=lambda f: progress(0.3 + 0.7 * f))
-            xy = project_2d(X)
+            xy = project_2d(X.embeddings() if isinstance(X, Aligned) else X)
             clusters = []
             for index in range(partition.k):
                 rows = [i for i, label in enumerate(partition.labels) if label == index]

@@ -1,7 +1,8 @@
 """Model-based clustering (MBC, Ostapenko et al. 2024) of adapters, from their parameters.
 
 Embeddings per adapter, then KMeans (k-means++, several restarts, fixed seed) on the rows of their
-cosine-similarity matrix; k given, or chosen by silhouette.
+cosine-similarity matrix; k given, or chosen by silhouette. Sketches are compared over the modules two
+adapters both adapt (similarity_rows), so a library of mixed forms is not grouped by form.
 - "outputs-middle" (the default): "outputs" on the middle half of the layers only (layer numbers from
   the module names, `middle_layers`): on the real library the first and last quarters group adapters
   by how they format and read, not by task (bench/README.md: ARI 0.92 with k chosen, 0.72 on every layer);
@@ -31,23 +32,44 @@ K_RANGE = (2, 10)
 RESTARTS = 10
 
 
+@dataclass(frozen=True)
+class Aligned:
+    """Adapters' per-module sketch blocks at their modules' columns (zeros where one lacks a module), and
+    each adapter's squared block norm per module: what "cosine over the modules two adapters share" needs
+    (similarity_rows)."""
+
+    blocks: np.ndarray  # n x (modules * block), float32
+    norms: np.ndarray  # n x modules, float32: |block|^2, 0 where the adapter lacks the module
+
+    def __len__(self) -> int:
+        return self.blocks.shape[0]
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.blocks.shape
+
+    def embeddings(self) -> np.ndarray:
+        """The rows as one vector each, L2-normalised: their cosine is the similarity where every adapter
+        adapts every module, and project_2d draws them."""
+        return normalise_rows(self.blocks)
+
+
 def sketch_matrix(
     sketches: Sequence[tuple[Sequence[str], np.ndarray]],
     block: int = lora.SKETCH_P * lora.SKETCH_Q,
     keep: Collection[str] | None = None,
-) -> np.ndarray:
-    """Rows of aligned sketches (or output sketches, with their `block`): each adapter's per-module blocks
-    placed at its modules' columns (zeros for modules it lacks), so adapters with different target
-    modules compare module by module; only the modules in `keep` when given."""
+) -> Aligned:
+    """Aligned sketches (or output sketches, with their `block`): each adapter's per-module blocks placed
+    at its modules' columns, so adapters with different target modules compare module by module; only
+    the modules in `keep` when given."""
     names = {m for modules, _ in sketches for m in modules}
     columns = {m: i for i, m in enumerate(sorted(names if keep is None else names & set(keep)))}
-    X = np.zeros((len(sketches), len(columns) * block), dtype=np.float64)
+    X = np.zeros((len(sketches), len(columns), block), dtype=np.float32)
     for row, (modules, vector) in enumerate(sketches):
         for j, module in enumerate(sorted(modules)):
             if module in columns:
-                c = columns[module]
-                X[row, c * block : (c + 1) * block] = vector[j * block : (j + 1) * block]
-    return normalise_rows(X)
+                X[row, columns[module]] = vector[j * block : (j + 1) * block]
+    return Aligned(X.reshape(len(sketches), -1), np.einsum("nmb,nmb->nm", X, X))
 
 
 LAYER = re.compile(r"\.(\d+)\.")  # a module's layer: the first number between dots (model.layers.12.mlp.up_proj)
@@ -134,19 +156,39 @@ LANDMARKS = 1_000
 SILHOUETTE_SAMPLE = 5_000
 
 
-def similarity_rows(embeddings: np.ndarray, seed: int, exact_max: int = EXACT_MAX) -> np.ndarray:
-    """What k-means clusters: every row of S = E E^T (n x n) while n <= exact_max, else each adapter's
-    similarities to LANDMARKS adapters drawn at random (n x m)."""
-    n = embeddings.shape[0]
-    E = embeddings.astype(np.float32)
-    if n <= exact_max:
-        return E @ E.T
-    landmarks = np.random.default_rng(seed).choice(n, size=min(LANDMARKS, n), replace=False)
-    return E @ E[np.sort(landmarks)].T
+SIMILARITY_CHUNK = 2048  # rows of S computed at a time: the shared-module norms are this many x n
+
+
+def similarity_rows(embeddings: np.ndarray | Aligned, seed: int, exact_max: int = EXACT_MAX) -> np.ndarray:
+    """What k-means clusters: every row of S (n x n) while n <= exact_max, else each adapter's
+    similarities to LANDMARKS adapters drawn at random (n x m). S is the cosine of the embeddings; of
+    aligned sketches, the cosine over the modules both adapters adapt (0 with none in common), so an
+    adapter of the attention projections, or of the top layers, is compared with one of every module on
+    what both change, not counted unlike it for the modules it lacks (bench/zeroshot_clusters.py). Where
+    every adapter adapts every module the two are the same."""
+    n = len(embeddings)
+    columns = np.arange(n)
+    if n > exact_max:
+        columns = np.sort(np.random.default_rng(seed).choice(n, size=min(LANDMARKS, n), replace=False))
+    if isinstance(embeddings, np.ndarray):
+        E = embeddings.astype(np.float32)
+        return E @ E[columns].T
+    X, Q = embeddings.blocks, embeddings.norms
+    present = (Q > 0).astype(np.float32)
+    if present.all():  # one form: the cosine of whole rows
+        E = embeddings.embeddings()
+        return E @ E[columns].T
+    S = np.empty((n, len(columns)), dtype=np.float32)
+    for start in range(0, n, SIMILARITY_CHUNK):
+        rows = slice(start, start + SIMILARITY_CHUNK)
+        mine = Q[rows] @ present[columns].T  # |i's blocks|^2 over the modules j adapts
+        theirs = present[rows] @ Q[columns].T
+        S[rows] = X[rows] @ X[columns].T / np.sqrt(np.maximum(mine * theirs, 1e-30))
+    return S
 
 
 def cluster(
-    embeddings: np.ndarray,
+    embeddings: np.ndarray | Aligned,
     k: int | None = None,
     seed: int = 0,
     k_range: tuple[int, int] = K_RANGE,
@@ -155,15 +197,26 @@ def cluster(
 ) -> Partition:
     """KMeans on the rows of the cosine-similarity matrix (landmark columns past `exact_max` adapters);
     k by silhouette (on a sample of at most SILHOUETTE_SAMPLE adapters) when not given."""
-    from sklearn.cluster import KMeans
-    from sklearn.metrics import silhouette_score
-
-    n = embeddings.shape[0]
+    n = len(embeddings)
     if n < 2:
         raise InvalidRequest(f"clustering needs at least 2 adapters; {n} match")
     if k is not None and not 1 <= k <= n:
         raise InvalidRequest(f"k must be between 1 and the number of adapters ({n}), got {k}")
-    S = similarity_rows(embeddings, seed, exact_max)
+    return cluster_similarities(similarity_rows(embeddings, seed, exact_max), k, seed, k_range, progress)
+
+
+def cluster_similarities(
+    S: np.ndarray,
+    k: int | None = None,
+    seed: int = 0,
+    k_range: tuple[int, int] = K_RANGE,
+    progress: Callable[[float], None] = lambda _: None,
+) -> Partition:
+    """KMeans on the rows of S (each adapter's similarities to the others, or to landmark adapters)."""
+    from sklearn.cluster import KMeans
+    from sklearn.metrics import silhouette_score
+
+    n = S.shape[0]
     candidates = [k] if k is not None else list(range(k_range[0], min(k_range[1], n - 1) + 1)) or [1]
     best: tuple[float, KMeans] | None = None
     for i, kk in enumerate(candidates):

@@ -369,3 +369,26 @@ def test_a_run_over_public_adapters_is_readable_by_anyone(server: LiveServer, tm
         assert anon.get(f"/clusters/{made['id']}").status_code == 404
     with server.client(alice) as owner:
         assert owner.get(f"/v1/clusters/{made['id']}").status_code == 200
+
+
+def test_aligned_sketches_compare_over_the_modules_both_adapt() -> None:
+    """An adapter of q_proj alone whose q_proj block equals another's is as similar to it as can be (1),
+    not diluted by the v_proj it lacks; with no module in common, 0; and where every adapter adapts every
+    module, the cosine of the whole rows."""
+    import numpy as np
+
+    from quiver_hub.registry.mbc import similarity_rows, sketch_matrix
+
+    rng = np.random.default_rng(0)
+    q, v, w = (rng.standard_normal(4) for _ in range(3))
+    sketches = [(["l.0.q", "l.0.v"], np.concatenate([q, v])), (["l.0.q"], 3 * q), (["l.0.v"], w), (["l.1.o"], q)]
+    S = similarity_rows(sketch_matrix(sketches, block=4), seed=0)
+    assert np.isclose(S[0, 1], 1.0) and np.isclose(S[1, 0], 1.0)
+    assert np.isclose(S[0, 2], v @ w / np.linalg.norm(v) / np.linalg.norm(w), atol=1e-6)
+    assert S[1, 2] == 0 and S[0, 3] == 0 and np.isclose(S[3, 3], 1.0)
+    same = [(["a.0.q", "a.0.v"], rng.standard_normal(8)) for _ in range(5)]
+    rows = np.stack([x for _, x in same])
+    rows /= np.linalg.norm(rows, axis=1, keepdims=True)
+    assert np.allclose(similarity_rows(sketch_matrix(same, block=4), seed=0), rows @ rows.T, atol=1e-6)
+    landmarks = similarity_rows(sketch_matrix(sketches, block=4), seed=0, exact_max=2)  # 4 landmarks of 4
+    assert np.allclose(landmarks, S, atol=1e-6)

@@ -1,0 +1,106 @@
+"""What MBC's similarity should compare on libraries of mixed forms: the hub's default and the variants,
+by the adjusted Rand index of their partitions against the families (and against the forms).
+
+    python bench/zeroshot_clusters.py        # ~2 min, after bench/libraries.py
+
+Every adapter's embeddings are computed as the hub computes them at publish
+(registry.analysis.analyse_weights); the partitions are registry.mbc's k-means with k chosen by
+silhouette and with k = 3. Variants of what two adapters' similarity is taken over:
+- "outputs-middle" (the hub's default) and "outputs": the output sketches on the middle half of the
+  model's layers, or on every layer, compared as the hub compares them: the cosine over the modules both
+  adapters adapt (registry.mbc.similarity_rows);
+- "... every-module cosine (before)": the hub's similarity before that, the cosine of whole rows with a
+  module one adapter lacks counted as zeros, so adapters of one form look alike;
+- "outputs, own middle": on the middle half of each adapter's own layers (of the top eight: 24-27);
+- "sketch", and "params" (the paper's recipe) at the hub's sparsity 0.5 and at MTTL's 0.8.
+Random partitions of the same sizes give the ARI that means nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.common import table  # noqa: E402
+from bench.libraries import LIBRARIES, adapters, describe, train_library  # noqa: E402
+from quiver_hub.registry import lora, mbc, peft_format  # noqa: E402
+from quiver_hub.registry.analysis import analyse_weights  # noqa: E402
+
+
+def every_module(aligned: mbc.Aligned) -> np.ndarray:
+    """The hub's similarity before it compared adapters over the modules they share: the cosine of whole
+    rows, a module one adapter lacks counting as zeros."""
+    return mbc.normalise_rows(aligned.blocks)
+
+
+def own_middle(sketches: list[tuple[list[str], np.ndarray]], block: int) -> list[tuple[list[str], np.ndarray]]:
+    """Each adapter's sketch on the middle half of its own layers (of layers 22-29: 24-27)."""
+    out = []
+    for modules, vector in sketches:
+        layers = sorted({int(found.group(1)) for m in modules if (found := mbc.LAYER.search(m))})
+        middle = set(layers[len(layers) // 4 : -(-3 * len(layers) // 4)])
+        keep = [j for j, m in enumerate(modules) if (found := mbc.LAYER.search(m)) and int(found.group(1)) in middle]
+        out.append(([modules[j] for j in keep], np.concatenate([vector[j * block : (j + 1) * block] for j in keep])))
+    return out
+
+
+def partitions(embeddings: np.ndarray | mbc.Aligned) -> list[np.ndarray]:
+    """Labels with k chosen and with k = 3."""
+    return [mbc.cluster(embeddings, k).labels for k in (None, 3)]
+
+
+def main() -> None:
+    from sklearn.metrics import adjusted_rand_score
+
+    rows, form_rows = [], []
+    for library in LIBRARIES:
+        folders = train_library(library)
+        items = adapters(library)
+        family = [t.family for t, _, _ in items]
+        form = [describe(r, f).split(",")[1] + (" top 8" if f.get("layers_to_transform") else "") for _, r, f in items]
+        outputs, sketches, factors = [], [], []
+        for t, _, _ in items:
+            folder = folders[t.name]
+            config = json.loads((folder / "adapter_config.json").read_text())
+            weights = folder / lora.WEIGHTS_FILE
+            _, sketch, out = analyse_weights(weights, config)
+            f = peft_format.read(weights, config).factors
+            modules = sorted(f)
+            outputs.append((modules, out))
+            sketches.append((modules, sketch))
+            factors.append(f)
+        block = lora.output_block()
+        everything = {m for modules, _ in outputs for m in modules}
+        variants = {
+            "outputs-middle, every-module cosine (before)": partitions(
+                every_module(mbc.sketch_matrix(outputs, block, mbc.middle_layers(everything)))
+            ),
+            "outputs, every-module cosine (before)": partitions(every_module(mbc.sketch_matrix(outputs, block))),
+            "outputs-middle (hub)": partitions(mbc.sketch_matrix(outputs, block, mbc.middle_layers(everything))),
+            "outputs (hub)": partitions(mbc.sketch_matrix(outputs, block)),
+            "outputs, own middle": partitions(mbc.sketch_matrix(own_middle(outputs, block), block)),
+            "sketch (hub)": partitions(mbc.sketch_matrix(sketches)),
+            "params 0.5": partitions(mbc.params_matrix(factors, sparsity=0.5)),
+            "params 0.8": partitions(mbc.params_matrix(factors, sparsity=0.8)),
+        }
+        rng = np.random.default_rng(0)
+        chance = sorted(adjusted_rand_score(family, rng.permutation(np.arange(len(family)) % 3)) for _ in range(1000))
+        rows.append([library, "random partitions of 3 x 3: mean, 95th percentile", "", f"{np.mean(chance):.2f}, "
+                     f"{chance[949]:.2f}"])  # fmt: skip
+        for name, (chosen, three) in variants.items():
+            ari = [adjusted_rand_score(family, labels) for labels in (chosen, three)]
+            rows.append([library, name, f"{ari[0]:.2f} (k={len(set(chosen))})", f"{ari[1]:.2f}"])
+            form_rows.append([library, name, f"{adjusted_rand_score(form, three):.2f}"])
+        print(f"  {library} done", file=sys.stderr)
+    print("MBC on bench/libraries.py's libraries (bare adapters): ARI against the families")
+    print(table(["library", "similarity", "k chosen", "k = 3"], rows))
+    print("\nThe same k = 3 partitions: ARI against the forms (targets, top eight layers or all)")
+    print(table(["library", "similarity", "k = 3 vs forms"], form_rows))
+
+
+if __name__ == "__main__":
+    main()

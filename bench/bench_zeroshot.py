@@ -1,7 +1,7 @@
 """Zero-shot routing and clustering on libraries no default was chosen on (issue 30).
 
     python bench/libraries.py --no-eval      # train the three libraries (~25 min on 2 cores, cached)
-    python bench/bench_zeroshot.py           # ~35 min
+    python bench/bench_zeroshot.py           # ~25 min
 
 Three libraries (bench/libraries.py: B, C, D), nine adapters each in three families, no task shared with
 another library or with bench/tasks.py, mixed in form (ranks 4-16, attention-only and all-linear, every
@@ -194,6 +194,12 @@ def route_libraries(folders: dict, model, tok) -> tuple[dict, dict, dict]:  # no
     return routes, bare_rows, mbc
 
 
+def worst_cell(cells: list[str]) -> str:
+    """The smallest of each number in cells like "0.57 / 0.93" (first / top 3) or "0.35 (k=2)"."""
+    numbers = [[float(x) for x in c.split(" (")[0].split(" / ")] for c in cells]
+    return " / ".join(f"{min(column):.2f}" for column in zip(*numbers, strict=True))
+
+
 def tables(folders: dict, model, tok, routes: dict, bare_rows: dict, mbc: dict) -> None:  # noqa: ANN001
     route_table, rerank_table, gain_table = [], [], []
     for lib in LIBRARIES:
@@ -226,9 +232,7 @@ def tables(folders: dict, model, tok, routes: dict, bare_rows: dict, mbc: dict) 
         for label, value in acc.items():
             share = (value - base) / (right - base) if right > base else float("nan")
             gain_table.append([lib, label, f"{value:.2f}", f"{share:.0%}"])
-    worst = ["worst"] + [
-        min((row[i] for row in route_table), key=lambda s: float(s.split()[0])) for i in range(1, len(route_table[0]))
-    ]
+    worst = ["worst"] + [worst_cell([row[i] for row in route_table]) for i in range(1, len(route_table[0]))]
     print(f"\nSmolLM2-135M-Instruct, libraries {', '.join(LIBRARIES)} (9 adapters, 3 families each), {HELD_OUT} "
           "held-out inputs a task\n")  # fmt: skip
     print("Hub.route(messages=...): right adapter first / in the top 3; MBC (default method) ARI vs the families")

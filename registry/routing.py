@@ -119,8 +119,6 @@ def check_hidden(hidden: dict[str, np.ndarray]) -> None:
             raise InvalidRequest(
                 f"hidden_states[{module!r}] must be tokens x in_features, got {list(h.shape)}", code="bad_dimension"
             )
-        if not np.isfinite(h).all():
-            raise InvalidRequest(f"hidden_states[{module!r}] contains NaN or infinite values", code="not_finite")
     tokens = sum(h.shape[0] for h in hidden.values())
     if not tokens:
         raise InvalidRequest("hidden_states is empty: give at least one module's token rows")
@@ -129,6 +127,9 @@ def check_hidden(hidden: dict[str, np.ndarray]) -> None:
             f"at most {MAX_ROUTE_TOKENS} token rows per request (over all modules), got {tokens}",
             code="too_many_tokens",
         )
+    for module, h in hidden.items():  # last: the one pass over every value, once the sizes are bounded
+        if not np.isfinite(h).all():
+            raise InvalidRequest(f"hidden_states[{module!r}] contains NaN or infinite values", code="not_finite")
 
 
 def own_module_means(

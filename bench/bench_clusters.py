@@ -20,8 +20,16 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import median_time, table  # noqa: E402
-from quiver_hub.registry import lora  # noqa: E402
-from quiver_hub.registry.mbc import EXACT_MAX, LANDMARKS, Aligned, Partition, cluster, params_matrix, sketch_matrix  # noqa: E402
+from quiver_hub.registry.clusters.mbc import (  # noqa: E402
+    EXACT_MAX,
+    LANDMARKS,
+    Aligned,
+    Partition,
+    cluster,
+    params_matrix,
+    sketch_matrix,
+)
+from quiver_hub.registry.lora.algebra import algebra  # noqa: E402
 
 MODULES = [f"layers.{i}.{p}" for i in range(8) for p in ("q", "v")]  # 16 modules
 HIDDEN, RANK, K = 64, 4, 10
@@ -29,7 +37,7 @@ PARAMS_MAX = 10_000  # "params" reads every factor of every adapter: measured up
 AGREEMENT_AT = 10_000  # from here up to EXACT_MAX both ways run, and their agreement is measured
 
 
-def library(n: int, seed: int = 0) -> Iterator[dict[str, lora.Factors]]:
+def library(n: int, seed: int = 0) -> Iterator[dict[str, algebra.Factors]]:
     """n adapters around K centres (the clustering has real structure to find), made one at a time."""
     g = torch.Generator().manual_seed(seed)
     centres = [
@@ -38,7 +46,7 @@ def library(n: int, seed: int = 0) -> Iterator[dict[str, lora.Factors]]:
     ]
     for i in range(n):
         yield {
-            m: lora.Factors(
+            m: algebra.Factors(
                 a + 0.5 * torch.randn(RANK, HIDDEN, generator=g), b + 0.5 * torch.randn(HIDDEN, RANK, generator=g), 2.0
             )
             for m, (a, b) in centres[i % K].items()
@@ -65,8 +73,8 @@ def clustering_rows(sizes: list[int]) -> list[list[str]]:
         outputs, sketches, lib = [], [], []
         t = time.perf_counter()
         for f in library(n):
-            outputs.append((MODULES, lora.output_sketch(f)))
-            sketches.append((MODULES, lora.sketch(f)))
+            outputs.append((MODULES, algebra.output_sketch(f)))
+            sketches.append((MODULES, algebra.sketch(f)))
             if n <= PARAMS_MAX:
                 lib.append(f)
         print(f"  {n:,} adapters made and sketched in {time.perf_counter() - t:.0f} s", file=sys.stderr)
@@ -76,7 +84,7 @@ def clustering_rows(sizes: list[int]) -> list[list[str]]:
                 continue
             t = time.perf_counter()
             if method == "outputs":
-                X = sketch_matrix(outputs, lora.output_block())
+                X = sketch_matrix(outputs, algebra.output_block())
             elif method == "sketch":
                 X = sketch_matrix(sketches)
             else:
@@ -147,13 +155,13 @@ def merge_rows(members: int = 8, d: int = 1024, layers: int = 8, rank: int = 16)
 
     factors = {
         name: [
-            lora.Factors(mod.lora_A[a].weight.detach(), mod.lora_B[a].weight.detach(), mod.scaling[a]) for a in names
+            algebra.Factors(mod.lora_A[a].weight.detach(), mod.lora_B[a].weight.detach(), mod.scaling[a]) for a in names
         ]
         for name, mod in modules.items()
     }
 
-    def ours() -> dict[str, lora.Factors]:
-        return {name: lora.truncate(lora.concat_average(fs), rank) for name, fs in factors.items()}
+    def ours() -> dict[str, algebra.Factors]:
+        return {name: algebra.truncate(algebra.concat_average(fs), rank) for name, fs in factors.items()}
 
     def peft_svd() -> None:
         if "svd" in model.peft_config:

@@ -21,7 +21,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import DEVICE, best_time, table, timed  # noqa: E402
 from quiver_hub import Adapter, merge, unmerge  # noqa: E402
-from quiver_hub.registry import lora  # noqa: E402
+from quiver_hub.registry.lora.algebra import algebra  # noqa: E402
 
 SHAPES = {
     "q_proj": (1024, 1024),
@@ -53,7 +53,7 @@ def adapters(k: int) -> list[Adapter]:
     out = []
     for i in range(k):
         factors = {
-            f"layers.{layer}.{n}": lora.Factors(
+            f"layers.{layer}.{n}": algebra.Factors(
                 torch.randn(RANK, fi, generator=g) * 0.01, torch.randn(fo, RANK, generator=g) * 0.01, 2.0
             )
             for layer in range(LAYERS)

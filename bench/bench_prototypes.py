@@ -16,7 +16,7 @@ from peft.tuners.lora.arrow import ArrowLoraLinearLayer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import median_time, table  # noqa: E402
-from quiver_hub.registry.lora import prototype  # noqa: E402
+from quiver_hub.registry.lora.algebra import prototype  # noqa: E402
 
 SHAPES = {  # module: (in, out)
     "q_proj": (4096, 4096),

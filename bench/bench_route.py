@@ -33,7 +33,7 @@ from quiver_hub.hub.app import create_app  # noqa: E402
 from quiver_hub.hub.services import Services  # noqa: E402
 from quiver_hub.hub.settings import Settings  # noqa: E402
 from quiver_hub.registry.models import Adapter, Namespace, Prototype, Version, utcnow  # noqa: E402
-from quiver_hub.registry.prototype_index import quantise  # noqa: E402
+from quiver_hub.registry.search.prototype_index import quantise  # noqa: E402
 
 BASE = "bench/base"
 TOKENS, TOP_K, REQUESTS = 16, 3, 100

@@ -4,11 +4,11 @@ by the adjusted Rand index of their partitions against the families (and against
     python bench/zeroshot_clusters.py        # ~2 min, after bench/libraries.py
 
 Every adapter's embeddings are computed as the hub computes them at publish
-(registry.analysis.analyse_weights); the partitions are registry.mbc's k-means with k chosen by
+(registry.intake.analysis.analyse_weights); the partitions are registry.clusters.mbc's k-means with k chosen by
 silhouette and with k = 3. Variants of what two adapters' similarity is taken over:
 - "outputs-middle" (the hub's default) and "outputs": the output sketches on the middle half of the
   model's layers, or on every layer, compared as the hub compares them: the cosine over the modules both
-  adapters adapt (registry.mbc.similarity_rows);
+  adapters adapt (registry.clusters.mbc.similarity_rows);
 - "... every-module cosine (before)": the hub's similarity before that, the cosine of whole rows with a
   module one adapter lacks counted as zeros, so adapters of one form look alike;
 - "outputs, own middle": on the middle half of each adapter's own layers (of the top eight: 24-27);
@@ -27,8 +27,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import table  # noqa: E402
 from bench.libraries import LIBRARIES, adapters, describe, train_library  # noqa: E402
-from quiver_hub.registry import lora, mbc, peft_format  # noqa: E402
-from quiver_hub.registry.analysis import analyse_weights  # noqa: E402
+from quiver_hub.registry.clusters import mbc  # noqa: E402
+from quiver_hub.registry.intake.analysis import analyse_weights  # noqa: E402
+from quiver_hub.registry.lora import algebra, peft_format
 
 
 def every_module(aligned: mbc.Aligned) -> np.ndarray:
@@ -66,14 +67,14 @@ def main() -> None:
         for t, _, _ in items:
             folder = folders[t.name]
             config = json.loads((folder / "adapter_config.json").read_text())
-            weights = folder / lora.WEIGHTS_FILE
+            weights = folder / algebra.WEIGHTS_FILE
             _, sketch, out = analyse_weights(weights, config)
             f = peft_format.read(weights, config).factors
             modules = sorted(f)
             outputs.append((modules, out))
             sketches.append((modules, sketch))
             factors.append(f)
-        block = lora.output_block()
+        block = algebra.output_block()
         everything = {m for modules, _ in outputs for m in modules}
         variants = {
             "outputs-middle, every-module cosine (before)": partitions(

@@ -3,7 +3,7 @@ local torch models (restored bitwise) or route among them token by token (Arrow)
 
 This folder is the `quiver_hub` package; the hub's server (`quiver_hub.hub`), the registry
 (`quiver_hub.registry`) and the migrations are its subpackages (docs/architecture.md, "The layers").
-The names below load on first use, as huggingface_hub's do: `import quiver_hub.registry.lora` (the server
+The names below load on first use, as huggingface_hub's do: `import quiver_hub.registry.lora.algebra` (the server
 does) pulls neither httpx nor the merge code, and `import quiver_hub` alone pulls nothing heavy.
 """
 

@@ -1,4 +1,4 @@
-"""A LoRA adapter in memory: its PEFT config and its factors per module (registry.lora's format)."""
+"""A LoRA adapter in memory: its PEFT config and its factors per module (registry.lora.algebra's format)."""
 
 from __future__ import annotations
 
@@ -12,22 +12,22 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
-from quiver_hub.registry import lora, peft_format
+from quiver_hub.registry.lora import algebra, peft_format
 
 
 @dataclass
 class Adapter:
     """Factors per Linear / Conv1D module (A: r x in, B: out x r, scaling with PEFT's rank/alpha patterns
-    and rslora), and what else the adapter does to the base model (registry.peft_format.Loaded):
+    and rslora), and what else the adapter does to the base model (registry.lora.peft_format.Loaded):
     `embeddings`, LoRA on embeddings (in the same form: delta = s B A, vocab x dim); `saved`, parameters
     that replace the base's (modules_to_save, classifier heads, saved biases and embeddings); `tokens`,
     embedding rows that trainable tokens replace."""
 
     name: str
     config: dict[str, Any]
-    factors: dict[str, lora.Factors]
+    factors: dict[str, algebra.Factors]
     origin: tuple[str, str] | None = None  # ("ns/name", revision) when pulled into a Quiver cache
-    embeddings: dict[str, lora.Factors] = field(default_factory=dict)
+    embeddings: dict[str, algebra.Factors] = field(default_factory=dict)
     saved: dict[str, torch.Tensor] = field(default_factory=dict)
     tokens: dict[str, tuple[list[int], torch.Tensor]] = field(default_factory=dict)
 
@@ -54,10 +54,10 @@ class Adapter:
     def load(cls, folder: str | Path) -> Adapter:
         """Read a PEFT adapter folder (adapter_config.json + adapter_model.safetensors)."""
         folder = Path(folder)
-        config_path, weights_path = folder / lora.CONFIG_FILE, folder / lora.WEIGHTS_FILE
+        config_path, weights_path = folder / algebra.CONFIG_FILE, folder / algebra.WEIGHTS_FILE
         if not config_path.is_file() or not weights_path.is_file():
             raise FileNotFoundError(
-                f"{folder} is not a PEFT LoRA adapter: it needs {lora.CONFIG_FILE} and {lora.WEIGHTS_FILE}"
+                f"{folder} is not a PEFT LoRA adapter: it needs {algebra.CONFIG_FILE} and {algebra.WEIGHTS_FILE}"
             )
         config = json.loads(config_path.read_text())
         if config.get("peft_type") != "LORA":

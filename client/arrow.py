@@ -5,7 +5,7 @@ logit_e = |<x, v_e>| / T, the top k kept and softmaxed (weights w_e, the others 
 y = W x + sum_e w_e s_e B_e A_e x. With a prior p_e over the experts (for example Hub.route's scores for
 the input), logit_e = |<x, v_e>| / T + log p_e: the same softmax, each expert's odds scaled by p_e (an
 expert with p_e = 0 is never chosen). Prototypes come from the hub when the adapter was pulled from one
-(the hub computed them exactly at publish), else exactly here with registry.lora.prototype.
+(the hub computed them exactly at publish), else exactly here with registry.lora.algebra.prototype.
 
 The mixing never gathers weights per token: on a GPU, and on a CPU with few experts (sum of ranks <=
 DENSE_RANKS), it is two GEMMs through the concatenated low-rank space, (x A_cat^T * expert weights)
@@ -24,7 +24,7 @@ from torch import nn
 
 from quiver_hub.adapter import Adapter, as_adapters, target_layer
 from quiver_hub.api import Hub
-from quiver_hub.registry.lora import prototype
+from quiver_hub.registry.lora.algebra import prototype
 
 _STATE = "_quiver_arrow"
 DENSE_RANKS = 256

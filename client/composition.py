@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from quiver_hub.adapter import Adapter, as_adapters, target_layer
-from quiver_hub.registry import lora
+from quiver_hub.registry.lora import algebra
 
 Example = tuple[str, str]
 LORAHUB_BUDGET = 40  # LoraHub's own default number of evaluations
@@ -44,11 +44,11 @@ class Composition:
     combine: str = "deltas"  # "deltas": sum_i w_i s_i B_i A_i; "factors": LoraHub's sum of A and B apart
     scalings: list[float] = field(default_factory=list)
 
-    def factors(self, rank: int | None = None) -> dict[str, lora.Factors]:
+    def factors(self, rank: int | None = None) -> dict[str, algebra.Factors]:
         """The composed adapter's factors per module (concatenated, or rank-`rank` compressed)."""
         if self.combine == "factors":
             return lorahub_factors(self.adapters, self.weights)
-        return lora.weighted_sum([a.factors for a in self.adapters], self.weights, rank)
+        return algebra.weighted_sum([a.factors for a in self.adapters], self.weights, rank)
 
     def lineage(self) -> list[dict[str, Any]]:
         return [
@@ -65,9 +65,9 @@ class Composition:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         fan = any(a.fan_in_fan_out for a in self.adapters)
-        config, tensors = lora.adapter_files(self.factors(rank), base_model, fan, "CAUSAL_LM")
-        (folder / lora.CONFIG_FILE).write_text(json.dumps(config, indent=2))
-        save_file(tensors, str(folder / lora.WEIGHTS_FILE))
+        config, tensors = algebra.adapter_files(self.factors(rank), base_model, fan, "CAUSAL_LM")
+        (folder / algebra.CONFIG_FILE).write_text(json.dumps(config, indent=2))
+        save_file(tensors, str(folder / algebra.WEIGHTS_FILE))
         return folder
 
 
@@ -77,7 +77,7 @@ class Branches:
     def __init__(self, model: nn.Module, adapters: list[Adapter], weights: torch.Tensor):
         self.weights = weights
         named = dict(model.named_modules())
-        per_module: dict[str, list[tuple[int, lora.Factors]]] = {}
+        per_module: dict[str, list[tuple[int, algebra.Factors]]] = {}
         for i, adapter in enumerate(adapters):
             for module, f in adapter.factors.items():
                 target_layer(named, module, adapter)
@@ -217,7 +217,7 @@ def gradient_fit(
     return [float(x) for x in w.detach()], losses
 
 
-def lorahub_factors(adapters: list[Adapter], weights: list[float]) -> dict[str, lora.Factors]:
+def lorahub_factors(adapters: list[Adapter], weights: list[float]) -> dict[str, algebra.Factors]:
     """LoraHub's combination: A = sum_i w_i A_i, B = sum_i w_i s_i B_i (all members of one rank)."""
     out = {}
     for module in sorted({m for a in adapters for m in a.factors}):
@@ -226,7 +226,7 @@ def lorahub_factors(adapters: list[Adapter], weights: list[float]) -> dict[str, 
             raise ValueError("LoraHub's combination needs adapters of one rank")
         A = sum(w * f.A.double() for f, w in present)
         B = sum(w * f.B.double() * f.scaling for f, w in present)
-        out[module] = lora.Factors(A, B, 1.0)
+        out[module] = algebra.Factors(A, B, 1.0)
     return out
 
 

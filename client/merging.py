@@ -28,7 +28,7 @@ from torch import nn
 
 from quiver_hub import fused as fused_kernel
 from quiver_hub.adapter import Adapter, as_adapters, target_layer
-from quiver_hub.registry import lora, peft_format
+from quiver_hub.registry.lora import algebra, peft_format
 
 _SAVED = "_quiver_saved_weights"
 
@@ -66,7 +66,7 @@ def merge(
     if state["saved"] or state["params"]:
         raise ValueError("the model already has merged adapters: unmerge(model) first")
     named = dict(model.named_modules())
-    plan: dict[str, tuple[nn.Module, list[tuple[Adapter, lora.Factors, float]]]] = {}
+    plan: dict[str, tuple[nn.Module, list[tuple[Adapter, algebra.Factors, float]]]] = {}
     for adapter, w in zip(adapters, weights, strict=True):
         if adapter.dora and (len(adapters) > 1 or w != 1):
             what = "a weighted merge, or a merge beside other adapters,"

@@ -7,7 +7,7 @@ more tokens than the limit is split by tokens), each request asks for every adap
 weight by the routed modules it adapts over the whole input), and the scores are combined with each
 request's share: a request over M_r of the M modules counts M_r / M, a chunk of T_c of a module's T
 tokens counts T_c / (T M). The result is the score one request over everything would have given
-(registry/routing.py: the scores are averages over tokens, then over each adapter's routed modules).
+(registry/search/routing.py: the scores are averages over tokens, then over each adapter's routed modules).
 """
 
 from __future__ import annotations

@@ -30,7 +30,7 @@ from quiver_hub.hub.routes import (
 from quiver_hub.hub.services import Services
 from quiver_hub.hub.settings import Settings, secret_key
 from quiver_hub.hub.web import HERE
-from quiver_hub.registry.web_sessions import LIFETIME
+from quiver_hub.registry.accounts.sessions import LIFETIME
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

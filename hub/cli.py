@@ -129,8 +129,8 @@ def reported() -> Iterator[None]:
 
 def operator_token(user: str, org: str | None, scope: str, name: str, init: bool) -> None:
     """A token for `user` (created if new), printed alone on the last line."""
+    from quiver_hub.registry.accounts.tokens import create_token
     from quiver_hub.registry.db import writing
-    from quiver_hub.registry.tokens import create_token
 
     with operator_services(init) as services, reported(), writing(services.sessions) as session:
         token = create_token(session, user=user, scope=scope, org=org, name=name)
@@ -154,11 +154,11 @@ def admin_create_token(
 @admin_app.command("create-user")
 def admin_create_user(name: str, init: Init = False) -> None:
     """A new user (with no token yet: create-token makes one)."""
-    from quiver_hub.registry import orgs
+    from quiver_hub.registry.accounts import users
     from quiver_hub.registry.db import writing
 
     with operator_services(init) as services, reported(), writing(services.sessions) as session:
-        orgs.create_user(session, name)
+        users.create_user(session, name)
         session.commit()
     print(f"created user {name}")
 
@@ -166,11 +166,11 @@ def admin_create_user(name: str, init: Init = False) -> None:
 @admin_app.command("create-org")
 def admin_create_org(name: str, admin: Annotated[str, typer.Option(help="its first admin, a user")]) -> None:
     """A new organisation with one admin."""
-    from quiver_hub.registry import orgs
+    from quiver_hub.registry.accounts import users
     from quiver_hub.registry.db import writing
 
     with operator_services() as services, reported(), writing(services.sessions) as session:
-        orgs.create_org_for(session, name, admin)
+        users.create_org_for(session, name, admin)
         session.commit()
     print(f"created organisation {name}, admin {admin}")
 
@@ -178,11 +178,11 @@ def admin_create_org(name: str, admin: Annotated[str, typer.Option(help="its fir
 @admin_app.command("disable-user")
 def admin_disable_user(name: str) -> None:
     """Disable a user: every token of theirs is refused from the next request on, on every hub process."""
-    from quiver_hub.registry import orgs
+    from quiver_hub.registry.accounts import users
     from quiver_hub.registry.db import writing
 
     with operator_services() as services, reported(), writing(services.sessions) as session:
-        orgs.disable_user(session, name)
+        users.disable_user(session, name)
         session.commit()
     print(f"disabled user {name}")
 
@@ -190,7 +190,7 @@ def admin_disable_user(name: str) -> None:
 @admin_app.command("revoke-token")
 def admin_revoke_token(token_id: int) -> None:
     """Revoke any token, by its id (GET /v1/tokens lists a user's)."""
-    from quiver_hub.registry import tokens
+    from quiver_hub.registry.accounts import tokens
 
     with operator_services() as services, reported():
         row = tokens.revoke_token(services.sessions, None, token_id)
@@ -204,7 +204,7 @@ def admin_audit(
     limit: int = 100,
 ) -> None:
     """Every namespace's audit events, newest first, one JSON object a line."""
-    from quiver_hub.registry import audit
+    from quiver_hub.registry.accounts import audit
 
     with operator_services() as services, reported(), services.sessions() as session:
         for e in audit.events(session, None, namespace, action, limit=limit):
@@ -228,7 +228,7 @@ def gc(
     grace: Annotated[float, typer.Option(help="keep unreferenced files younger than this many seconds")] = 3600.0,
 ) -> None:
     """Remove blobs that no version references, and stale temporary files."""
-    from quiver_hub.registry.gc import collect_garbage
+    from quiver_hub.registry.storage.gc import collect_garbage
 
     with operator_services() as services:
         report = collect_garbage(services.sessions, services.store, grace_s=grace)
@@ -248,8 +248,8 @@ def blobs_copy(
     object back to verify its sha256. Then set QUIVER_BLOB_URL (and the S3 settings) and restart."""
     from sqlalchemy import func, select
 
-    from quiver_hub.registry.blobs_s3 import S3BlobStore
     from quiver_hub.registry.models import Blob
+    from quiver_hub.registry.storage.s3 import S3BlobStore
 
     with operator_services() as services:
         if services.store.name != "local":

@@ -11,7 +11,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
 from quiver_hub.hub.services import Services
-from quiver_hub.registry.accounts import Principal, authenticate
+from quiver_hub.registry.accounts.access import Principal, authenticate
 from quiver_hub.registry.errors import Unauthorized
 
 

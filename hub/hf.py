@@ -13,12 +13,12 @@ from sqlalchemy.orm import Session
 
 from quiver_hub.hub.errors import header_safe
 from quiver_hub.hub.services import Services
-from quiver_hub.registry import reads, writes
-from quiver_hub.registry.blobs import BlobStore
-from quiver_hub.registry.cards import front_matter
+from quiver_hub.registry.catalogue import metadata, reads
+from quiver_hub.registry.catalogue.cards import front_matter
+from quiver_hub.registry.catalogue.files import git_oid, lfs_pointer, stored_as_lfs
 from quiver_hub.registry.errors import InvalidRequest, NotFound
-from quiver_hub.registry.files import git_oid, lfs_pointer, stored_as_lfs
 from quiver_hub.registry.models import Adapter, File, Version
+from quiver_hub.registry.storage.blobs import BlobStore
 
 
 def endpoint(request: Request) -> str:
@@ -75,7 +75,7 @@ def model_json(request: Request, state: Services, adapter: Adapter, version: Ver
         "pipeline_tag": adapter.task,
     }
     if full:
-        card = {**front_matter(writes.version_card(state.store, version))}
+        card = {**front_matter(metadata.version_card(state.store, version))}
         if base:
             card.setdefault("base_model", base)
         data["cardData"] = card

@@ -8,9 +8,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from quiver_hub.registry import lora
+from quiver_hub.registry.catalogue.reads import VersionIdentity
+from quiver_hub.registry.lora import algebra
 from quiver_hub.registry.models import Adapter, Tag, Version
-from quiver_hub.registry.reads import VersionIdentity
 
 
 class FileOut(BaseModel):
@@ -121,7 +121,7 @@ def version_out(v: Version) -> VersionOut:
         rank=v.rank,
         alpha=v.alpha,
         target_modules=v.target_modules,
-        ranks={m: lora.module_rank(v.adapter_config, m) for m in v.target_modules},
+        ranks={m: algebra.module_rank(v.adapter_config, m) for m in v.target_modules},
         num_parameters=v.num_parameters,
         total_size=v.total_size,
         published_by=v.published_by.name if v.published_by else None,

@@ -13,12 +13,12 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from quiver_hub.hub.settings import Settings, secret_key
 from quiver_hub.migrations import upgrade
-from quiver_hub.registry.blobs import BlobStore
-from quiver_hub.registry.cluster_runs import fail_interrupted
+from quiver_hub.registry.clusters.runs import fail_interrupted
 from quiver_hub.registry.db import make_engine, session_factory
-from quiver_hub.registry.embedder import TextEmbedder, default_embedder
-from quiver_hub.registry.index_snapshot import Opened, open_indexes, save
-from quiver_hub.registry.indexes import IndexSet
+from quiver_hub.registry.search.embedder import TextEmbedder, default_embedder
+from quiver_hub.registry.search.indexes import IndexSet
+from quiver_hub.registry.search.snapshot import Opened, open_indexes, save
+from quiver_hub.registry.storage.blobs import BlobStore
 
 log = logging.getLogger("quiver.indexes")
 SAVE_EVERY = 1000  # changes applied since the last snapshot before the next is written (in the background)
@@ -28,7 +28,7 @@ def open_store(settings: Settings) -> BlobStore:
     """The blob store the settings name: the local directory under QUIVER_HOME, or an S3 bucket."""
     if settings.blob_url is None:
         return BlobStore(settings.blob_root)
-    from quiver_hub.registry.blobs_s3 import S3BlobStore
+    from quiver_hub.registry.storage.s3 import S3BlobStore
 
     return S3BlobStore(
         settings.blob_url,
@@ -92,7 +92,7 @@ class Services:
         return self.indexes
 
     def save_indexes(self) -> None:
-        """Snapshot the indexes (registry.index_snapshot), so the next start only catches up. A failure
+        """Snapshot the indexes (registry.search.snapshot), so the next start only catches up. A failure
         (a full disk) is logged, not raised: the snapshot is derived state, the next start rebuilds."""
         try:
             self.written_seq = save(self.indexes, self.settings.index_dir, self.sessions, secret_key(self.settings))

@@ -72,7 +72,7 @@ class Settings(BaseSettings):
 
     @property
     def index_dir(self) -> Path:
-        """Where the search indexes' snapshot is kept (registry.index_snapshot)."""
+        """Where the search indexes' snapshot is kept (registry.search.snapshot)."""
         return self.home / "indexes"
 
     @property

@@ -5,12 +5,12 @@ from __future__ import annotations
 from fastapi import HTTPException, Request
 from starlette.datastructures import FormData, UploadFile
 
-from quiver_hub.registry.blobs import BlobStore, StagedFile
+from quiver_hub.registry.catalogue.metadata import AdapterMeta, parse_tags
+from quiver_hub.registry.catalogue.names import check_file_path
 from quiver_hub.registry.errors import InvalidRequest, RegistryError
+from quiver_hub.registry.intake.parsing import parse_json
 from quiver_hub.registry.limits import MAX_DESCRIPTION_CHARS, MAX_FILES
-from quiver_hub.registry.names import check_file_path
-from quiver_hub.registry.parsing import parse_json
-from quiver_hub.registry.writes import AdapterMeta, parse_tags
+from quiver_hub.registry.storage.blobs import BlobStore, StagedFile
 
 MAX_FIELD_BYTES = 4 * MAX_DESCRIPTION_CHARS  # a text field (UTF-8: up to 4 bytes a character)
 FIELDS = ("description", "task", "tags", "license", "visibility", "base_model", "derived_from")
@@ -56,7 +56,7 @@ def text_field(form: FormData, key: str) -> str | None:
 
 
 def form_lineage(form: FormData) -> dict | None:
-    """The `derived_from` field: the lineage a composition declares (registry.writes.check_lineage)."""
+    """The `derived_from` field: the lineage a composition declares (registry.catalogue.lineage.check_lineage)."""
     raw = text_field(form, "derived_from")
     return parse_json(raw, "derived_from", InvalidRequest) if raw else None
 

@@ -4,7 +4,7 @@ Cards are Markdown rendered by markdown-it-py (raw HTML allowed, as on the Huggi
 sanitised by nh3 (Ammonia): no script, no event handler, no javascript: URL survives. Every page carries a
 Content-Security-Policy that allows scripts and styles from the hub only, so even a sanitiser's miss could
 not run anything. A signed-in browser holds only a random session id in a signed, HttpOnly, SameSite=Lax
-cookie (registry/web_sessions.py keeps the session); every form that changes something carries the
+cookie (registry/sessions.py keeps the session); every form that changes something carries the
 session's CSRF token.
 """
 
@@ -26,9 +26,9 @@ from markupsafe import Markup
 import quiver_hub
 from quiver_hub.hub.deps import client_address
 from quiver_hub.hub.services import Services
-from quiver_hub.registry import web_sessions
-from quiver_hub.registry.accounts import ANONYMOUS, Principal
-from quiver_hub.registry.cards import FRONT_MATTER
+from quiver_hub.registry.accounts import sessions
+from quiver_hub.registry.accounts.access import ANONYMOUS, Principal
+from quiver_hub.registry.catalogue.cards import FRONT_MATTER
 from quiver_hub.registry.errors import InvalidRequest
 
 HERE = Path(__file__).parent
@@ -91,7 +91,7 @@ def page_principal(request: Request, state: Services) -> Principal:
     key = request.session.get("sid")
     if key:
         with state.sessions() as session:
-            found = web_sessions.resume(session, key)
+            found = sessions.resume(session, key)
         if found is None:
             request.session.clear()  # ended, expired, or its token was revoked
         else:
@@ -103,9 +103,9 @@ def page_principal(request: Request, state: Services) -> Principal:
 def sign_in(request: Request, state: Services, token: str) -> Principal:
     """A new server-side session for the token: the cookie gets a new random id (and nothing else), the
     session a new CSRF secret. Unauthorized when the token does not work."""
-    principal, key, csrf = web_sessions.sign_in(state.sessions, token)
+    principal, key, csrf = sessions.sign_in(state.sessions, token)
     if previous := request.session.get("sid"):  # signing in again ends the session the browser had
-        web_sessions.sign_out(state.sessions, previous)
+        sessions.sign_out(state.sessions, previous)
     request.session.clear()
     request.session["sid"] = key
     request.state.principal, request.state.csrf = replace(principal, address=client_address(request)), csrf
@@ -115,7 +115,7 @@ def sign_in(request: Request, state: Services, token: str) -> Principal:
 def sign_out(request: Request, state: Services) -> None:
     key = request.session.get("sid")
     if key:
-        web_sessions.sign_out(state.sessions, key)
+        sessions.sign_out(state.sessions, key)
     request.session.clear()
     request.state.principal, request.state.csrf = ANONYMOUS, None
 
@@ -128,7 +128,7 @@ def csrf_token(request: Request, state: Services) -> str:
         return request.state.csrf
     token = request.session.get("csrf")
     if not token:
-        token = request.session["csrf"] = web_sessions.new_csrf()
+        token = request.session["csrf"] = sessions.new_csrf()
     return token
 
 

@@ -37,7 +37,7 @@ MAX_MODULES = 4096  # modules with factors in one adapter (a 70B model with ever
 MAX_MODULE_NAME_CHARS = 255
 MAX_PATTERNS = 1024  # entries of target_modules, rank_pattern, alpha_pattern
 MAX_PATTERN_CHARS = 1024
-# (a regex match of a module name is cut off after registry.lora.REGEX_TIMEOUT_S)
+# (a regex match of a module name is cut off after registry.lora.algebra.REGEX_TIMEOUT_S)
 MAX_LINEAGE = 256  # versions an adapter says it was derived from
 
 # Finding adapters: a route request (hidden states) and the answers of routes, searches and lists

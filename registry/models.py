@@ -62,7 +62,7 @@ class Namespace(Base):
 
 
 class Membership(Base):
-    """A user belongs to an organisation, with a role: admin, write or read (registry.accounts.ROLES)."""
+    """A user belongs to an organisation, with a role: admin, write or read (registry.accounts.access.ROLES)."""
 
     __tablename__ = "memberships"
     org_id: Mapped[int] = mapped_column(ForeignKey("namespaces.id", ondelete="CASCADE"), primary_key=True)
@@ -92,7 +92,7 @@ class Token(Base):
 
 
 class WebSession(Base):
-    """A signed-in browser (registry/web_sessions.py). Its cookie holds only a random id, stored here as
+    """A signed-in browser (registry/accounts/sessions.py). Its cookie holds only a random id, stored here as
     its sha256; the row names the token the user signed in with (never the token itself) and the form
     (CSRF) secret. Signing out ends the row; revoking the token ends every session made with it."""
 
@@ -162,7 +162,7 @@ class Version(Base):
     """One immutable publish of an adapter."""
 
     __tablename__ = "versions"
-    # Not stored: what the publish that made this version told its publisher (registry.writes.publish).
+    # Not stored: what the publish that made this version told its publisher (registry.catalogue.publishing.publish).
     notices: tuple[str, ...] | list[str] = ()
     __table_args__ = (UniqueConstraint("adapter_id", "number"),)
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -234,7 +234,7 @@ class File(Base):
     path: Mapped[str] = mapped_column(String(255))
     sha256: Mapped[str] = mapped_column(ForeignKey("blobs.sha256"), index=True)
     size: Mapped[int] = mapped_column(BigInteger)
-    # The file's git object id as the Hugging Face Hub lists it (registry.files.git_oid): the blob SHA-1
+    # The file's git object id as the Hugging Face Hub lists it (registry.catalogue.files.git_oid): the blob SHA-1
     # of its bytes, or of its LFS pointer for weights. None for files stored before it was kept.
     oid: Mapped[str | None] = mapped_column(String(40))
 

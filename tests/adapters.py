@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from quiver_hub.registry.lora import factor_key
+from quiver_hub.registry.lora.algebra import factor_key
 
 BASE = "quiver-test/tiny-llama"
 

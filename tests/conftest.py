@@ -32,7 +32,7 @@ from quiver_hub.hub.app import create_app
 from quiver_hub.hub.server import server_config
 from quiver_hub.hub.services import Services
 from quiver_hub.hub.settings import Settings
-from quiver_hub.registry.tokens import create_token
+from quiver_hub.registry.accounts.tokens import create_token
 
 PG_ENV = "QUIVER_TEST_DATABASE_URL"
 

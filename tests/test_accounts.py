@@ -247,7 +247,7 @@ def test_a_token_is_recorded_as_used_although_another_write_committed_while_it_w
     """Requests of one token arrive together: each reads the token, then records its use. On SQLite a
     read transaction that tries to write after another writer committed gets SQLITE_BUSY at once; the
     use is recorded in a write transaction of its own instead."""
-    from quiver_hub.registry.accounts import authenticate
+    from quiver_hub.registry.accounts.access import authenticate
     from quiver_hub.registry.db import writing
 
     token = server.token("alice")

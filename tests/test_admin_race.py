@@ -13,9 +13,9 @@ from sqlalchemy import func, select
 
 from quiver_hub.hub.services import Services
 from quiver_hub.hub.settings import Settings
+from quiver_hub.registry.accounts.tokens import create_token
 from quiver_hub.registry.db import writing
 from quiver_hub.registry.models import Membership, Namespace
-from quiver_hub.registry.tokens import create_token
 from tests.conftest import free_port, serve_process
 
 ROUNDS = 16

@@ -1,5 +1,5 @@
 """One test suite, two blob stores: the local directory and an S3-compatible bucket (a real S3-protocol
-server on loopback, moto's). Same contract on both (registry/blobs.py)."""
+server on loopback, moto's). Same contract on both (registry/storage/blobs.py)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from quiver_hub.registry.blobs import BlobStore
-from quiver_hub.registry.blobs_s3 import PART_BYTES, S3BlobStore
 from quiver_hub.registry.errors import TooLarge
+from quiver_hub.registry.storage.blobs import BlobStore
+from quiver_hub.registry.storage.s3 import PART_BYTES, S3BlobStore
 from tests.conftest import S3
 
 

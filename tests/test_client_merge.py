@@ -14,7 +14,7 @@ import transformers
 
 from examples.make_adapter import tiny_llama
 from quiver_hub import Adapter, fused, merge, merged, unmerge
-from quiver_hub.registry import lora
+from quiver_hub.registry.lora import algebra
 
 
 @pytest.fixture(autouse=True, params=["fused kernel", "torch alone", "cuda"])
@@ -200,7 +200,7 @@ def test_a_gpu_without_room_for_two_copies_says_to_offload_and_offload_merges(de
         pytest.skip("offload concerns models on a GPU")
     torch.manual_seed(0)
     model = torch.nn.Sequential(*(torch.nn.Linear(2048, 2048, bias=False) for _ in range(4))).to(device)  # 64 MB
-    factors = {str(i): lora.Factors(torch.randn(8, 2048), torch.randn(2048, 8) * 0.01, 2.0) for i in range(4)}
+    factors = {str(i): algebra.Factors(torch.randn(8, 2048), torch.randn(2048, 8) * 0.01, 2.0) for i in range(4)}
     adapter = Adapter("a", {"r": 8}, factors)
     before = snapshot(model)
     torch.cuda.empty_cache()

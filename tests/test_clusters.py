@@ -15,7 +15,8 @@ import torch
 from sklearn.metrics import adjusted_rand_score
 
 from examples.make_adapter import BASE_MODEL, tiny_llama
-from quiver_hub.registry import cluster_runs, mbc, peft_format
+from quiver_hub.registry.clusters import mbc, runs
+from quiver_hub.registry.lora import peft_format
 from tests.adapters import BASE, lora_config, upload_parts, write_factors
 from tests.conftest import LiveServer
 
@@ -191,7 +192,7 @@ def test_runs_see_only_what_the_caller_may_see(server: LiveServer, tmp_path: Pat
 def test_large_runs_go_to_the_background(server: LiveServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     token = server.token("alice")
     publish_library(server, token, tmp_path, planted(per=2))
-    monkeypatch.setattr(cluster_runs, "BACKGROUND_OVER", 3)  # 6 adapters: "large" for this test
+    monkeypatch.setattr(runs, "BACKGROUND_OVER", 3)  # 6 adapters: "large" for this test
     with server.client(token) as c:
         r = c.post("/v1/clusters", json={"base_model": BASE, "k": 3})
         assert r.status_code == 202 and r.json()["status"] == "running"
@@ -316,7 +317,7 @@ def test_landmark_rows_agree_with_the_exact_recipe() -> None:
     the n x n matrix; on a library with real groups both find the same partition."""
     import numpy as np
 
-    from quiver_hub.registry.mbc import cluster, normalise_rows
+    from quiver_hub.registry.clusters.mbc import cluster, normalise_rows
 
     rng = np.random.default_rng(0)
     centres = rng.standard_normal((6, 48))
@@ -377,7 +378,7 @@ def test_aligned_sketches_compare_over_the_modules_both_adapt() -> None:
     module, the cosine of the whole rows."""
     import numpy as np
 
-    from quiver_hub.registry.mbc import similarity_rows, sketch_matrix
+    from quiver_hub.registry.clusters.mbc import similarity_rows, sketch_matrix
 
     rng = np.random.default_rng(0)
     q, v, w = (rng.standard_normal(4) for _ in range(3))

@@ -13,7 +13,7 @@ from peft import PeftModel
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from quiver_hub import Adapter, Hub, compose, merged
-from quiver_hub.registry import lora
+from quiver_hub.registry.lora import algebra
 from tests.conftest import LiveServer
 
 BASE = "quiver-test/tiny-llama"
@@ -116,7 +116,7 @@ def test_a_published_composition_loads_in_peft_and_round_trips(server: LiveServe
     with torch.no_grad():
         got = peft(ids).logits
     assert torch.allclose(got, expected, atol=1e-5)
-    config = json.loads((folder / lora.CONFIG_FILE).read_text())
+    config = json.loads((folder / algebra.CONFIG_FILE).read_text())
     assert config["r"] == 12 and config["base_model_name_or_path"] == BASE  # the ranks concatenated
     with server.client(token) as c:  # a lineage naming what the publisher cannot see is refused
         bad = {"method": "composition:gradient", "versions": [{"id": "bob/hidden", "revision": "0" * 40}]}

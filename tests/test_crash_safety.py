@@ -25,7 +25,7 @@ CHILD = textwrap.dedent(
     from quiver_hub.hub.settings import Settings
     from quiver_hub.hub.services import Services
     from quiver_hub.registry import blobs, writes
-    from quiver_hub.registry.accounts import authenticate
+    from quiver_hub.registry.accounts.access import authenticate
 
     point, folder, token = sys.argv[1], Path(sys.argv[2]), sys.argv[3]
     state = Services.open(Settings(), migrate=False)

@@ -15,8 +15,8 @@ import httpx
 import pytest
 
 from quiver_hub.hub.services import Services
-from quiver_hub.registry import commits, writes
-from quiver_hub.registry.accounts import authenticate
+from quiver_hub.registry.accounts.access import authenticate
+from quiver_hub.registry.catalogue import commits, edits
 from quiver_hub.registry.errors import Conflict
 from tests.adapters import BASE, lora_config, upload_parts, write_adapter
 from tests.conftest import LiveServer
@@ -113,7 +113,7 @@ def test_a_commit_racing_the_delete_of_its_parent_is_refused_not_stored_without_
     # (and its blobs purged), then the commit publishes.
     draft = commits.start_commit(state.sessions, state.store, principal, "alice", "raced", "main")
     draft.add(state.store, "README.md", __import__("io").BytesIO(b"# new card\n"), 1 << 20)
-    writes.delete_adapter(state.sessions, state.store, principal, "alice", "raced", rev="1")
+    edits.delete_adapter(state.sessions, state.store, principal, "alice", "raced", rev="1")
     with pytest.raises(Conflict, match="deleted while this commit was made"):
         draft.publish(state.sessions, state.store, principal, state.embedder)
     with server.client(token) as c:
@@ -275,7 +275,7 @@ def test_an_unexpected_error_is_a_500_with_a_request_id_and_the_connection_stays
     def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("planted failure")
 
-    monkeypatch.setattr("quiver_hub.registry.routing.search_text", broken)
+    monkeypatch.setattr("quiver_hub.registry.search.routing.search_text", broken)
     host, port = server.url.removeprefix("http://").split(":")
     request = f"POST /v1/search HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
     with socket.create_connection((host, int(port)), timeout=10) as sock:

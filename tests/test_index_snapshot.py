@@ -1,4 +1,4 @@
-"""The search indexes' snapshot (registry.index_snapshot): a hub starts from it and catches up what was
+"""The search indexes' snapshot (registry.search.snapshot): a hub starts from it and catches up what was
 published, edited and deleted while it was down; a corrupt or foreign snapshot is rebuilt, never trusted.
 On SQLite and Postgres."""
 
@@ -15,8 +15,8 @@ import pytest
 
 from quiver_hub.hub.services import Services
 from quiver_hub.hub.settings import Settings, secret_key
-from quiver_hub.registry.index_snapshot import DATA, MANIFEST, _mac, snapshot_seq
-from quiver_hub.registry.indexes import PUBLIC, IndexSet
+from quiver_hub.registry.search.indexes import PUBLIC, IndexSet
+from quiver_hub.registry.search.snapshot import DATA, MANIFEST, _mac, snapshot_seq
 from tests.adapters import BASE, upload_parts, write_adapter
 from tests.conftest import LiveServer, free_port, serve_process
 

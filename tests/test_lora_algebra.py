@@ -1,4 +1,4 @@
-"""registry.lora: exact prototypes and parameter sketches, checked against dense computations."""
+"""registry.lora.algebra: exact prototypes and parameter sketches, checked against dense computations."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from quiver_hub.registry import lora
-from quiver_hub.registry.lora import Factors
+from quiver_hub.registry.lora import algebra
+from quiver_hub.registry.lora.algebra import Factors
 
 
 def random_factors(r: int, d_in: int, d_out: int, seed: int, gap: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -25,7 +25,7 @@ def random_factors(r: int, d_in: int, d_out: int, seed: int, gap: float = 1.0) -
 @pytest.mark.parametrize("r, d_in, d_out, seed", [(1, 16, 16, 0), (4, 64, 32, 1), (16, 256, 512, 2), (8, 40, 300, 3)])
 def test_prototype_is_the_top_right_singular_vector(r: int, d_in: int, d_out: int, seed: int) -> None:
     A, B = random_factors(r, d_in, d_out, seed)
-    v, sigma = lora.prototype(A, B)
+    v, sigma = algebra.prototype(A, B)
     _, s, vh = torch.linalg.svd(B.double() @ A.double())
     assert v.shape == (d_in,) and v.dtype == torch.float32
     assert abs(float(v.double() @ vh[0])) > 1 - 1e-6
@@ -35,9 +35,9 @@ def test_prototype_is_the_top_right_singular_vector(r: int, d_in: int, d_out: in
 
 def test_prototype_ignores_sign_alpha_and_rslora() -> None:
     A, B = random_factors(8, 64, 48, seed=4)
-    reference, _ = lora.prototype(A, B)
+    reference, _ = algebra.prototype(A, B)
     for a, b in [(-A, B), (A, -B), (-A, -B), (3.0 * A, B), (A, 0.25 * B)]:
-        v, _ = lora.prototype(a, b)
+        v, _ = algebra.prototype(a, b)
         assert abs(float(v @ reference)) > 1 - 1e-6
     module = "model.layers.0.self_attn.q_proj"
     configs = [
@@ -47,8 +47,8 @@ def test_prototype_ignores_sign_alpha_and_rslora() -> None:
         {"r": 8, "lora_alpha": 4, "alpha_pattern": {"q_proj": 64}},
     ]
     for config in configs:
-        s = lora.module_scaling(config, module)
-        ((v, sigma),) = lora.prototypes({module: Factors(A, B, s)}).values()
+        s = algebra.module_scaling(config, module)
+        ((v, sigma),) = algebra.prototypes({module: Factors(A, B, s)}).values()
         assert abs(float(v @ reference)) > 1 - 1e-6
         top = float(torch.linalg.svdvals(s * B.double() @ A.double())[0])
         assert math.isclose(sigma, top, rel_tol=1e-6)
@@ -56,13 +56,15 @@ def test_prototype_ignores_sign_alpha_and_rslora() -> None:
 
 def test_scaling_follows_peft() -> None:
     m = "model.layers.3.mlp.down_proj"
-    assert lora.module_scaling({"r": 8, "lora_alpha": 16}, m) == 2.0
-    assert lora.module_scaling({"r": 16, "lora_alpha": 16, "use_rslora": True}, m) == 4.0
-    assert lora.module_scaling({"r": 8, "lora_alpha": 16, "rank_pattern": {"down_proj": 4}}, m) == 4.0
-    assert lora.module_scaling({"r": 8, "lora_alpha": 16, "alpha_pattern": {r"layers\.3\.mlp\.down_proj": 8}}, m) == 1
-    assert lora.module_rank({"r": 8, "rank_pattern": {"up_proj": 2}}, m) == 8
-    assert lora.targets_module(["q_proj", "down_proj"], m) and not lora.targets_module(["proj"], m)
-    assert lora.targets_module(r".*\.mlp\..*", m) and not lora.targets_module(r"mlp", m)
+    assert algebra.module_scaling({"r": 8, "lora_alpha": 16}, m) == 2.0
+    assert algebra.module_scaling({"r": 16, "lora_alpha": 16, "use_rslora": True}, m) == 4.0
+    assert algebra.module_scaling({"r": 8, "lora_alpha": 16, "rank_pattern": {"down_proj": 4}}, m) == 4.0
+    assert (
+        algebra.module_scaling({"r": 8, "lora_alpha": 16, "alpha_pattern": {r"layers\.3\.mlp\.down_proj": 8}}, m) == 1
+    )
+    assert algebra.module_rank({"r": 8, "rank_pattern": {"up_proj": 2}}, m) == 8
+    assert algebra.targets_module(["q_proj", "down_proj"], m) and not algebra.targets_module(["proj"], m)
+    assert algebra.targets_module(r".*\.mlp\..*", m) and not algebra.targets_module(r"mlp", m)
 
 
 def library(seed: int) -> dict[str, Factors]:
@@ -80,12 +82,12 @@ def test_sketch_is_invariant_to_refactorising() -> None:
     for module, f in factors.items():
         M = torch.randn(4, 4, generator=g, dtype=torch.float64) + 4 * torch.eye(4, dtype=torch.float64)
         refactored[module] = Factors(torch.linalg.solve(M, f.A), f.B @ M, f.scaling)
-    a, b = lora.sketch(factors), lora.sketch(refactored)
-    assert a.dtype == np.float32 and a.shape == (3 * lora.SKETCH_P * lora.SKETCH_Q,)
+    a, b = algebra.sketch(factors), algebra.sketch(refactored)
+    assert a.dtype == np.float32 and a.shape == (3 * algebra.SKETCH_P * algebra.SKETCH_Q,)
     assert math.isclose(float(np.linalg.norm(a)), 1.0, rel_tol=1e-5)
     np.testing.assert_allclose(a, b, atol=1e-5)
-    a, b = lora.output_sketch(factors), lora.output_sketch(refactored)
-    assert a.dtype == np.float32 and a.shape == (3 * lora.output_block(),)
+    a, b = algebra.output_sketch(factors), algebra.output_sketch(refactored)
+    assert a.dtype == np.float32 and a.shape == (3 * algebra.output_block(),)
     np.testing.assert_allclose(a, b, atol=1e-5)
 
 
@@ -93,13 +95,13 @@ def test_output_sketch_is_the_gram_of_the_deltas_outputs() -> None:
     """Dot products of output sketches are (per module, normalised) Frobenius products of the Grams
     (L dW)(L dW)^T, computed here densely."""
     x, y = library(6), library(7)
-    blocks = lora.output_block()
-    sx, sy = lora.output_sketch(x), lora.output_sketch(y)
+    blocks = algebra.output_block()
+    sx, sy = algebra.output_sketch(x), algebra.output_sketch(y)
     for i, module in enumerate(sorted(x)):
         grams = []
         for factors in (x, y):
             f = factors[module]
-            _, L = lora.sketch_matrices(module, f.in_features, f.out_features, lora.SKETCH_P, lora.OUTPUT_Q)
+            _, L = algebra.sketch_matrices(module, f.in_features, f.out_features, algebra.SKETCH_P, algebra.OUTPUT_Q)
             LD = L @ (f.scaling * f.B.double() @ f.A.double())
             grams.append(LD @ LD.T)
         cos = float((grams[0] * grams[1]).sum() / (grams[0].norm() * grams[1].norm()))
@@ -121,7 +123,7 @@ def test_sketch_cosine_tracks_delta_cosine() -> None:
         dy = torch.cat([(f.scaling * f.B @ f.A).reshape(-1) for _, f in sorted(y.items())])
         return float(dx @ dy / (dx.norm() * dy.norm()))
 
-    sk = {name: lora.sketch(f) for name, f in [("base", base), ("noisy", noisy), ("unrelated", unrelated)]}
+    sk = {name: algebra.sketch(f) for name, f in [("base", base), ("noisy", noisy), ("unrelated", unrelated)]}
     assert delta_cos(base, noisy) > 0.8
     assert float(sk["base"] @ sk["noisy"]) > 0.6
     assert abs(float(sk["base"] @ sk["unrelated"])) < float(sk["base"] @ sk["noisy"])
@@ -129,8 +131,8 @@ def test_sketch_cosine_tracks_delta_cosine() -> None:
 
 def test_sketch_is_identical_in_another_process() -> None:
     code = (
-        "import sys, torch; from quiver_hub.registry import lora; from tests.test_lora_algebra import library; "
-        "sys.stdout.write((lora.sketch(library(5)).tobytes() + lora.output_sketch(library(5)).tobytes()).hex())"
+        "import sys, torch; from quiver_hub.registry.lora import algebra; from tests.test_lora_algebra import library; "
+        "sys.stdout.write((algebra.sketch(library(5)).tobytes() + algebra.output_sketch(library(5)).tobytes()).hex())"
     )
     other = subprocess.run(
         [sys.executable, "-c", code],
@@ -139,4 +141,4 @@ def test_sketch_is_identical_in_another_process() -> None:
         check=True,
         env={"PYTHONHASHSEED": "123", "PATH": ""},
     ).stdout
-    assert other == (lora.sketch(library(5)).tobytes() + lora.output_sketch(library(5)).tobytes()).hex()
+    assert other == (algebra.sketch(library(5)).tobytes() + algebra.output_sketch(library(5)).tobytes()).hex()

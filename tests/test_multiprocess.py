@@ -11,8 +11,8 @@ from safetensors.torch import load_file
 
 from quiver_hub.hub.services import Services
 from quiver_hub.hub.settings import Settings
+from quiver_hub.registry.accounts.tokens import create_token
 from quiver_hub.registry.db import writing
-from quiver_hub.registry.tokens import create_token
 from tests.adapters import BASE, upload_parts, write_adapter
 from tests.conftest import free_port, serve_process
 

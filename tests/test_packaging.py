@@ -66,7 +66,7 @@ def test_the_thin_client_works_without_the_server_and_is_not_shadowed(thin_clien
     code = (
         "import importlib.util, torch\n"
         "from quiver_hub import Hub, merge, merged, apply_arrow, Adapter\n"
-        "from quiver_hub.registry.lora import prototype\n"
+        "from quiver_hub.registry.lora.algebra import prototype\n"
         "v, s = prototype(torch.randn(2, 8), torch.randn(8, 2))\n"
         "server = ('fastapi', 'sqlalchemy', 'faiss', 'alembic', 'uvicorn')\n"
         "missing = [m for m in server if importlib.util.find_spec(m)]\n"

@@ -2,7 +2,7 @@
 save_pretrained on tiny Llama, GPT-2, T5 and sequence-classification models (PEFT is the truth for the
 format: PeftModel.from_pretrained(...).merge_and_unload()). Each is merged exactly as PEFT merges it
 (and unmerged bitwise), or refused with a message that names what is refused, by the client and by the
-hub alike. Never silently wrong (registry/peft_format.py)."""
+hub alike. Never silently wrong (registry/lora/peft_format.py)."""
 
 from __future__ import annotations
 

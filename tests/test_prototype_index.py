@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from quiver_hub.registry.indexes import Candidates
-from quiver_hub.registry.prototype_index import BLOCK, PrototypeIndex
-from quiver_hub.registry.routing import PARALLEL_WORK, module_weights, score_modules
+from quiver_hub.registry.search.indexes import Candidates
+from quiver_hub.registry.search.prototype_index import BLOCK, PrototypeIndex
+from quiver_hub.registry.search.routing import PARALLEL_WORK, module_weights, score_modules
 
 
 def brute(ids: np.ndarray, vectors: np.ndarray, h: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -125,9 +125,9 @@ def test_merge_plan() -> None:
 def test_arrow_plus_examples_equals_its_brute_force_and_keeps_private_examples_private(
     server: LiveServer, tmp_path: Path
 ) -> None:
-    from quiver_hub.registry.embedder import default_embedder
-    from quiver_hub.registry.routing import EXAMPLES_TEMPERATURE
-    from quiver_hub.registry.vectors import normalised_mean
+    from quiver_hub.registry.search.embedder import default_embedder
+    from quiver_hub.registry.search.routing import EXAMPLES_TEMPERATURE
+    from quiver_hub.registry.search.vectors import normalised_mean
 
     alice, bob = server.token("alice"), server.token("bob")
     embedder = default_embedder()

@@ -16,8 +16,8 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 
-from quiver_hub.registry import commits
-from quiver_hub.registry.accounts import authenticate
+from quiver_hub.registry.accounts.access import authenticate
+from quiver_hub.registry.catalogue import commits
 from quiver_hub.registry.errors import Conflict
 from quiver_hub.registry.models import AuditEvent, Token
 from tests.adapters import upload_parts, write_adapter

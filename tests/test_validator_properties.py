@@ -11,9 +11,9 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from quiver_hub.registry.analysis import analyse_weights
 from quiver_hub.registry.errors import RegistryError
-from quiver_hub.registry.validation import validate_adapter
+from quiver_hub.registry.intake.analysis import analyse_weights
+from quiver_hub.registry.intake.validation import validate_adapter
 from tests.adapters import lora_config, raw_safetensors
 
 Q = "model.layers.0.self_attn.q_proj"

@@ -1,5 +1,5 @@
 """Accounts people manage themselves: their tokens, organisations and members, and the audit log
-(registry/accounts.py has the one table of what a role may do)."""
+(registry/accounts/access.py has the one table of what a role may do)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ from fastapi import APIRouter, Query, Response
 from pydantic import BaseModel, Field
 
 from quiver_hub.hub.deps import PrincipalDep, SessionDep, StateDep
-from quiver_hub.registry import audit, limits, orgs, tokens
-from quiver_hub.registry.accounts import user_orgs
+from quiver_hub.registry import limits
+from quiver_hub.registry.accounts import audit, orgs, tokens
+from quiver_hub.registry.accounts.access import user_orgs
 from quiver_hub.registry.errors import Unauthorized
 from quiver_hub.registry.models import AuditEvent, Token
 

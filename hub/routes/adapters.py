@@ -14,11 +14,12 @@ from quiver_hub.hub import schemas
 from quiver_hub.hub.deps import PrincipalDep, SessionDep, StateDep
 from quiver_hub.hub.downloads import blob_response
 from quiver_hub.hub.uploads import form_lineage, form_meta, read_form, stage_files
-from quiver_hub.registry import limits, reads, tags, writes
-from quiver_hub.registry.accounts import require_write
+from quiver_hub.registry import limits
+from quiver_hub.registry.accounts.access import require_write
+from quiver_hub.registry.catalogue import edits, metadata, publishing, reads, tags
+from quiver_hub.registry.catalogue.names import check_repo_id
 from quiver_hub.registry.errors import NotFound
-from quiver_hub.registry.names import check_repo_id
-from quiver_hub.registry.vectors import from_bytes
+from quiver_hub.registry.search.vectors import from_bytes
 
 router = APIRouter(prefix="/v1", tags=["adapters"])
 MEDIA_TYPES = {"json": "application/json", "jsonl": "application/jsonl", "md": "text/markdown; charset=utf-8"}
@@ -78,10 +79,10 @@ async def publish_adapter(
         meta = form_meta(form)
         lineage = form_lineage(form)
         if lineage is not None:
-            lineage = await run_in_threadpool(writes.check_lineage, state.sessions, principal, lineage)
+            lineage = await run_in_threadpool(lineage.check_lineage, state.sessions, principal, lineage)
         files = await run_in_threadpool(stage_files, form, state.store, state.settings.max_upload_bytes)
         version = await run_in_threadpool(
-            writes.publish,
+            publishing.publish,
             state.sessions,
             state.store,
             principal,
@@ -126,8 +127,8 @@ def get_adapter(namespace: str, name: str, session: SessionDep, principal: Princ
 def patch_adapter(
     namespace: str, name: str, patch: schemas.AdapterPatch, state: StateDep, principal: PrincipalDep
 ) -> schemas.AdapterOut:
-    meta = writes.AdapterMeta(**patch.model_dump())
-    writes.update_adapter(state.sessions, state.store, state.embedder, principal, namespace, name, meta)
+    meta = metadata.AdapterMeta(**patch.model_dump())
+    edits.update_adapter(state.sessions, state.store, state.embedder, principal, namespace, name, meta)
     with state.sessions() as session:
         adapter = reads.get_adapter(session, principal, namespace, name)
         return schemas.adapter_out(adapter, reads.latest_versions(session, [adapter]).get(adapter.id))
@@ -136,7 +137,7 @@ def patch_adapter(
 @router.delete("/adapters/{namespace}/{name}", response_model=schemas.Deleted)
 def delete_adapter(namespace: str, name: str, state: StateDep, principal: PrincipalDep) -> schemas.Deleted:
     """Delete the adapter and all its versions; blobs nothing else references are removed."""
-    doomed = writes.delete_adapter(state.sessions, state.store, principal, namespace, name)
+    doomed = edits.delete_adapter(state.sessions, state.store, principal, namespace, name)
     return schemas.Deleted(deleted=[schemas.VersionRef(**asdict(v)) for v in doomed])
 
 
@@ -157,7 +158,7 @@ def get_version(
 
 @router.delete("/adapters/{namespace}/{name}/versions/{rev}", response_model=schemas.Deleted)
 def delete_version(namespace: str, name: str, rev: str, state: StateDep, principal: PrincipalDep) -> schemas.Deleted:
-    doomed = writes.delete_adapter(state.sessions, state.store, principal, namespace, name, rev=rev)
+    doomed = edits.delete_adapter(state.sessions, state.store, principal, namespace, name, rev=rev)
     return schemas.Deleted(deleted=[schemas.VersionRef(**asdict(v)) for v in doomed])
 
 

@@ -13,8 +13,8 @@ from sqlalchemy.orm import Session
 
 from quiver_hub.hub import schemas
 from quiver_hub.hub.deps import PrincipalDep, SessionDep, StateDep
-from quiver_hub.registry import cluster_runs
-from quiver_hub.registry.accounts import Principal
+from quiver_hub.registry.accounts.access import Principal
+from quiver_hub.registry.clusters import cluster_adapters, runs
 from quiver_hub.registry.models import ClusterRun
 
 router = APIRouter(prefix="/v1", tags=["clusters"])
@@ -54,7 +54,7 @@ class MergeIn(BaseModel):
 
 def run_out(session: Session, principal: Principal, run: ClusterRun) -> RunOut:
     """A run as the caller may see it now (members it may not see left out, and not counted)."""
-    clusters = cluster_runs.visible_clusters(session, principal, run)
+    clusters = runs.visible_clusters(session, principal, run)
     return RunOut(
         id=run.id,
         status=run.status,
@@ -80,10 +80,10 @@ def run_out(session: Session, principal: Principal, run: ClusterRun) -> RunOut:
 async def create_run(body: ClusterRequestIn, state: StateDep, principal: PrincipalDep) -> JSONResponse:
     """Cluster the latest versions of the adapters you can see (MBC). Runs over more than 200 adapters
     answer 202 while they run; poll GET /v1/clusters/{id} for status and progress."""
-    req = cluster_runs.ClusterRequest(**{**body.model_dump(), "tags": tuple(body.tags)})
+    req = runs.ClusterRequest(**{**body.model_dump(), "tags": tuple(body.tags)})
 
     def start() -> RunOut:
-        run = cluster_runs.start_run(state.sessions, state.store, principal, req, state.background)
+        run = runs.start_run(state.sessions, state.store, principal, req, state.background)
         with state.sessions() as session:
             return run_out(session, principal, run)
 
@@ -93,17 +93,17 @@ async def create_run(body: ClusterRequestIn, state: StateDep, principal: Princip
 
 @router.get("/clusters", response_model=list[RunOut])
 def list_runs(session: SessionDep, principal: PrincipalDep) -> list[RunOut]:
-    return [run_out(session, principal, r) for r in cluster_runs.list_runs(session, principal)]
+    return [run_out(session, principal, r) for r in runs.list_runs(session, principal)]
 
 
 @router.get("/clusters/{run_id}", response_model=RunOut)
 def get_run(run_id: int, session: SessionDep, principal: PrincipalDep) -> RunOut:
-    return run_out(session, principal, cluster_runs.get_run(session, principal, run_id))
+    return run_out(session, principal, runs.get_run(session, principal, run_id))
 
 
 @router.post("/clusters/{run_id}/merge", response_model=list[schemas.VersionOut], status_code=201)
 def merge(run_id: int, body: MergeIn, state: StateDep, principal: PrincipalDep) -> list[schemas.VersionOut]:
     """Publish one adapter per cluster into your namespace (cluster-<run>-<index>): the exact average of
     its members' deltas, or with `rank` its best rank-r approximation; each records its lineage."""
-    versions = cluster_runs.merge_run(state.sessions, state.store, state.embedder, principal, run_id, body.rank)
+    versions = cluster_adapters.merge_run(state.sessions, state.store, state.embedder, principal, run_id, body.rank)
     return [schemas.version_out(v) for v in versions]

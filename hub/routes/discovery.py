@@ -12,11 +12,12 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 
 from quiver_hub.hub.deps import PrincipalDep, StateDep
-from quiver_hub.registry import limits, routing
-from quiver_hub.registry.accounts import Principal
+from quiver_hub.registry import limits
+from quiver_hub.registry.accounts.access import Principal
+from quiver_hub.registry.catalogue.metadata import parse_tags
 from quiver_hub.registry.errors import InvalidRequest
-from quiver_hub.registry.indexes import Filters, IndexSet
-from quiver_hub.registry.writes import parse_tags
+from quiver_hub.registry.search import routing
+from quiver_hub.registry.search.indexes import Filters, IndexSet
 
 router = APIRouter(prefix="/v1", tags=["discovery"])
 

@@ -1,6 +1,6 @@
 """The Hugging Face Hub protocol, upload side: what upload_file, upload_folder, create_commit and
 PEFT's push_to_hub send (validate-yaml, preupload, the NDJSON commit). A commit makes the next version,
-validated and analysed exactly like a /v1 upload (registry.commits)."""
+validated and analysed exactly like a /v1 upload (registry.catalogue.commits)."""
 
 from __future__ import annotations
 
@@ -15,12 +15,12 @@ from pydantic import BaseModel
 from quiver_hub.hub.deps import PrincipalDep, SessionDep, StateDep
 from quiver_hub.hub.errors import HF_TAG
 from quiver_hub.hub.hf import endpoint
-from quiver_hub.registry import reads
-from quiver_hub.registry.accounts import require_write
-from quiver_hub.registry.cards import yaml_errors
-from quiver_hub.registry.commits import start_commit
+from quiver_hub.registry.accounts.access import require_write
+from quiver_hub.registry.catalogue import reads
+from quiver_hub.registry.catalogue.cards import yaml_errors
+from quiver_hub.registry.catalogue.commits import start_commit
 from quiver_hub.registry.errors import InvalidRequest
-from quiver_hub.registry.parsing import parse_json
+from quiver_hub.registry.intake.parsing import parse_json
 
 router = APIRouter(tags=[HF_TAG])
 

@@ -11,7 +11,7 @@ from pydantic import BaseModel
 from quiver_hub.hub.deps import PrincipalDep, SessionDep, StateDep
 from quiver_hub.hub.errors import HF_TAG
 from quiver_hub.hub.hf import EMPTY_COMMIT, endpoint, timestamp, version_for
-from quiver_hub.registry import reads, tags, writes
+from quiver_hub.registry.catalogue import edits, metadata, publishing, reads, tags
 from quiver_hub.registry.errors import InvalidRequest, Unauthorized
 
 COMMITS_PAGE = 50
@@ -35,7 +35,7 @@ def create_repo(body: CreateRepo, request: Request, state: StateDep, principal: 
         raise Unauthorized("creating a repo needs a token: send Authorization: Bearer <token>")
     namespace = body.organization or principal.user
     visibility = "private" if body.private or body.visibility == "private" else "public"
-    adapter, created = writes.create_adapter(state.sessions, principal, namespace, body.name, visibility)
+    adapter, created = publishing.create_adapter(state.sessions, principal, namespace, body.name, visibility)
     url = f"{endpoint(request)}/{namespace}/{body.name}"
     if not created:
         return JSONResponse({"error": "You already created this model repo", "url": url}, 409)
@@ -63,7 +63,7 @@ def repo_of(body: RepoRef, principal: PrincipalDep) -> tuple[str, str]:
 def delete_repo(body: RepoRef, state: StateDep, principal: PrincipalDep) -> dict:
     """delete_repo / `hf repos delete`: the adapter and every version (numbers stay retired)."""
     namespace, name = repo_of(body, principal)
-    writes.delete_adapter(state.sessions, state.store, principal, namespace, name)
+    edits.delete_adapter(state.sessions, state.store, principal, namespace, name)
     return {}
 
 
@@ -83,14 +83,14 @@ def update_settings(namespace: str, name: str, body: Settings, state: StateDep, 
     )
     if visibility is None:
         raise InvalidRequest("nothing to change: send visibility ('public' or 'private') or private")
-    writes.update_adapter(
+    edits.update_adapter(
         state.sessions,
         state.store,
         state.embedder,
         principal,
         namespace,
         name,
-        writes.AdapterMeta(visibility=visibility),
+        metadata.AdapterMeta(visibility=visibility),
     )
     return {}
 
@@ -108,7 +108,7 @@ def move_repo(body: Move, state: StateDep, principal: PrincipalDep) -> dict:
     if body.type not in (None, "model"):
         raise InvalidRequest(f"Quiver holds model repos only, not {body.type!r}")
     source, target = (split_repo_id(r) for r in (body.fromRepo, body.toRepo))
-    writes.move_adapter(state.sessions, principal, source, target)
+    edits.move_adapter(state.sessions, principal, source, target)
     return {}
 
 

@@ -12,7 +12,7 @@ from fastapi import APIRouter, Request
 from quiver_hub.hub.deps import PrincipalDep, SessionDep
 from quiver_hub.hub.errors import HF_TAG
 from quiver_hub.hub.routes.hf_repos import LINEAR
-from quiver_hub.registry import reads
+from quiver_hub.registry.catalogue import reads
 from quiver_hub.registry.errors import InvalidRequest, NotFound
 
 router = APIRouter(tags=[HF_TAG], include_in_schema=False)

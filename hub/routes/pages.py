@@ -23,11 +23,15 @@ from sqlalchemy import select
 
 from quiver_hub.hub.deps import StateDep
 from quiver_hub.hub.web import check_csrf, page, page_principal, sign_in, sign_out
-from quiver_hub.registry import cluster_runs, limits, orgs, reads, routing, tokens, writes
-from quiver_hub.registry.accounts import allowed
+from quiver_hub.registry import limits
+from quiver_hub.registry.accounts import orgs, tokens
+from quiver_hub.registry.accounts.access import allowed
+from quiver_hub.registry.catalogue import metadata, reads
+from quiver_hub.registry.clusters import runs
 from quiver_hub.registry.errors import NotFound, RegistryError
-from quiver_hub.registry.indexes import Filters
 from quiver_hub.registry.models import Namespace, Version
+from quiver_hub.registry.search import routing
+from quiver_hub.registry.search.indexes import Filters
 
 router = APIRouter(include_in_schema=False)
 # First path segments that belong to the API and the docs, never to a namespace's page.
@@ -169,10 +173,10 @@ def cluster_page(request: Request, state: StateDep, run_id: int) -> HTMLResponse
     principal = page_principal(request, state)
     with state.sessions() as session:
         try:
-            run = cluster_runs.get_run(session, principal, run_id)
+            run = runs.get_run(session, principal, run_id)
         except NotFound:
             return not_found(request, f"Cluster run {run_id}")
-        clusters = cluster_runs.visible_clusters(session, principal, run)
+        clusters = runs.visible_clusters(session, principal, run)
     return page(
         request, "cluster.html", principal=principal, run=run, clusters=clusters, **picture(clusters), size=PICTURE
     )
@@ -362,7 +366,7 @@ def render_adapter(request: Request, state: StateDep, namespace: str, name: str,
             return not_found(request, f"{namespace}/{name}")
         except RegistryError:
             return not_found(request, f"{namespace}/{name}@{rev}")
-        card = writes.version_card(state.store, version) if version else None
+        card = metadata.version_card(state.store, version) if version else None
         lineage = None
         if version is not None and version.derived_from:
             lineage = dict(version.derived_from)

@@ -5,7 +5,7 @@
                                      tensors (read from its header alone), an image, or a download link
     /{ns}/{name}/commits/{rev}       the versions up to that one, newest first
 
-Visibility as everywhere (registry.reads): what the viewer may not see is a 404, exactly like what does
+Visibility as everywhere (registry.catalogue.reads): what the viewer may not see is a 404, exactly like what does
 not exist.
 """
 
@@ -17,9 +17,9 @@ from sqlalchemy.orm import Session
 
 from quiver_hub.hub.deps import StateDep
 from quiver_hub.hub.web import page, page_principal
-from quiver_hub.registry import files, reads
+from quiver_hub.registry.catalogue import files, reads
 from quiver_hub.registry.errors import NotFound, RegistryError
-from quiver_hub.registry.safetensors_header import read_header
+from quiver_hub.registry.intake.safetensors_header import read_header
 
 router = APIRouter(include_in_schema=False)
 MAX_SHOWN_TEXT = 512 * 1024  # a text file's first bytes shown on its page; the rest is a download away

@@ -1,0 +1,1 @@
+"""MBC: clustering a library of adapters, the stored runs, and the cluster adapters built from them."""

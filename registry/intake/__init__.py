@@ -1,0 +1,1 @@
+"""What makes an upload an adapter we accept: validation, safe parsing, and what is computed once per version."""

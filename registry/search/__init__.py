@@ -1,0 +1,1 @@
+"""Finding adapters: text embeddings, the search and prototype indexes, their snapshots, and ranking."""

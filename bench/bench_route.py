@@ -32,7 +32,7 @@ from bench.common import table  # noqa: E402
 from quiver_hub.hub.app import create_app  # noqa: E402
 from quiver_hub.hub.services import Services  # noqa: E402
 from quiver_hub.hub.settings import Settings  # noqa: E402
-from quiver_hub.registry.models import Adapter, Namespace, Prototype, Version, utcnow  # noqa: E402
+from quiver_hub.registry.models import AdapterRepo, Namespace, Prototype, Version, utcnow  # noqa: E402
 from quiver_hub.registry.search.prototype_index import quantise  # noqa: E402
 
 BASE = "bench/base"
@@ -90,7 +90,7 @@ def fill(state: Services, protos: Prototypes) -> None:
             for lo in range(start, start + size, batch):
                 ids = range(lo + 1, min(start + size, lo + batch) + 1)
                 s.execute(
-                    insert(Adapter),
+                    insert(AdapterRepo),
                     [
                         dict(
                             id=i,

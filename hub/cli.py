@@ -129,11 +129,11 @@ def reported() -> Iterator[None]:
 
 def operator_token(user: str, org: str | None, scope: str, name: str, init: bool) -> None:
     """A token for `user` (created if new), printed alone on the last line."""
-    from quiver_hub.registry.accounts.tokens import create_token
+    from quiver_hub.registry.accounts.tokens import token_for_user
     from quiver_hub.registry.db import writing
 
     with operator_services(init) as services, reported(), writing(services.sessions) as session:
-        token = create_token(session, user=user, scope=scope, org=org, name=name)
+        token = token_for_user(session, user=user, scope=scope, org=org, name=name)
         session.commit()
     err.print(f"{scope} token for user {user}" + (f" (member of {org})" if org else "") + ":")
     print(token)

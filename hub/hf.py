@@ -17,7 +17,7 @@ from quiver_hub.registry.catalogue import metadata, reads
 from quiver_hub.registry.catalogue.cards import front_matter
 from quiver_hub.registry.catalogue.files import git_oid, lfs_pointer, stored_as_lfs
 from quiver_hub.registry.errors import InvalidRequest, NotFound
-from quiver_hub.registry.models import Adapter, File, Version
+from quiver_hub.registry.models import AdapterRepo, File, Version
 from quiver_hub.registry.storage.blobs import BlobStore
 
 
@@ -29,7 +29,7 @@ def timestamp(dt: datetime) -> str:
     return dt.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
-def version_for(session: Session, adapter: Adapter, revision: str) -> Version:
+def version_for(session: Session, adapter: AdapterRepo, revision: str) -> Version:
     """`main` (the latest version), a 40-hex revision id, a version number or a tag; else
     RevisionNotFound."""
     try:
@@ -51,7 +51,7 @@ def lfs_info(f: File, hash_key: str) -> dict:
     return {"lfs": {hash_key: f.sha256, "size": f.size, "pointerSize": len(lfs_pointer(f.sha256, f.size))}}
 
 
-def model_json(request: Request, state: Services, adapter: Adapter, version: Version | None, full: bool) -> dict:
+def model_json(request: Request, state: Services, adapter: AdapterRepo, version: Version | None, full: bool) -> dict:
     """What huggingface_hub's ModelInfo(**data) reads."""
     base = version.base_model if version else adapter.base_model
     tags = {*(adapter.tags or []), "peft", "lora", "safetensors"}

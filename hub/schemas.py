@@ -10,7 +10,7 @@ from pydantic import BaseModel, Field
 
 from quiver_hub.registry.catalogue.reads import VersionIdentity
 from quiver_hub.registry.lora import algebra
-from quiver_hub.registry.models import Adapter, Tag, Version
+from quiver_hub.registry.models import AdapterRepo, Tag, Version
 
 
 class FileOut(BaseModel):
@@ -136,7 +136,7 @@ def version_out(v: Version) -> VersionOut:
     )
 
 
-def adapter_out(a: Adapter, latest: Version | None) -> AdapterOut:
+def adapter_out(a: AdapterRepo, latest: Version | None) -> AdapterOut:
     return AdapterOut(
         id=a.repo_id,
         namespace=a.namespace.name,

@@ -106,7 +106,10 @@ class WebSession(Base):
     ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
-class Adapter(Base):
+class AdapterRepo(Base):
+    """A named adapter (`namespace/name`) and its metadata; its files are in its versions. The client's
+    `quiver_hub.Adapter` is something else: one version's PEFT folder loaded in memory."""
+
     __tablename__ = "adapters"
     __table_args__ = (UniqueConstraint("namespace_id", "name"),)
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -184,7 +187,7 @@ class Version(Base):
     message: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
-    adapter: Mapped[Adapter] = relationship(back_populates="versions")
+    adapter: Mapped[AdapterRepo] = relationship(back_populates="versions")
     published_by: Mapped[Namespace | None] = relationship(lazy="joined")
     files: Mapped[list[File]] = relationship(
         order_by="File.path", cascade="all, delete-orphan", passive_deletes=True, lazy="selectin"

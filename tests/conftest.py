@@ -32,7 +32,7 @@ from quiver_hub.hub.app import create_app
 from quiver_hub.hub.server import server_config
 from quiver_hub.hub.services import Services
 from quiver_hub.hub.settings import Settings
-from quiver_hub.registry.accounts.tokens import create_token
+from quiver_hub.registry.accounts.tokens import token_for_user
 
 PG_ENV = "QUIVER_TEST_DATABASE_URL"
 
@@ -211,7 +211,7 @@ class LiveServer:
 
     def token(self, user: str, org: str | None = None, scope: str = "write") -> str:
         with self.state.sessions() as session:
-            token = create_token(session, user=user, org=org, scope=scope)
+            token = token_for_user(session, user=user, org=org, scope=scope)
             session.commit()
         return token
 

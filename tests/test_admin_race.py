@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 
 from quiver_hub.hub.services import Services
 from quiver_hub.hub.settings import Settings
-from quiver_hub.registry.accounts.tokens import create_token
+from quiver_hub.registry.accounts.tokens import token_for_user
 from quiver_hub.registry.db import writing
 from quiver_hub.registry.models import Membership, Namespace
 from tests.conftest import free_port, serve_process
@@ -32,7 +32,7 @@ def test_two_admins_demoting_each_other_at_once_leave_one_admin(database_url: st
     settings = Settings(home=tmp_path / "home", database_url=database_url)
     state = Services.open(settings)
     with writing(state.sessions) as s:
-        tokens = {user: create_token(s, user=user) for user in ("ann", "ben")}
+        tokens = {user: token_for_user(s, user=user) for user in ("ann", "ben")}
         s.commit()
     env = {**os.environ, "QUIVER_HOME": str(settings.home), "QUIVER_DATABASE_URL": database_url}
     outcomes: list[tuple[int, int]] = []

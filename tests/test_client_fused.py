@@ -147,10 +147,10 @@ def test_kernel_out_of_memory_is_an_error_and_the_model_is_unchanged() -> None:
         ctypes.CDLL(None).mallopt(-3, 65536)  # M_MMAP_THRESHOLD
         torch.set_num_threads(1)
         from quiver_hub import Adapter, fused, merge, unmerge
-        from quiver_hub.registry import lora
+        from quiver_hub.registry.lora import algebra
         importlib.import_module("quiver_hub.merging").NATIVE_GEMM_MIN_RANK = 1 << 30  # the kernel, on AMX CPUs too
         model = torch.nn.Sequential(torch.nn.Linear(4096, 64, bias=False)).to(torch.bfloat16)
-        factors = {"0": lora.Factors(torch.randn(64, 4096), torch.randn(64, 64), 0.5)}
+        factors = {"0": algebra.Factors(torch.randn(64, 4096), torch.randn(64, 64), 0.5)}
         adapter = Adapter("a", {"r": 64}, factors)
         merge(model, adapter)  # builds the kernel, and leaves a spare buffer for the next merge
         unmerge(model)
@@ -236,10 +236,10 @@ def run_merge(cache: Path, env: dict[str, str]) -> subprocess.Popen:
         """
         import warnings, torch
         from quiver_hub import Adapter, merge
-        from quiver_hub.registry import lora
+        from quiver_hub.registry.lora import algebra
         torch.manual_seed(0)
         model = torch.nn.Sequential(torch.nn.Linear(64, 96, bias=False)).to(torch.bfloat16)
-        factors = {"0": lora.Factors(torch.randn(8, 64), torch.randn(96, 8), 0.5)}
+        factors = {"0": algebra.Factors(torch.randn(8, 64), torch.randn(96, 8), 0.5)}
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             merge(model, Adapter("a", {"r": 8}, factors))

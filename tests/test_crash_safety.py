@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from quiver_hub.registry.models import Adapter, Blob, File, Version
+from quiver_hub.registry.models import AdapterRepo, Blob, File, Version
 from tests.adapters import upload_parts, write_adapter
 from tests.conftest import LiveServer
 
@@ -24,7 +24,8 @@ CHILD = textwrap.dedent(
     from sqlalchemy.orm import Session
     from quiver_hub.hub.settings import Settings
     from quiver_hub.hub.services import Services
-    from quiver_hub.registry import blobs, writes
+    from quiver_hub.registry.catalogue import metadata, publishing
+    from quiver_hub.registry.storage import blobs
     from quiver_hub.registry.accounts.access import authenticate
 
     point, folder, token = sys.argv[1], Path(sys.argv[2]), sys.argv[3]
@@ -50,8 +51,8 @@ CHILD = textwrap.dedent(
             staged[f.name] = state.store.stage(fh)
         if point == "staging":
             die()
-    meta = writes.AdapterMeta()
-    writes.publish(state.sessions, state.store, principal, "alice", "crashy", staged, meta, state.embedder)
+    meta = metadata.AdapterMeta()
+    publishing.publish(state.sessions, state.store, principal, "alice", "crashy", staged, meta, state.embedder)
     print("published")
     """
 )
@@ -76,7 +77,7 @@ def test_crash_mid_publish_leaves_nothing_visible(server: LiveServer, tmp_path: 
     assert child.returncode == 9, child.stderr
 
     with server.state.sessions() as s:
-        assert s.scalar(select(Adapter).where(Adapter.name == "crashy")) is None
+        assert s.scalar(select(AdapterRepo).where(AdapterRepo.name == "crashy")) is None
         assert [v.number for v in s.scalars(select(Version))] == [1]
         referenced = set(s.scalars(select(File.sha256)))
         assert set(s.scalars(select(Blob.sha256))) == referenced

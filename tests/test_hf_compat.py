@@ -16,7 +16,7 @@ import torch
 from sqlalchemy import select
 
 from examples.make_adapter import tiny_llama
-from quiver_hub.registry.models import Adapter, Embedding, Prototype, Version
+from quiver_hub.registry.models import AdapterRepo, Embedding, Prototype, Version
 from tests.adapters import upload_parts
 from tests.conftest import LiveServer
 
@@ -204,7 +204,7 @@ print("{}")
     with server.state.sessions() as s:
 
         def analysis(name: str) -> tuple:
-            adapter = s.scalar(select(Adapter).where(Adapter.name == name))
+            adapter = s.scalar(select(AdapterRepo).where(AdapterRepo.name == name))
             version = s.scalar(select(Version).where(Version.adapter_id == adapter.id))
             protos = [
                 (p.module, p.sigma, p.vector)

@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 
 from quiver_hub.hub.services import Services
 from quiver_hub.hub.settings import Settings
-from quiver_hub.registry.accounts.tokens import create_token
+from quiver_hub.registry.accounts.tokens import token_for_user
 from quiver_hub.registry.db import writing
 from tests.adapters import BASE, upload_parts, write_adapter
 from tests.conftest import free_port, serve_process
@@ -37,7 +37,7 @@ def test_second_process_sees_publishes_edits_and_deletes(database_url: str, tmp_
     settings = Settings(home=tmp_path / "home", database_url=database_url)
     state = Services.open(settings)
     with writing(state.sessions) as s:
-        token = create_token(s, user="alice")
+        token = token_for_user(s, user="alice")
         s.commit()
     state.close()
     auth = {"Authorization": f"Bearer {token}"}

@@ -41,7 +41,7 @@ def check_scope(scope: str) -> str:
     return scope
 
 
-def add_token(
+def new_token_row(
     session: Session,
     user: Namespace,
     scope: str,
@@ -67,7 +67,7 @@ def add_token(
     return row, secret
 
 
-def create_token(session: Session, user: str, scope: str = "write", org: str | None = None, name: str = "") -> str:
+def token_for_user(session: Session, user: str, scope: str = "write", org: str | None = None, name: str = "") -> str:
     """Operators: a token for `user` (created if new); with `org`, the user is a member of it (the admin of
     an organisation this creates, a write member of an existing one). The caller commits."""
     check_scope(scope)
@@ -80,7 +80,7 @@ def create_token(session: Session, user: str, scope: str = "write", org: str | N
         if session.get(Membership, (org_ns.id, user_ns.id)) is None:
             session.add(Membership(org_id=org_ns.id, user_id=user_ns.id, role="admin" if new else "write"))
             audit.record(session, None, "member.add", org_ns, user, role="admin" if new else "write")
-    row, secret = add_token(session, user_ns, scope, name or "operator")
+    row, secret = new_token_row(session, user_ns, scope, name or "operator")
     audit.record(session, None, "token.create", user_ns, f"token {row.id}", name=row.name, scope=scope)
     return secret
 
@@ -141,7 +141,7 @@ def issue_token(
         active = select(func.count()).select_from(Token).where(Token.user_id == user.id, Token.revoked_at.is_(None))
         if session.scalar(active) >= MAX_TOKENS_PER_USER:
             raise InvalidRequest(f"at most {MAX_TOKENS_PER_USER} active tokens a user; revoke some")
-        row, secret = add_token(session, user, scope, name, expires_at, namespaces)
+        row, secret = new_token_row(session, user, scope, name, expires_at, namespaces)
         audit.record(session, principal, "token.create", user, f"token {row.id}", name=name, scope=scope)
         session.commit()
         return row, secret

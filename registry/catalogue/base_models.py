@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from quiver_hub.registry.errors import InvalidAdapter
 from quiver_hub.registry.limits import MAX_BASE_MODEL_CHARS
-from quiver_hub.registry.models import Adapter
+from quiver_hub.registry.models import AdapterRepo
 
 LOCAL_PATH = re.compile(r"^(/|~|\.{1,2}[/\\]|\\|[A-Za-z]:[/\\])")  # /x, ~/x, ./x, ..\x, \\host, C:\x
 
@@ -60,7 +60,11 @@ def close_to(name: str, known: Iterable[str], n: int = 3) -> list[str]:
 
 def public_base_models(session: Session) -> list[str]:
     """The base models of the hub's public adapters (what anyone may be told exists)."""
-    query = select(Adapter.base_model).where(Adapter.visibility == "public", Adapter.base_model != "").distinct()
+    query = (
+        select(AdapterRepo.base_model)
+        .where(AdapterRepo.visibility == "public", AdapterRepo.base_model != "")
+        .distinct()
+    )
     return list(session.scalars(query))
 
 

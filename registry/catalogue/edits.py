@@ -16,7 +16,7 @@ from quiver_hub.registry.catalogue.shapes import check_module_shapes, stored_sha
 from quiver_hub.registry.db import upsert, writing
 from quiver_hub.registry.errors import Conflict, InvalidRequest
 from quiver_hub.registry.models import (
-    Adapter,
+    AdapterRepo,
     RetiredName,
     utcnow,
 )
@@ -35,7 +35,7 @@ def update_adapter(
     namespace: str,
     name: str,
     meta: AdapterMeta,
-) -> Adapter:
+) -> AdapterRepo:
     meta.check()
     if meta.base_model is not None:
         raise InvalidRequest("a version's base model is fixed; publish a new version with base_model to change it")
@@ -103,7 +103,7 @@ def delete_adapter(
 
 def move_adapter(
     sessions: sessionmaker[Session], principal: Principal, source: tuple[str, str], target: tuple[str, str]
-) -> Adapter:
+) -> AdapterRepo:
     """Rename an adapter (within the namespaces the caller may write). Versions keep their numbers and
     revision ids; the old name is retired and points at the adapter, so reads of it can redirect. A
     name that ever held versions cannot be moved onto: its numbers must keep meaning what they meant."""
@@ -133,7 +133,7 @@ def move_adapter(
         return adapter
 
 
-def retire_name(session: Session, adapter: Adapter, moved_to: int | None = None) -> None:
+def retire_name(session: Session, adapter: AdapterRepo, moved_to: int | None = None) -> None:
     """Remember the name's last version number, so a new adapter of that name continues after it."""
     session.execute(
         upsert(session)(RetiredName)

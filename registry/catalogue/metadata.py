@@ -19,7 +19,7 @@ from quiver_hub.registry.limits import (
     MAX_TASK_CHARS,
 )
 from quiver_hub.registry.models import (
-    Adapter,
+    AdapterRepo,
     Version,
     utcnow,
 )
@@ -64,7 +64,7 @@ class AdapterMeta:
         found = card_fields(card)
         return replace(self, **{k: v for k, v in found.items() if getattr(self, k) is None}).check()
 
-    def apply(self, adapter: Adapter) -> None:
+    def apply(self, adapter: AdapterRepo) -> None:
         for attr in ("description", "task", "tags", "license", "visibility"):
             value = getattr(self, attr)
             if value is not None:
@@ -78,7 +78,7 @@ def adapter_text(description: str | None, task: str | None, tags: list[str] | No
 
 
 def text_embedding(
-    embedder: TextEmbedder, adapter: Adapter, card: str | None, known: tuple[str, bytes] | None = None
+    embedder: TextEmbedder, adapter: AdapterRepo, card: str | None, known: tuple[str, bytes] | None = None
 ) -> bytes:
     """The adapter's text embedding: `known` (embedded before the write lock, so that no writer waits on the
     embedder) when the text is still what it was embedded from, else embedded now."""

@@ -32,7 +32,7 @@ from quiver_hub.registry.errors import Conflict
 from quiver_hub.registry.intake.analysis import VersionAnalysis, analyse_version
 from quiver_hub.registry.intake.validation import AdapterSummary, validate_adapter
 from quiver_hub.registry.models import (
-    Adapter,
+    AdapterRepo,
     Blob,
     Embedding,
     File,
@@ -212,11 +212,11 @@ def refuse_lost(store: BlobStore, files: dict[str, StagedFile]) -> None:
         )
 
 
-def new_adapter(session: Session, namespace_id: int, name: str, base_model: str, visibility: str) -> Adapter:
+def new_adapter(session: Session, namespace_id: int, name: str, base_model: str, visibility: str) -> AdapterRepo:
     """A new adapter row; its numbers continue after those a deleted adapter of that name gave."""
     retired = session.get(RetiredName, (namespace_id, name))
     now = utcnow()
-    adapter = Adapter(
+    adapter = AdapterRepo(
         namespace_id=namespace_id,
         name=name,
         base_model=base_model,
@@ -233,7 +233,7 @@ def new_adapter(session: Session, namespace_id: int, name: str, base_model: str,
 
 def create_adapter(
     sessions: sessionmaker[Session], principal: Principal, namespace: str, name: str, visibility: str = "public"
-) -> tuple[Adapter, bool]:
+) -> tuple[AdapterRepo, bool]:
     """Create an adapter with no version yet (what `create_repo` asks for); (adapter, created)."""
     check_repo_id(namespace, name)
     AdapterMeta(visibility=visibility).check()

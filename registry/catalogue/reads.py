@@ -16,7 +16,7 @@ from quiver_hub.registry.accounts.access import Principal, can_read
 from quiver_hub.registry.catalogue.names import check_repo_id
 from quiver_hub.registry.errors import InvalidRequest, NotFound
 from quiver_hub.registry.limits import MAX_DB_ID, MAX_PAGE
-from quiver_hub.registry.models import Adapter, Namespace, RetiredName, Tag, Version
+from quiver_hub.registry.models import AdapterRepo, Namespace, RetiredName, Tag, Version
 
 REVISION_RE = re.compile(r"[0-9a-f]{40}")
 TAG_RE = re.compile(r"[\w.\-]{1,128}", re.ASCII)
@@ -35,15 +35,15 @@ class VersionIdentity:
         return cls(id=v.adapter.repo_id, version=v.number, revision=v.revision)
 
 
-def find_adapter(session: Session, namespace: str, name: str, *, lock: bool = False) -> Adapter | None:
+def find_adapter(session: Session, namespace: str, name: str, *, lock: bool = False) -> AdapterRepo | None:
     check_repo_id(namespace, name)
-    query = select(Adapter).join(Namespace).where(Namespace.name == namespace, Adapter.name == name)
+    query = select(AdapterRepo).join(Namespace).where(Namespace.name == namespace, AdapterRepo.name == name)
     if lock:
-        query = query.with_for_update(of=Adapter)
+        query = query.with_for_update(of=AdapterRepo)
     return session.scalar(query)
 
 
-def get_adapter(session: Session, principal: Principal, namespace: str, name: str) -> Adapter:
+def get_adapter(session: Session, principal: Principal, namespace: str, name: str) -> AdapterRepo:
     adapter = find_adapter(session, namespace, name)
     if adapter is None or not can_read(principal, adapter.namespace_id, adapter.visibility):
         moved = moved_to(session, principal, namespace, name) if adapter is None else None
@@ -54,8 +54,8 @@ def get_adapter(session: Session, principal: Principal, namespace: str, name: st
 def moved_to(session: Session, principal: Principal, namespace: str, name: str) -> str | None:
     """The repo id an adapter moved away from namespace/name now has, when the caller may see it."""
     target = session.scalar(
-        select(Adapter)
-        .join(RetiredName, RetiredName.moved_to == Adapter.id)
+        select(AdapterRepo)
+        .join(RetiredName, RetiredName.moved_to == AdapterRepo.id)
         .join(Namespace, Namespace.id == RetiredName.namespace_id)
         .where(Namespace.name == namespace, RetiredName.name == name)
     )
@@ -64,7 +64,7 @@ def moved_to(session: Session, principal: Principal, namespace: str, name: str) 
     return target.repo_id
 
 
-def get_version(session: Session, adapter: Adapter, rev: str) -> Version:
+def get_version(session: Session, adapter: AdapterRepo, rev: str) -> Version:
     """rev: "latest" (or "main"), a version number, a 40-hex revision id, or a tag."""
     query = select(Version).where(Version.adapter_id == adapter.id)
     if rev in ("latest", "main"):
@@ -85,7 +85,7 @@ def get_version(session: Session, adapter: Adapter, rev: str) -> Version:
     return version
 
 
-def latest_versions(session: Session, adapters: list[Adapter]) -> dict[int, Version]:
+def latest_versions(session: Session, adapters: list[AdapterRepo]) -> dict[int, Version]:
     """The newest version of each adapter, in one query."""
     if not adapters:
         return {}
@@ -112,15 +112,17 @@ class AdapterFilter:
 
 
 def visible(principal: Principal, query: Select) -> Select:
-    """Restrict a query over Adapter to what the principal may see (inside the SQL, not after)."""
-    return query.where(or_(Adapter.visibility == "public", Adapter.namespace_id.in_(sorted(principal.namespace_ids))))
+    """Restrict a query over AdapterRepo rows to what the principal may see (inside the SQL, not after)."""
+    return query.where(
+        or_(AdapterRepo.visibility == "public", AdapterRepo.namespace_id.in_(sorted(principal.namespace_ids)))
+    )
 
 
 def visible_versions(session: Session, principal: Principal, version_ids: set[int]) -> set[int]:
     """Those of `version_ids` that exist and that the principal may see, as the database says now."""
     ids, seen = sorted(version_ids), set()
     for start in range(0, len(ids), 5000):  # bounded IN lists (SQLite's variables, Postgres' plans)
-        query = select(Version.id).join(Adapter, Adapter.id == Version.adapter_id)
+        query = select(Version.id).join(AdapterRepo, AdapterRepo.id == Version.adapter_id)
         seen.update(session.scalars(visible(principal, query).where(Version.id.in_(ids[start : start + 5000]))))
     return seen
 
@@ -129,42 +131,50 @@ def descriptions(session: Session, adapter_ids: list[int]) -> dict[int, str]:
     """adapter id -> its description, for results already checked as visible."""
     if not adapter_ids:
         return {}
-    rows = session.execute(select(Adapter.id, Adapter.description).where(Adapter.id.in_(sorted(set(adapter_ids)))))
+    rows = session.execute(
+        select(AdapterRepo.id, AdapterRepo.description).where(AdapterRepo.id.in_(sorted(set(adapter_ids))))
+    )
     return {i: d or "" for i, d in rows}
 
 
-def recent_adapters(session: Session, principal: Principal, limit: int = 10) -> list[Adapter]:
+def recent_adapters(session: Session, principal: Principal, limit: int = 10) -> list[AdapterRepo]:
     """The most recently updated adapters the caller may see."""
-    query = visible(principal, select(Adapter).join(Namespace)).order_by(Adapter.updated_at.desc(), Adapter.id.desc())
+    query = visible(principal, select(AdapterRepo).join(Namespace)).order_by(
+        AdapterRepo.updated_at.desc(), AdapterRepo.id.desc()
+    )
     return list(session.scalars(query.limit(limit)))
 
 
 def base_model_counts(session: Session, principal: Principal, limit: int = 20) -> list[tuple[str, int]]:
     """(base model, how many adapters the caller may see of it), most first."""
-    count = func.count(Adapter.id)
-    query = visible(principal, select(Adapter.base_model, count).join(Namespace)).where(Adapter.base_model != "")
-    rows = session.execute(query.group_by(Adapter.base_model).order_by(count.desc(), Adapter.base_model).limit(limit))
+    count = func.count(AdapterRepo.id)
+    query = visible(principal, select(AdapterRepo.base_model, count).join(Namespace)).where(
+        AdapterRepo.base_model != ""
+    )
+    rows = session.execute(
+        query.group_by(AdapterRepo.base_model).order_by(count.desc(), AdapterRepo.base_model).limit(limit)
+    )
     return [(base, n) for base, n in rows]
 
 
 def list_adapters(
     session: Session, principal: Principal, filters: AdapterFilter, cursor: str | None, limit: int
-) -> tuple[list[Adapter], str | None]:
+) -> tuple[list[AdapterRepo], str | None]:
     """A page of adapters in creation order, and the cursor of the next page (None at the end)."""
     if not 1 <= limit <= MAX_PAGE:
         raise InvalidRequest(f"limit must be between 1 and {MAX_PAGE}")
-    query = visible(principal, select(Adapter).join(Namespace))
+    query = visible(principal, select(AdapterRepo).join(Namespace))
     if filters.base_model:
-        query = query.where(Adapter.base_model == filters.base_model)
+        query = query.where(AdapterRepo.base_model == filters.base_model)
     if filters.task:
-        query = query.where(Adapter.task == filters.task)
+        query = query.where(AdapterRepo.task == filters.task)
     if filters.namespace:
         query = query.where(Namespace.name == filters.namespace)
     if filters.search:
-        query = query.where(func.lower(Namespace.name + "/" + Adapter.name).contains(filters.search.lower()))
+        query = query.where(func.lower(Namespace.name + "/" + AdapterRepo.name).contains(filters.search.lower()))
     if cursor:
-        query = query.where(Adapter.id > decode_cursor(cursor))
-    query = query.order_by(Adapter.id)
+        query = query.where(AdapterRepo.id > decode_cursor(cursor))
+    query = query.order_by(AdapterRepo.id)
     if not filters.tags:
         rows = list(session.scalars(query.limit(limit + 1)))
     else:

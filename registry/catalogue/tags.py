@@ -13,7 +13,7 @@ from quiver_hub.registry.catalogue.change_feed import record_change
 from quiver_hub.registry.catalogue.reads import REVISION_RE, TAG_RE, get_adapter, get_version
 from quiver_hub.registry.db import writing
 from quiver_hub.registry.errors import Conflict, InvalidName, NotFound
-from quiver_hub.registry.models import Adapter, Tag
+from quiver_hub.registry.models import AdapterRepo, Tag
 
 RESERVED = ("main", "latest")
 
@@ -28,7 +28,7 @@ def check_tag_name(name: str) -> str:
     return name
 
 
-def list_tags(session: Session, adapter: Adapter) -> list[Tag]:
+def list_tags(session: Session, adapter: AdapterRepo) -> list[Tag]:
     return list(session.scalars(select(Tag).where(Tag.adapter_id == adapter.id).order_by(Tag.name)))
 
 

@@ -24,7 +24,7 @@ from quiver_hub.registry.db import writing
 from quiver_hub.registry.errors import InvalidRequest, NotFound
 from quiver_hub.registry.limits import MAX_DB_ID
 from quiver_hub.registry.lora import algebra, peft_format
-from quiver_hub.registry.models import Adapter, ClusterRun, Embedding, Version, utcnow
+from quiver_hub.registry.models import AdapterRepo, ClusterRun, Embedding, Version, utcnow
 from quiver_hub.registry.search.vectors import from_bytes
 from quiver_hub.registry.storage.blobs import BlobStore
 
@@ -55,10 +55,12 @@ class ClusterRequest:
 
 def members_for(session: Session, principal: Principal, req: ClusterRequest) -> list[Version]:
     """The latest version of every adapter the caller may see that matches the request."""
-    query = visible(principal, select(Adapter)).where(Adapter.base_model == req.base_model)
+    query = visible(principal, select(AdapterRepo)).where(AdapterRepo.base_model == req.base_model)
     if req.task:
-        query = query.where(Adapter.task == req.task)
-    adapters = [a for a in session.scalars(query.order_by(Adapter.id)) if all(t in (a.tags or []) for t in req.tags)]
+        query = query.where(AdapterRepo.task == req.task)
+    adapters = [
+        a for a in session.scalars(query.order_by(AdapterRepo.id)) if all(t in (a.tags or []) for t in req.tags)
+    ]
     if req.namespace:
         adapters = [a for a in adapters if a.namespace.name == req.namespace]
     latest = latest_versions(session, adapters)
@@ -234,8 +236,8 @@ def all_public(session: Session, run: ClusterRun) -> bool:
         query = (
             select(func.count())
             .select_from(Version)
-            .join(Adapter, Adapter.id == Version.adapter_id)
-            .where(Version.revision.in_(revisions[start : start + 1000]), Adapter.visibility == "public")
+            .join(AdapterRepo, AdapterRepo.id == Version.adapter_id)
+            .where(Version.revision.in_(revisions[start : start + 1000]), AdapterRepo.visibility == "public")
         )
         public += session.scalar(query)
     return public == len(revisions)
@@ -257,8 +259,8 @@ def visible_clusters(session: Session, principal: Principal, run: ClusterRun) ->
     readable: set[str] = set()
     for start in range(0, len(revisions), 1000):
         rows = session.execute(
-            select(Version.revision, Adapter.namespace_id, Adapter.visibility)
-            .join(Adapter, Adapter.id == Version.adapter_id)
+            select(Version.revision, AdapterRepo.namespace_id, AdapterRepo.visibility)
+            .join(AdapterRepo, AdapterRepo.id == Version.adapter_id)
             .where(Version.revision.in_(revisions[start : start + 1000]))
         )
         readable |= {rev for rev, namespace_id, visibility in rows if can_read(principal, namespace_id, visibility)}

@@ -30,7 +30,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from quiver_hub.registry.accounts.access import Principal
 from quiver_hub.registry.catalogue.change_feed import changed_since, last_seq
 from quiver_hub.registry.catalogue.reads import VersionIdentity
-from quiver_hub.registry.models import Adapter, Embedding, Namespace, Prototype, Version
+from quiver_hub.registry.models import AdapterRepo, Embedding, Namespace, Prototype, Version
 from quiver_hub.registry.search.embedder import DIM as TEXT_DIM
 from quiver_hub.registry.search.prototype_index import PrototypeIndex
 from quiver_hub.registry.search.vectors import from_bytes
@@ -209,7 +209,9 @@ class IndexSet:
             after = 0
             while True:
                 ids = list(
-                    session.scalars(select(Adapter.id).where(Adapter.id > after).order_by(Adapter.id).limit(LOAD_BATCH))
+                    session.scalars(
+                        select(AdapterRepo.id).where(AdapterRepo.id > after).order_by(AdapterRepo.id).limit(LOAD_BATCH)
+                    )
                 )
                 if not ids:
                     break
@@ -245,10 +247,10 @@ class IndexSet:
             .subquery()
         )
         rows = session.execute(
-            select(Version, Adapter, Namespace.name)
+            select(Version, AdapterRepo, Namespace.name)
             .join(newest, (Version.adapter_id == newest.c.adapter_id) & (Version.number == newest.c.number))
-            .join(Adapter, Adapter.id == Version.adapter_id)
-            .join(Namespace, Namespace.id == Adapter.namespace_id)
+            .join(AdapterRepo, AdapterRepo.id == Version.adapter_id)
+            .join(Namespace, Namespace.id == AdapterRepo.namespace_id)
         ).all()
         if not rows:
             return

@@ -19,7 +19,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import DEVICE, median_time, table  # noqa: E402
-from quiver_hub.arrow import ArrowRouter  # noqa: E402
+from quiver_hub.local.arrow import ArrowRouter  # noqa: E402
 
 IN, OUT, RANK, TOP_K, REPEAT = 1024, 2816, 16, 3, 5
 

@@ -20,7 +20,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import median_time, table  # noqa: E402
-from quiver_hub.registry.clusters.mbc import (  # noqa: E402
+from quiver_hub.registry.clusters.mbc import (
     EXACT_MAX,
     LANDMARKS,
     Aligned,

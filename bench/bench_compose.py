@@ -26,7 +26,7 @@ from bench.common import table  # noqa: E402
 from bench.real_library import Recipe, accuracy, library, load_model, train  # noqa: E402
 from bench.tasks import FAMILIES, HELD_OUT_TASKS  # noqa: E402
 from quiver_hub import Adapter, compose, merged  # noqa: E402
-from quiver_hub.composition import answer_loss, example_batch  # noqa: E402
+from quiver_hub.local.composition import answer_loss, example_batch  # noqa: E402
 
 TEST = 20
 

@@ -34,7 +34,7 @@ from bench.common import table  # noqa: E402
 from bench.real_library import BASE_MODEL, Recipe, chat, generate, library, load_model  # noqa: E402
 from bench.tasks import FAMILIES, TASKS  # noqa: E402
 from quiver_hub import Adapter, Hub, apply_arrow, merged, reference_means, remove_arrow  # noqa: E402
-from quiver_hub.capture import capture_inputs, chat_tokens  # noqa: E402
+from quiver_hub.local.capture import capture_inputs, chat_tokens  # noqa: E402
 from tests.conftest import free_port, operator_token, serve_process  # noqa: E402
 
 WAYS = [

@@ -23,7 +23,7 @@ from bench.common import table  # noqa: E402
 from bench.libraries import LIBRARIES, adapters, split, train_library  # noqa: E402
 from bench.real_library import load_model  # noqa: E402
 from quiver_hub import Adapter, reference_means  # noqa: E402
-from quiver_hub.capture import capture_inputs, chat_tokens  # noqa: E402
+from quiver_hub.local.capture import capture_inputs, chat_tokens  # noqa: E402
 
 TOP_K = 3
 # Variants of the score, for the leave-one-library-out table: what a logit is ("direction": |<h, v>| with

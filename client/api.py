@@ -1,12 +1,11 @@
-"""`quiver_hub.Hub`: push, pull, search and route against a Quiver hub over HTTP."""
+"""HubClient: a hub over HTTP (publishing, downloads through the local cache, search, routing hidden states,
+clusters, accounts), with retries of reads and the hub's errors as exceptions."""
 
 from __future__ import annotations
 
 import contextlib
-import fnmatch
 import json
 import os
-import re
 import tempfile
 import time
 import warnings
@@ -19,91 +18,28 @@ import httpx
 from quiver_hub.cache import Cache
 from quiver_hub.credentials import default_endpoint, default_token
 from quiver_hub.errors import HubError, error_for
+from quiver_hub.upload_files import Sent, convert_pickled_weights, preflight, upload_paths
 
-if TYPE_CHECKING:  # the model work imports torch, which the commands that only talk HTTP never need
+if TYPE_CHECKING:  # routing imports torch, which the commands that only talk HTTP never need
     import torch
 
-    from quiver_hub.composition import Composition
     from quiver_hub.routing import Routing
 
-SKIPPED_DIRS = (".git", ".cache", "__pycache__", ".ipynb_checkpoints")
 ROUTE_METHODS = ("arrow", "arrow-centered", "arrow+examples")
+
+
 ROUTE_MODULES_TTL_S = 60.0  # how long Hub.route trusts the modules it was told (Hub.route_modules)
 
 
-def upload_paths(folder: Path, exclude: Sequence[str] = ()) -> dict[str, Path]:
-    """{path in the upload: file} for every file under `folder` but version-control and cache folders and
-    those matching an `exclude` pattern (fnmatch, on the path or the file name)."""
-    if not folder.is_dir():
-        raise FileNotFoundError(f"{folder} is not a folder")
-    out = {}
-    for path in sorted(folder.rglob("*")):
-        rel = path.relative_to(folder).as_posix()
-        if not path.is_file() or any(part in SKIPPED_DIRS for part in path.relative_to(folder).parts[:-1]):
-            continue
-        if any(fnmatch.fnmatch(rel, p) or fnmatch.fnmatch(path.name, p) for p in exclude):
-            continue
-        out[rel] = path
-    return out
-
-
-PICKLED_WEIGHTS = "adapter_model.bin"
-# What transformers' save_pretrained writes for a whole model: its weights, sharded or not, and their index.
-MODEL_WEIGHTS = re.compile(
-    r"(model|pytorch_model|tf_model|flax_model)(-\d+-of-\d+)?\.(safetensors|bin|h5|msgpack)(\.index\.json)?"
-)
-
-
-def preflight(folder: Path, paths: dict[str, Path]) -> None:
-    """Refuse, before a byte is sent, a folder that is not an adapter: a full model checkpoint (its
-    weights are gigabytes the hub would refuse after receiving them), or a folder without PEFT's config."""
-    weights = sorted(p for p in paths if MODEL_WEIGHTS.fullmatch(p.rsplit("/", 1)[-1]))
-    size = sum(paths[p].stat().st_size for p in weights)
-    if "adapter_config.json" not in paths:
-        if weights or "config.json" in paths:
-            raise ValueError(
-                f"{folder} is a full model checkpoint ({', '.join(weights[:3]) or 'config.json'}), not a PEFT "
-                "adapter: push the folder PEFT's save_pretrained wrote for the adapter (adapter_config.json and "
-                "adapter_model.safetensors)"
-            )
-        raise ValueError(f"{folder} has no adapter_config.json: it is not a PEFT adapter folder")
-    if weights:
-        raise ValueError(
-            f"{folder} holds a full model's weights beside the adapter ({', '.join(weights[:3])}, "
-            f"{size / 1e6:.0f} MB): leave them out with --exclude 'model*' (exclude=['model*']) or push the "
-            "adapter's own folder"
-        )
-
-
-def convert_pickled_weights(paths: dict[str, Path], into: Path) -> str | None:
-    """An adapter saved as a pickle (adapter_model.bin, safe_serialization=False) with no safetensors
-    beside it: its tensors read with torch.load(weights_only=True), which runs no code from the file,
-    and written as adapter_model.safetensors in `into`, which the upload sends instead (the hub never
-    unpickles anything). What was done, for the user; None when there was nothing to convert."""
-    if PICKLED_WEIGHTS not in paths or "adapter_model.safetensors" in paths:
-        return None
-    import torch
-    from safetensors.torch import save_file
-
-    try:
-        tensors = torch.load(paths[PICKLED_WEIGHTS], map_location="cpu", weights_only=True)
-    except Exception as e:  # weights_only refuses anything but tensors and plain containers
-        raise ValueError(
-            f"{paths[PICKLED_WEIGHTS]} cannot be read as plain tensors ({e}); save it with PEFT's "
-            "save_pretrained (safetensors) instead"
-        ) from None
-    if not isinstance(tensors, dict) or not all(isinstance(t, torch.Tensor) for t in tensors.values()):
-        raise ValueError(f"{paths[PICKLED_WEIGHTS]} is not a dict of tensors, as PEFT saves an adapter")
-    target = into / "adapter_model.safetensors"
-    save_file({k: t.contiguous() for k, t in tensors.items()}, str(target))
-    del paths[PICKLED_WEIGHTS]
-    paths["adapter_model.safetensors"] = target
-    return f"converted {PICKLED_WEIGHTS} to adapter_model.safetensors here (torch.load with weights_only=True)"
-
-
 RETRIES = 4  # after the first try: 0.5, 1, 2 and 4 s apart
+
+
 RETRIES_REFUSED = 2  # a hub that refuses connections is down more often than restarting: 0.5 and 1 s
+
+
 TRANSIENT = (502, 503, 504)
+
+
 T = TypeVar("T")
 
 
@@ -137,33 +73,11 @@ def split_repo(spec: str) -> tuple[str, str | None]:
     return repo, rev or None
 
 
-class Sent:
-    """Bytes of an upload read so far, told to a progress callback."""
+class HubClient:
+    """A hub over HTTP: push, pull (through the local cache), search, route hidden states, clusters, tokens.
+    It does no model work; `quiver_hub.Hub` adds what needs a local model (routing a model's own input,
+    publishing a composition)."""
 
-    def __init__(self, total: int, progress: Callable[[int, int], None] | None) -> None:
-        self.total, self.done, self.progress = total, 0, progress
-
-    def reading(self, f: Any) -> Any:
-        if self.progress is None:
-            return f
-        counter = self
-
-        class Counted:  # the file, its reads counted
-            name = getattr(f, "name", "")
-
-            def read(self, n: int = -1) -> bytes:
-                data = f.read(n)
-                counter.done += len(data)
-                counter.progress(counter.done, counter.total)
-                return data
-
-            def __getattr__(self, attr: str) -> Any:
-                return getattr(f, attr)
-
-        return Counted()
-
-
-class Hub:
     def __init__(
         self,
         endpoint: str | None = None,
@@ -181,7 +95,7 @@ class Hub:
     def close(self) -> None:
         self._http.close()
 
-    def __enter__(self) -> Hub:
+    def __enter__(self) -> HubClient:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -315,6 +229,11 @@ class Hub:
 
         return load(self._request("GET", f"/v1/adapters/{repo}/versions/{rev or 'latest'}/prototypes").content)
 
+    def prototypes_for(self, adapters: Sequence[Any]) -> list[dict[str, torch.Tensor] | None]:
+        """The hub's prototypes of each adapter pulled from it (by its origin), None for a local one: what
+        quiver_hub.apply_arrow takes as `prototypes`."""
+        return [self.prototypes(f"{a.origin[0]}@{a.origin[1]}") if a.origin else None for a in adapters]
+
     def pull(self, spec: str, progress: Callable[[str, int, int], None] | None = None) -> Path:
         """A local folder with the version's files, verified against their sha256, cached by revision id.
 
@@ -399,15 +318,10 @@ class Hub:
 
     def route(
         self,
-        hidden_states: dict[str, Any] | None = None,
+        hidden_states: Mapping[str, Any],
         *,
-        model: torch.nn.Module | None = None,
-        tokenizer: Any = None,
-        messages: Sequence[Mapping[str, str]] | None = None,
-        text: str | None = None,
-        input_ids: Sequence[int] | torch.Tensor | None = None,
-        mask: Sequence[bool] | torch.Tensor | None = None,
         base_model: str | None = None,
+        text: str | None = None,
         top_k: int = 3,
         temperature: float = 1.0,
         limit: int = 10,
@@ -416,53 +330,21 @@ class Hub:
         namespace: str | None = None,
         method: str = "arrow+examples",
     ) -> Routing:
-        """Which adapters fit this input? Arrow retrieval on the model's own hidden states.
-
-        Give the inputs of adapted modules (module -> tokens x in_features); or a model and its tokenizer
-        with `messages` (a chat as apps hold it: the chat is run whole, the last user message's tokens are
-        routed), `text` (a bare prompt, every token routed) or `input_ids` with a `mask` of the tokens to
-        route. Inputs too long for one request are split over several and combined exactly. The answer
-        is a list of adapters, best first, with merge_plan() for the recommended merge.
-
-        method (docs/routing-and-clustering.md): "arrow", the paper's, on the states as they are;
-        "arrow-centered", on the states minus each module's mean input over ordinary text
-        (capture.reference_means), which all inputs share; "arrow+examples" (the default), centered, and
-        averaged with how close the user's words are to each adapter's example inputs."""
-        from quiver_hub.capture import capture_inputs, chat_tokens, reference_means, text_tokens
+        """Which adapters fit these hidden states (module -> tokens x in_features, the inputs of adapted
+        modules)? With method "arrow+examples", `text` (the user's words) is sent too. Inputs too long
+        for one request are split over several and combined exactly (quiver_hub.routing). To route a
+        model's own input (chat messages, text), use quiver_hub.Hub.route."""
         from quiver_hub.routing import Routing, combine, split_requests
 
         if method not in ROUTE_METHODS:
             raise ValueError(f"method must be one of {', '.join(ROUTE_METHODS)}, got {method!r}")
-        words = None
-        if hidden_states is None:
-            if model is None or tokenizer is None:
-                raise ValueError("give hidden_states, or a model and its tokenizer with messages, text or input_ids")
-            base_model = base_model or getattr(model, "name_or_path", None) or model.config.name_or_path
-            if messages is not None:
-                input_ids, mask = chat_tokens(tokenizer, messages)
-                words = next(m["content"] for m in reversed(messages) if m.get("role") == "user")
-            elif text is not None:
-                input_ids, mask = text_tokens(tokenizer, text)
-                words = text
-            elif input_ids is None:
-                raise ValueError("give messages, text or input_ids to route")
-            known = self.route_modules(base_model)
-            if not known["modules"]:
-                raise ValueError(f"no adapter of {base_model} is on the hub to route to")
-            hidden_states = capture_inputs(model, tokenizer, None, known["modules"], input_ids=input_ids, mask=mask)
-            if method != "arrow":
-                means = reference_means(model, tokenizer, known["modules"], chat=messages is not None)
-                hidden_states = {m: h - means[m].to(h.device, h.dtype) for m, h in hidden_states.items()}
-            max_rows = known["max_rows"]
-        else:
-            words = text
-            max_rows = self.route_modules(base_model)["max_rows"] if base_model else 0
         if not base_model:
             raise ValueError("base_model is required")
+        max_rows = self.route_modules(base_model)["max_rows"]
         params = {"base_model": base_model, "top_k": top_k, "temperature": temperature, "limit": limit}
         params |= {k: v for k, v in {"task": task, "tags": ",".join(tags), "namespace": namespace}.items() if v}
-        if method == "arrow+examples" and words:
-            params["text"] = words[:20000]
+        if method == "arrow+examples" and text:
+            params["text"] = text[:20000]
         requests = split_requests(hidden_states, max_rows) if max_rows else [(1.0, hidden_states)]
         if len(requests) == 1:
             return Routing(self._route_request(requests[0][1], params))
@@ -470,7 +352,7 @@ class Hub:
         return combine(answers, limit)
 
     def _route_request(self, states: Mapping[str, Any], params: dict) -> list[dict]:
-        from quiver_hub.capture import routing_payload
+        from quiver_hub.routing import routing_payload
 
         return self._call(
             "POST",
@@ -479,47 +361,6 @@ class Hub:
             content=routing_payload(states),
             headers={"Content-Type": "application/octet-stream"},
         )["results"]
-
-    # -- compositions --
-
-    def publish_composition(
-        self,
-        composition: Composition,
-        repo: str,
-        base_model: str,
-        rank: int | None = None,
-        description: str | None = None,
-        visibility: str | None = None,
-        examples: Sequence[str] | None = None,
-    ) -> dict:
-        """Publish a composition (quiver_hub.compose) as an ordinary PEFT adapter: the weighted sum of its
-        members' deltas as concatenated factors, or rank-`rank` compressed, with its lineage (every member
-        version and its weight), which the hub checks against the versions you may see."""
-        lineage = {
-            "method": f"composition:{composition.method}",
-            "rank": rank,
-            "versions": [
-                {"id": a.origin[0], "revision": a.origin[1], "weight": w}
-                if a.origin
-                else {"id": a.name, "weight": w, "local": True}
-                for a, w in zip(composition.adapters, composition.weights, strict=True)
-            ],
-        }
-        with tempfile.TemporaryDirectory() as tmp:
-            folder = composition.save(Path(tmp) / "composition", base_model, rank)
-            parts = ", ".join(f"{v['id']} x {v['weight']:.3g}" for v in lineage["versions"])
-            (folder / "README.md").write_text(
-                f"# {repo}\n\n{description or 'A few-shot composition of library adapters.'}\n\n"
-                f"Composed ({composition.method}) from: {parts}.\n"
-            )
-            return self.push(
-                folder,
-                repo,
-                description=description,
-                visibility=visibility,
-                examples=examples,
-                derived_from=lineage,
-            )
 
     # -- clustering (MBC) --
 
@@ -563,3 +404,14 @@ class Hub:
     def audit(self, namespace: str | None = None, action: str | None = None, limit: int = 100) -> list[dict]:
         params = {k: v for k, v in {"namespace": namespace, "action": action, "limit": limit}.items() if v}
         return self._call("GET", "/v1/audit", params=params)
+
+
+def __getattr__(name: str) -> Any:
+    """`quiver_hub.api.Hub` was the whole client before the HTTP part and the model part came apart: it is
+    `quiver_hub.Hub` now (deprecated here)."""
+    if name == "Hub":
+        import importlib
+
+        warnings.warn("quiver_hub.api.Hub is deprecated: use quiver_hub.Hub", DeprecationWarning, stacklevel=2)
+        return importlib.import_module("quiver_hub.workflows").Hub
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

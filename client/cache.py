@@ -5,7 +5,7 @@ Hugging Face cache:
     adapters/<ns>/<name>/<revision>/     one folder per version, its files linking to blobs/
     adapters/<ns>/<name>/numbers/<n>     the revision of version n (versions are immutable)
     adapters/<ns>/<name>/refs/latest     what the hub last said the unpinned name means (for offline use)
-    reference/<fingerprint>.safetensors  a model's reference means (quiver_hub.capture)
+    reference/<fingerprint>.safetensors  a model's reference means (quiver_hub.local.capture)
 
 `quiver cache ls | verify | prune` read and tend it (`versions`, `verify`, `prune` here). Quiver keeps
 its own layout rather than huggingface_hub's because a pull is addressed by the hub's sha256 of each file
@@ -32,11 +32,9 @@ from pathlib import Path
 
 from filelock import FileLock
 
+from quiver_hub.paths import default_cache_dir
+
 CHUNK = 1024 * 1024
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("QUIVER_CACHE") or Path.home() / ".cache" / "quiver")
 
 
 class Cache:

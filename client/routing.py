@@ -15,7 +15,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
 import torch
+from safetensors.numpy import save
 
 
 class Routing(list):
@@ -88,3 +90,13 @@ def combine(answers: list[tuple[float, list[dict]]], limit: int) -> Routing:
             entry["score"] += weight * r["score"]
     best = sorted(merged.values(), key=lambda r: (-r["score"], r["id"]))
     return Routing(r for r in best[:limit] if r["score"] > 0)
+
+
+def routing_payload(hidden_states: Mapping[str, Any]) -> bytes:
+    """What POST /v1/route reads: safetensors of fp32 tokens x in_features per module, from tensors of
+    any shape (..., in_features), device and dtype, or numpy arrays."""
+    arrays = {}
+    for module, h in hidden_states.items():
+        h = torch.as_tensor(h).detach().to("cpu", torch.float32)
+        arrays[module] = np.ascontiguousarray(h.reshape(-1, h.shape[-1]).numpy())
+    return save(arrays)

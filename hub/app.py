@@ -11,25 +11,14 @@ from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 from starlette.middleware.sessions import SessionMiddleware
 
-import quiver_hub
-from quiver_hub.hub import errors
+from quiver_hub.hub import error_handlers
+from quiver_hub.hub.api import accounts, adapters, clusters, discovery, health
 from quiver_hub.hub.body_limit import BodyLimit
-from quiver_hub.hub.routes import (
-    accounts,
-    adapters,
-    clusters,
-    discovery,
-    health,
-    hf,
-    hf_commits,
-    hf_repos,
-    hf_unsupported,
-    pages,
-    repo_pages,
-)
+from quiver_hub.hub.hf import commits, reads, repos, unsupported
+from quiver_hub.hub.pages import account, repo, site
+from quiver_hub.hub.pages.web import HERE
 from quiver_hub.hub.services import Services
-from quiver_hub.hub.settings import Settings, secret_key
-from quiver_hub.hub.web import HERE
+from quiver_hub.hub.settings import VERSION, Settings, secret_key
 from quiver_hub.registry.accounts.sessions import LIFETIME
 
 
@@ -50,7 +39,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPIOffline(
         title="Quiver",
         summary="A registry and hub for LoRA adapters",
-        version=quiver_hub.__version__,
+        version=VERSION,
         lifespan=lifespan,
     )
     app.include_router(health.router)
@@ -58,13 +47,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(discovery.router)
     app.include_router(clusters.router)
     app.include_router(accounts.router)
-    app.include_router(hf_repos.router)
-    app.include_router(hf_commits.router)
-    app.include_router(hf.router)  # after the API: its /{namespace}/{name}/resolve/... is broad
-    app.include_router(hf_unsupported.router)  # /api/... that nothing above answers: a clear refusal
+    app.include_router(repos.router)
+    app.include_router(commits.router)
+    app.include_router(reads.router)  # after the API: its /{namespace}/{name}/resolve/... is broad
+    app.include_router(unsupported.router)  # /api/... that nothing above answers: a clear refusal
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
-    app.include_router(repo_pages.router)  # /{ns}/{name}/tree|blob|commits/...: before the broad page paths
-    app.include_router(pages.router)  # last: /{namespace} and /{namespace}/{name} are the broadest paths
+    app.include_router(repo.router)  # /{ns}/{name}/tree|blob|commits/...: before the broad page paths
+    app.include_router(account.router)  # /login, /settings/tokens, /orgs/...: before the broad page paths
+    app.include_router(site.router)  # last: /{namespace} and /{namespace}/{name} are the broadest paths
     app.add_middleware(
         SessionMiddleware,
         secret_key=secret_key(settings),
@@ -74,5 +64,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         https_only=False,
     )
     app.add_middleware(BodyLimit, settings=settings)
-    errors.install(app)  # last: its middleware wraps all the others
+    error_handlers.install(app)  # last: its middleware wraps all the others
     return app

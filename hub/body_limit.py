@@ -8,7 +8,7 @@ from __future__ import annotations
 from fastapi import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from quiver_hub.hub.errors import error_response
+from quiver_hub.hub.error_handlers import error_response
 from quiver_hub.hub.settings import Settings
 from quiver_hub.registry.errors import TooLarge
 

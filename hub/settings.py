@@ -9,10 +9,13 @@ from __future__ import annotations
 import os
 import re
 import secrets
+from importlib.metadata import version
 from pathlib import Path
 
 from pydantic import ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+VERSION = version("quiver-hub")  # the installed distribution's, as the client's quiver_hub.__version__
 
 
 class Settings(BaseSettings):

@@ -77,7 +77,7 @@ def test_the_command_starts_without_torch() -> None:
     """`quiver --help`, whoami, search, info and list import no torch (bench/bench_cli.py times them beside
     `hf --help`): the command, its operator commands and the HTTP client load without it."""
     code = (
-        "import sys, quiver_hub.cli, quiver_hub.hub.cli, quiver_hub.api\n"
+        "import sys, quiver_hub.cli, quiver_hub.hub.commands, quiver_hub.api\n"
         "heavy = sorted(m for m in ('torch', 'faiss', 'sentence_transformers', 'numpy') if m in sys.modules)\n"
         "print(heavy)"
     )

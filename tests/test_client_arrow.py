@@ -8,7 +8,7 @@ import peft
 import pytest
 import torch
 
-import quiver_hub.arrow
+import quiver_hub.local.arrow
 from examples.make_adapter import tiny_llama
 from quiver_hub import Adapter, Hub, apply_arrow, merged, remove_arrow
 from tests.conftest import LiveServer
@@ -73,7 +73,7 @@ def test_grouped_mixing_equals_dense_and_removal_restores(
     with torch.no_grad():
         dense = model(ids).logits
     remove_arrow(model)
-    monkeypatch.setattr(quiver_hub.arrow, "DENSE_RANKS", 0)  # force the grouped-by-expert path (a CPU's only)
+    monkeypatch.setattr(quiver_hub.local.arrow, "DENSE_RANKS", 0)  # force the grouped-by-expert path (a CPU's only)
     apply_arrow(model, experts, top_k=2)
     with torch.no_grad():
         grouped = model(ids).logits
@@ -106,11 +106,14 @@ def test_prototypes_from_the_hub(server: LiveServer, tmp_path: Path, experts: li
             pulled.append(Adapter.load(client_hub.pull(f"alice/expert{i}")))
         assert pulled[0].origin[0] == "alice/expert0" and len(pulled[0].origin[1]) == 40
         from_hub = tiny_llama()
-        apply_arrow(from_hub, pulled, top_k=2, hub=client_hub)
+        apply_arrow(from_hub, pulled, top_k=2, prototypes=client_hub.prototypes_for(pulled))
+        with pytest.warns(DeprecationWarning, match="prototypes_for"):  # the old way still works, and says so
+            apply_arrow(again := tiny_llama(), pulled, top_k=2, hub=client_hub)
     local = tiny_llama()
     apply_arrow(local, experts, top_k=2)
     with torch.no_grad():
         torch.testing.assert_close(from_hub(IDS).logits, local(IDS).logits, rtol=0, atol=1e-5)
+        torch.testing.assert_close(again(IDS).logits, local(IDS).logits, rtol=0, atol=1e-5)
 
 
 def test_a_prior_scales_each_experts_odds(experts: list[Path]) -> None:
@@ -121,9 +124,9 @@ def test_a_prior_scales_each_experts_odds(experts: list[Path]) -> None:
     stacked = []
     for a in loaded:
         f = a.factors[module]
-        stacked.append((f.A, f.B, f.scaling, quiver_hub.arrow.prototype(f.A, f.B)[0]))
+        stacked.append((f.A, f.B, f.scaling, quiver_hub.local.arrow.prototype(f.A, f.B)[0]))
     prior = torch.tensor([0.5, 0.1, 0.2, 0.15, 0.05])
-    router = quiver_hub.arrow.ArrowRouter(stacked, 2, 0.7, torch.float32, torch.device("cpu"), None, prior.log())
+    router = quiver_hub.local.arrow.ArrowRouter(stacked, 2, 0.7, torch.float32, torch.device("cpu"), None, prior.log())
     x = torch.randn(40, stacked[0][0].shape[1], generator=torch.Generator().manual_seed(0))
     P = torch.stack([v for *_, v in stacked]).float()
     logits = (x @ P.T).abs() / 0.7 + prior.log()

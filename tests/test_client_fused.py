@@ -1,4 +1,4 @@
-"""The one-pass merge kernel (client/fused.py, client/fused_add.c) and every other way a merge's product
+"""The one-pass merge kernel (client/local/fused.py, client/local/fused_add.c) and every other way a merge's product
 is computed on a CPU, against exact float64 arithmetic."""
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from quiver_hub import fused
+from quiver_hub.local import fused
 
-merge_module = importlib.import_module("quiver_hub.merging")
+merge_module = importlib.import_module("quiver_hub.local.merging")
 ROOT = Path(__file__).resolve().parents[1]
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 
@@ -148,7 +148,7 @@ def test_kernel_out_of_memory_is_an_error_and_the_model_is_unchanged() -> None:
         torch.set_num_threads(1)
         from quiver_hub import Adapter, fused, merge, unmerge
         from quiver_hub.registry.lora import algebra
-        importlib.import_module("quiver_hub.merging").NATIVE_GEMM_MIN_RANK = 1 << 30  # the kernel, on AMX CPUs too
+        importlib.import_module("quiver_hub.local.merging").NATIVE_GEMM_MIN_RANK = 1 << 30  # the kernel, AMX too
         model = torch.nn.Sequential(torch.nn.Linear(4096, 64, bias=False)).to(torch.bfloat16)
         factors = {"0": algebra.Factors(torch.randn(64, 4096), torch.randn(64, 64), 0.5)}
         adapter = Adapter("a", {"r": 64}, factors)

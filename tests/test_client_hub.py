@@ -17,7 +17,8 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 
 from examples.make_adapter import BASE_MODEL, tiny_llama
 from quiver_hub import Hub, InvalidAdapter, NotFound, Unauthorized, merge, unmerge
-from quiver_hub.capture import capture_inputs, routing_payload
+from quiver_hub.local.capture import capture_inputs
+from quiver_hub.routing import routing_payload
 from tests.adapters import write_adapter
 from tests.conftest import LiveServer
 

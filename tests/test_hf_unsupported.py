@@ -1,6 +1,6 @@
 """Every HfApi call Quiver does not implement, through the real huggingface_hub client against a real hub:
 each fails at once with BadRequestError and a message that names the call and why, in the Hub's error
-shape, never a bare 404 that reads as a missing repo (hub/routes/hf_unsupported.py)."""
+shape, never a bare 404 that reads as a missing repo (hub/hf/unsupported.py)."""
 
 from __future__ import annotations
 

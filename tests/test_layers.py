@@ -1,11 +1,14 @@
-"""The layer contract (docs/architecture.md, "The layers"), checked on every import of every module:
+"""The layer contract (docs/architecture.md, "The layers"), checked on every import of every module, lazy
+ones and TYPE_CHECKING ones included, with nothing whitelisted:
 
-    hub        -> hub, registry, migrations
-    registry   -> registry                  (never hub, the client, or migrations)
-    migrations -> migrations, registry
-    client     -> client, registry.lora     (the thin client: nothing else of the server; "registry.lora"
-                                             is the shared layer: registry/lora.py and peft_format.py)
-    registry.lora -> registry.lora only     (the client imports it: it stays torch + safetensors)
+    registry.lora  -> registry.lora                      (the shared format: torch, safetensors, numpy)
+    registry       -> registry, registry.lora            (never hub, the client, or migrations)
+    migrations     -> migrations, registry, registry.lora
+    hub            -> hub, registry, registry.lora, migrations
+    client.http    -> client.http, client.base           (api, cache, credentials, routing: no model work)
+    client.local   -> client.local, client.base, registry.lora   (the model work: no HTTP)
+    client.base    -> client.base                        (errors, paths)
+    client         -> every client layer, registry.lora  (the package root, workflows' Hub, the CLI, serving)
 
 and the one import name: every module of the repository imports quiver_hub.*, never the folder names
 (client, hub, registry, migrations), which are not installed (ruff's banned-api says the same in editors).
@@ -17,6 +20,8 @@ import ast
 from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 FOLDERS = {
     "client": "quiver_hub",
@@ -25,26 +30,35 @@ FOLDERS = {
     "migrations": "quiver_hub.migrations",
 }
 OLD_NAMES = set(FOLDERS)
+CLIENT = {"client", "client.http", "client.local", "client.base"}
 ALLOWED = {
-    "hub": {"hub", "registry", "registry.lora", "migrations"},
-    "registry": {"registry", "registry.lora"},
     "registry.lora": {"registry.lora"},
+    "registry": {"registry", "registry.lora"},
     "migrations": {"migrations", "registry", "registry.lora"},
-    "client": {"client", "registry.lora"},
+    "hub": {"hub", "registry", "registry.lora", "migrations"},
+    "client.http": {"client.http", "client.base"},
+    "client.local": {"client.local", "client.base", "registry.lora"},
+    "client.base": {"client.base"},
+    "client": CLIENT | {"registry.lora"},
+}
+# module-name prefix -> layer, the longest match wins
+PREFIXES = {
+    "quiver_hub.registry.lora": "registry.lora",
+    "quiver_hub.registry": "registry",
+    "quiver_hub.hub": "hub",
+    "quiver_hub.migrations": "migrations",
+    "quiver_hub.local": "client.local",
+    **{f"quiver_hub.{m}": "client.http" for m in ("api", "cache", "credentials", "routing", "upload_files")},
+    **{f"quiver_hub.{m}": "client.base" for m in ("errors", "paths")},
 }
 
 
 def layer_of(module: str) -> str:
-    """The layer of a quiver_hub module name."""
-    for prefix, layer in (
-        ("quiver_hub.registry.lora", "registry.lora"),
-        ("quiver_hub.registry.peft_format", "registry.lora"),
-        ("quiver_hub.registry", "registry"),
-        ("quiver_hub.hub", "hub"),
-        ("quiver_hub.migrations", "migrations"),
-    ):
+    """The layer of a quiver_hub module name (the package root and everything else of the client:
+    "client")."""
+    for prefix in sorted(PREFIXES, key=len, reverse=True):
         if module == prefix or module.startswith(prefix + "."):
-            return layer
+            return PREFIXES[prefix]
     return "client"
 
 
@@ -95,7 +109,7 @@ def violations(root: Path) -> list[str]:
                 where = f"{path.relative_to(root)}:{line}"
                 if imported.split(".")[0] in OLD_NAMES:
                     found.append(f"{where}: imports {imported!r}; the import name is quiver_hub")
-                elif imported.split(".")[0] == "quiver_hub" and imported != "quiver_hub":
+                elif imported.split(".")[0] == "quiver_hub":
                     target = layer_of(imported)
                     if target != source and target not in ALLOWED[source]:
                         found.append(f"{where}: {source} may not import {target} ({imported})")
@@ -121,27 +135,94 @@ def test_nothing_imports_the_folder_names() -> None:
     assert old_names(ROOT, ("tests", "bench", "examples")) == []
 
 
-def test_a_planted_violation_is_caught(tmp_path: Path) -> None:
-    for folder in FOLDERS:
-        (tmp_path / folder).mkdir()
-        (tmp_path / folder / "__init__.py").write_text("")
-    (tmp_path / "registry" / "lora.py").write_text("import torch\n")
-    (tmp_path / "registry" / "reads.py").write_text("from quiver_hub.registry.lora import split_key\n")
-    assert violations(tmp_path) == []  # allowed imports pass
+def plant(root: Path, files: dict[str, str]) -> None:
+    for name, text in files.items():
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
 
-    (tmp_path / "registry" / "bad.py").write_text("import os\n\nfrom quiver_hub.hub.app import create_app\n")
-    (tmp_path / "client" / "bad.py").write_text("from quiver_hub.registry import reads\n")
-    (tmp_path / "registry" / "lora.py").write_text("from . import reads\n")
-    (tmp_path / "hub" / "old.py").write_text("import registry.models\n")
-    (tmp_path / "hub" / "settings.py").write_text("")
-    (tmp_path / "migrations" / "env.py").write_text("from ..hub import settings\n")
-    assert violations(tmp_path) == [
-        "client/bad.py:1: client may not import registry (quiver_hub.registry.reads)",
-        "hub/old.py:1: imports 'registry.models'; the import name is quiver_hub",
-        "registry/bad.py:3: registry may not import hub (quiver_hub.hub.app)",
-        "registry/lora.py:1: registry.lora may not import registry (quiver_hub.registry.reads)",
-        "migrations/env.py:1: migrations may not import hub (quiver_hub.hub.settings)",
-    ]
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Path:
+    """A tree of the project's shape, with imports every layer may make."""
+    plant(
+        tmp_path,
+        {
+            **{f"{folder}/__init__.py": "" for folder in FOLDERS},
+            "registry/lora/__init__.py": "",
+            "registry/lora/algebra.py": "import torch\n",
+            "registry/catalogue/__init__.py": "",
+            "registry/catalogue/reads.py": "from quiver_hub.registry.lora.algebra import split_key\n",
+            "hub/settings.py": "from quiver_hub.registry.catalogue import reads\n",
+            "migrations/env.py": "from quiver_hub.registry import models\n",
+            "client/errors.py": "",
+            "client/api.py": "from quiver_hub.errors import HubError\n",
+            "client/local/__init__.py": "",
+            "client/local/merging.py": "from quiver_hub.registry.lora import algebra\n",
+            "client/workflows.py": "from quiver_hub.api import HubClient\nfrom quiver_hub.local import merging\n",
+        },
+    )
+    return tmp_path
+
+
+def test_allowed_imports_pass(tree: Path) -> None:
+    assert violations(tree) == []
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "found"),
+    [
+        (
+            "registry/bad.py",
+            "import os\n\nfrom quiver_hub.hub.app import create_app\n",
+            "registry/bad.py:3: registry may not import hub (quiver_hub.hub.app)",
+        ),
+        (
+            "registry/lora/bad.py",
+            "from ..catalogue import reads\n",
+            "registry/lora/bad.py:1: registry.lora may not import registry (quiver_hub.registry.catalogue.reads)",
+        ),
+        (
+            "migrations/bad.py",
+            "from ..hub import settings\n",
+            "migrations/bad.py:1: migrations may not import hub (quiver_hub.hub.settings)",
+        ),
+        ("hub/bad.py", "import quiver_hub\n", "hub/bad.py:1: hub may not import client (quiver_hub)"),
+        (
+            "hub/old.py",
+            "import registry.models\n",
+            "hub/old.py:1: imports 'registry.models'; the import name is quiver_hub",
+        ),
+        (
+            "client/bad.py",
+            "from quiver_hub.registry.catalogue import reads\n",
+            "client/bad.py:1: client may not import registry (quiver_hub.registry.catalogue.reads)",
+        ),
+        (
+            "client/cache.py",
+            "def f():\n    from quiver_hub.local import merging\n",
+            "client/cache.py:2: client.http may not import client.local (quiver_hub.local.merging)",
+        ),
+        (
+            "client/local/arrow.py",
+            "from quiver_hub.api import HubClient\n",
+            "client/local/arrow.py:1: client.local may not import client.http (quiver_hub.api)",
+        ),
+        (
+            "client/local/arrow.py",
+            "from quiver_hub import workflows\n",
+            "client/local/arrow.py:1: client.local may not import client (quiver_hub.workflows)",
+        ),
+        (
+            "client/paths.py",
+            "from quiver_hub import api\n",
+            "client/paths.py:1: client.base may not import client.http (quiver_hub.api)",
+        ),
+    ],
+)
+def test_a_planted_violation_is_caught(tree: Path, name: str, text: str, found: str) -> None:
+    plant(tree, {name: text})
+    assert violations(tree) == [found]
 
 
 def test_public_names_are_never_submodule_names() -> None:
@@ -149,5 +230,7 @@ def test_public_names_are_never_submodule_names() -> None:
     that name (which binds the package attribute): the lazy exports and the modules never share a name."""
     import quiver_hub
 
-    modules = {p.stem for p in (ROOT / "client").glob("*.py")} | {"hub", "registry", "migrations"}
+    client = ROOT / "client"
+    modules = {p.stem for p in client.glob("*.py")} | {p.name for p in client.iterdir() if (p / "__init__.py").exists()}
+    modules |= {"hub", "registry", "migrations"} | set(quiver_hub._MOVED)
     assert not set(quiver_hub.__all__) & modules

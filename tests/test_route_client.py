@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from quiver_hub import Hub
-from quiver_hub.capture import capture_inputs, chat_tokens
+from quiver_hub.local.capture import capture_inputs, chat_tokens
 from quiver_hub.routing import Routing, split_requests
 from tests.adapters import BASE, upload_parts, write_adapter
 from tests.conftest import LiveServer

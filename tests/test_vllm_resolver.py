@@ -1,4 +1,4 @@
-"""The vLLM resolver plugin (quiver_hub.vllm_resolver) against the real `vllm` package's LoRAResolver and
+"""The vLLM resolver plugin (quiver_hub.serving.vllm_resolver) against the real `vllm` package's LoRAResolver and
 resolver registry (installed by `make test` beside .venv, without its GPU engine) and a real hub: the
 entry point found by vllm.plugins.load_general_plugins() with VLLM_PLUGINS=quiver, names resolved to
 verified folders, private adapters only with a token, other base models and deleted versions refused."""
@@ -24,8 +24,8 @@ RESOLVE = """
 import asyncio, json, logging, sys
 from vllm.lora.resolver import LoRAResolverRegistry
 from vllm.plugins import load_general_plugins
-from quiver_hub.api import Hub
-from quiver_hub.vllm_resolver import QuiverResolver
+from quiver_hub.api import HubClient
+from quiver_hub.serving.vllm_resolver import QuiverResolver
 
 logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
 ARGS = json.loads(sys.argv[1])
@@ -33,7 +33,7 @@ load_general_plugins()
 out = {"resolvers": sorted(LoRAResolverRegistry.get_supported_resolvers())}
 resolver = LoRAResolverRegistry.get_resolver("quiver")
 out["class"] = type(resolver).__name__
-anonymous = QuiverResolver(Hub(token=""))
+anonymous = QuiverResolver(HubClient(token=""))
 
 def resolve(r, base, name):
     req = asyncio.run(r.resolve_lora(base, name))

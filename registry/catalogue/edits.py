@@ -15,11 +15,7 @@ from quiver_hub.registry.catalogue.reads import VersionIdentity, find_adapter, g
 from quiver_hub.registry.catalogue.shapes import check_module_shapes, stored_shapes
 from quiver_hub.registry.db import upsert, writing
 from quiver_hub.registry.errors import Conflict, InvalidRequest
-from quiver_hub.registry.models import (
-    AdapterRepo,
-    RetiredName,
-    utcnow,
-)
+from quiver_hub.registry.models import AdapterRepo, RetiredName, utcnow
 from quiver_hub.registry.search.embedder import TextEmbedder
 from quiver_hub.registry.storage.blobs import BlobStore
 from quiver_hub.registry.storage.gc import purge_blobs

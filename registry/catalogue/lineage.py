@@ -6,14 +6,14 @@ from __future__ import annotations
 import math
 from dataclasses import asdict
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from quiver_hub.registry.accounts.access import Principal
-from quiver_hub.registry.catalogue.reads import VersionIdentity, get_adapter, get_version
+from quiver_hub.registry.catalogue.reads import VersionIdentity, get_adapter, get_version, may_see
 from quiver_hub.registry.errors import InvalidRequest
-from quiver_hub.registry.limits import (
-    MAX_LINEAGE,
-)
+from quiver_hub.registry.limits import MAX_LINEAGE
+from quiver_hub.registry.models import Version
 
 
 def check_lineage(sessions: sessionmaker[Session], principal: Principal, lineage: object) -> dict:
@@ -54,3 +54,16 @@ def check_lineage(sessions: sessionmaker[Session], principal: Principal, lineage
             version = get_version(session, get_adapter(session, principal, namespace, name), revision)
             out.append({**asdict(VersionIdentity.of(version)), "weight": weight})
     return {"method": method, "rank": rank, "versions": out}
+
+
+def derived_from_this(session: Session, principal: Principal, repo_id: str) -> list[str]:
+    """The adapters the caller may see whose lineage (of one of their latest 1,000 derived versions) names
+    this one."""
+    rows = session.scalars(select(Version).where(Version.derived_from.is_not(None)).limit(1000))
+    found = set()
+    for v in rows:  # (a JSON null is not SQL NULL: some rows hold no lineage)
+        lineage = v.derived_from or {}
+        named = any(m.get("id") == repo_id and not m.get("local") for m in lineage.get("versions", []))
+        if named and may_see(session, principal, v.adapter.repo_id):
+            found.add(v.adapter.repo_id)
+    return sorted(found)

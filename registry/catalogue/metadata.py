@@ -11,18 +11,8 @@ from quiver_hub.registry.catalogue.files import README_FILE
 from quiver_hub.registry.catalogue.reads import find_adapter
 from quiver_hub.registry.errors import InvalidRequest
 from quiver_hub.registry.intake.analysis import describe
-from quiver_hub.registry.limits import (
-    MAX_DESCRIPTION_CHARS,
-    MAX_LICENSE_CHARS,
-    MAX_TAG_CHARS,
-    MAX_TAGS,
-    MAX_TASK_CHARS,
-)
-from quiver_hub.registry.models import (
-    AdapterRepo,
-    Version,
-    utcnow,
-)
+from quiver_hub.registry.limits import MAX_DESCRIPTION_CHARS, MAX_LICENSE_CHARS, MAX_TAG_CHARS, MAX_TAGS, MAX_TASK_CHARS
+from quiver_hub.registry.models import AdapterRepo, Version, utcnow
 from quiver_hub.registry.search.embedder import TextEmbedder
 from quiver_hub.registry.search.vectors import to_bytes
 from quiver_hub.registry.storage.blobs import BlobStore

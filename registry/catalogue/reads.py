@@ -43,12 +43,27 @@ def find_adapter(session: Session, namespace: str, name: str, *, lock: bool = Fa
     return session.scalar(query)
 
 
+def find_namespace(session: Session, name: str) -> Namespace | None:
+    """A user or organisation by name (names are public), or None."""
+    return session.scalar(select(Namespace).where(Namespace.name == name))
+
+
 def get_adapter(session: Session, principal: Principal, namespace: str, name: str) -> AdapterRepo:
     adapter = find_adapter(session, namespace, name)
     if adapter is None or not can_read(principal, adapter.namespace_id, adapter.visibility):
         moved = moved_to(session, principal, namespace, name) if adapter is None else None
         raise NotFound(f"adapter {namespace}/{name} not found", moved_to=moved)
     return adapter
+
+
+def may_see(session: Session, principal: Principal, repo_id: str) -> bool:
+    """Whether the caller may see the adapter `namespace/name` (False for one that does not exist)."""
+    namespace, _, name = repo_id.partition("/")
+    try:
+        get_adapter(session, principal, namespace, name)
+    except (NotFound, InvalidRequest):
+        return False
+    return True
 
 
 def moved_to(session: Session, principal: Principal, namespace: str, name: str) -> str | None:

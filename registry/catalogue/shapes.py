@@ -10,10 +10,7 @@ from quiver_hub.registry.errors import InvalidAdapter
 from quiver_hub.registry.intake.safetensors_header import read_header
 from quiver_hub.registry.intake.validation import factor_shapes
 from quiver_hub.registry.lora import algebra
-from quiver_hub.registry.models import (
-    BaseModelModule,
-    Version,
-)
+from quiver_hub.registry.models import BaseModelModule, Version
 from quiver_hub.registry.storage.blobs import BlobStore
 
 

@@ -39,7 +39,7 @@ from safetensors.torch import load_file
 
 from quiver_hub.registry.lora.algebra import KEY_PREFIX, Factors, magnitude_module, module_scaling, split_key
 
-# Settings whose effect Quiver applies (client/merging.py), or that choose which modules carry factors (the
+# Settings whose effect Quiver applies (client/local/merging.py), or that choose which modules carry factors (the
 # factors present in the file are what is applied, checked against target_modules by the hub).
 APPLIED = {
     "r",

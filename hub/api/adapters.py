@@ -10,7 +10,7 @@ from fastapi import APIRouter, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from safetensors.numpy import save
 
-from quiver_hub.hub import schemas
+from quiver_hub.hub.api import schemas
 from quiver_hub.hub.deps import PrincipalDep, SessionDep, StateDep
 from quiver_hub.hub.downloads import blob_response
 from quiver_hub.hub.uploads import form_lineage, form_meta, read_form, stage_files

@@ -9,8 +9,8 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
 from quiver_hub.hub.deps import PrincipalDep, SessionDep, StateDep
-from quiver_hub.hub.errors import HF_TAG
-from quiver_hub.hub.hf import EMPTY_COMMIT, endpoint, timestamp, version_for
+from quiver_hub.hub.error_handlers import HF_TAG
+from quiver_hub.hub.hf.protocol import EMPTY_COMMIT, endpoint, timestamp, version_for
 from quiver_hub.registry.catalogue import edits, metadata, publishing, reads, tags
 from quiver_hub.registry.errors import InvalidRequest, Unauthorized
 

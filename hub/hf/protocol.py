@@ -11,7 +11,7 @@ from fastapi import Request
 from fastapi.responses import JSONResponse
 from sqlalchemy.orm import Session
 
-from quiver_hub.hub.errors import header_safe
+from quiver_hub.hub.error_handlers import header_safe
 from quiver_hub.hub.services import Services
 from quiver_hub.registry.catalogue import metadata, reads
 from quiver_hub.registry.catalogue.cards import front_matter

@@ -17,12 +17,10 @@ from collections.abc import Collection, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from safetensors.numpy import save
 from safetensors.torch import load_file, save_file
 
-from quiver_hub.cache import default_cache_dir
+from quiver_hub.paths import default_cache_dir
 
 Message = Mapping[str, str]
 
@@ -189,13 +187,3 @@ def progress(items: Sequence[str], what: str) -> Iterator[str]:
     from rich.progress import track
 
     yield from track(items, description=what, console=None, transient=True)
-
-
-def routing_payload(hidden_states: Mapping[str, Any]) -> bytes:
-    """What POST /v1/route reads: safetensors of fp32 tokens x in_features per module, from tensors of
-    any shape (..., in_features), device and dtype, or numpy arrays."""
-    arrays = {}
-    for module, h in hidden_states.items():
-        h = torch.as_tensor(h).detach().to("cpu", torch.float32)
-        arrays[module] = np.ascontiguousarray(h.reshape(-1, h.shape[-1]).numpy())
-    return save(arrays)

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import torch
 
-from quiver_hub.cache import default_cache_dir
+from quiver_hub.paths import default_cache_dir
 
 SOURCE = Path(__file__).with_name("fused_add.c")
 FLAGS = ["-O3", "-march=native", "-shared", "-fPIC", "-pthread"]

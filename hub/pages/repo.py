@@ -16,7 +16,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlalchemy.orm import Session
 
 from quiver_hub.hub.deps import StateDep
-from quiver_hub.hub.web import page, page_principal
+from quiver_hub.hub.pages.web import page, page_principal
 from quiver_hub.registry.catalogue import files, reads
 from quiver_hub.registry.errors import NotFound, RegistryError
 from quiver_hub.registry.intake.safetensors_header import read_header

@@ -10,8 +10,8 @@ import re
 from fastapi import APIRouter, Request
 
 from quiver_hub.hub.deps import PrincipalDep, SessionDep
-from quiver_hub.hub.errors import HF_TAG
-from quiver_hub.hub.routes.hf_repos import LINEAR
+from quiver_hub.hub.error_handlers import HF_TAG
+from quiver_hub.hub.hf.repos import LINEAR
 from quiver_hub.registry.catalogue import reads
 from quiver_hub.registry.errors import InvalidRequest, NotFound
 

@@ -23,9 +23,9 @@ from fastapi.templating import Jinja2Templates
 from markdown_it import MarkdownIt
 from markupsafe import Markup
 
-import quiver_hub
 from quiver_hub.hub.deps import client_address
 from quiver_hub.hub.services import Services
+from quiver_hub.hub.settings import VERSION
 from quiver_hub.registry.accounts import sessions
 from quiver_hub.registry.accounts.access import ANONYMOUS, Principal
 from quiver_hub.registry.catalogue.cards import FRONT_MATTER
@@ -76,7 +76,7 @@ def when(dt: datetime) -> str:
 
 templates = Jinja2Templates(directory=str(HERE / "templates"))
 templates.env.filters.update(markdown=render_markdown, size=human_size, when=when)
-templates.env.globals["quiver_version"] = quiver_hub.__version__
+templates.env.globals["quiver_version"] = VERSION
 
 
 def page_principal(request: Request, state: Services) -> Principal:
@@ -157,3 +157,7 @@ def page(request: Request, template: str, status: int = 200, **context: Any) -> 
     )
     response.headers.update(SECURITY_HEADERS)
     return response
+
+
+def not_found(request: Request, what: str) -> HTMLResponse:
+    return page(request, "error.html", 404, heading="404 Not Found", message=f"{what} was not found.")

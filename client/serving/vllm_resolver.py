@@ -22,7 +22,7 @@ import os
 from vllm.lora.request import LoRARequest
 from vllm.lora.resolver import LoRAResolver, LoRAResolverRegistry
 
-from quiver_hub.api import Hub, split_repo
+from quiver_hub.api import HubClient, split_repo
 from quiver_hub.errors import HubError
 
 NAME = "quiver"
@@ -35,8 +35,8 @@ def lora_int_id(revision: str) -> int:
 
 
 class QuiverResolver(LoRAResolver):
-    def __init__(self, hub: Hub | None = None, base_model: str | None = None) -> None:
-        self.hub = hub if hub is not None else Hub()
+    def __init__(self, hub: HubClient | None = None, base_model: str | None = None) -> None:
+        self.hub = hub if hub is not None else HubClient()
         self.base_model = base_model if base_model is not None else os.environ.get("QUIVER_VLLM_BASE_MODEL")
 
     async def resolve_lora(self, base_model_name: str, lora_name: str) -> LoRARequest | None:

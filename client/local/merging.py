@@ -2,7 +2,7 @@
 
 W + sum_i w_i s_i B_i A_i is ONE fused product per module with B_cat = [w_1 s_1 B_1 | ... | w_K s_K B_K]
 (out x sum r) and A_cat = [A_1; ...; A_K] (sum r x in): out = W + B_cat A_cat, each weight rounded
-once, no dense delta ever formed. On a CPU that is the one-pass kernel of client/fused.py (W read
+once, no dense delta ever formed. On a CPU that is the one-pass kernel of client/local/fused.py (W read
 once, the product added from registers) unless torch's own GEMM is faster (see add_products);
 on a GPU, torch's GEMM (in fp32 for bf16/fp16 weights, whose GPU addmm rounds more than once).
 
@@ -26,8 +26,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from quiver_hub import fused as fused_kernel
-from quiver_hub.adapter import Adapter, as_adapters, target_layer
+from quiver_hub.local import fused as fused_kernel
+from quiver_hub.local.adapter import Adapter, as_adapters, target_layer
 from quiver_hub.registry.lora import algebra, peft_format
 
 _SAVED = "_quiver_saved_weights"
@@ -241,7 +241,7 @@ def add_products(jobs: Sequence[fused_kernel.Job]) -> None:
     """out = weight + sum_t s_t B_t A_t for every (weight, terms, out), each element rounded once; the
     weights are left untouched.
 
-    On a CPU the one-pass kernel (client/fused.py) takes every job it can, in one call, reading the
+    On a CPU the one-pass kernel (client/local/fused.py) takes every job it can, in one call, reading the
     adapters' factors where they lie; but where the CPU has a native GEMM for a low-precision dtype
     and the total rank is large, torch's GEMM is faster. Those jobs, and all jobs on a GPU or without
     the kernel, concatenate their terms (CONCAT_CHUNK modules at a time) for add_product.

@@ -16,14 +16,15 @@ just its tokens (on a GPU that loop waits on the device once per expert: at 32 e
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
-from quiver_hub.adapter import Adapter, as_adapters, target_layer
-from quiver_hub.api import Hub
+from quiver_hub.local.adapter import Adapter, as_adapters, target_layer
 from quiver_hub.registry.lora.algebra import prototype
 
 _STATE = "_quiver_arrow"
@@ -95,17 +96,18 @@ def apply_arrow(
     top_k: int = 3,
     temperature: float = 1.0,
     prototypes: Sequence[dict[str, torch.Tensor] | None] | None = None,
-    hub: Hub | None = None,
+    hub: Any = None,
     center: dict[str, torch.Tensor] | None = None,
     prior: Sequence[float] | None = None,
 ) -> None:
     """Route every token of every adapted Linear over the adapters (experts), unmerged.
 
-    Prototypes: `prototypes` (one dict per adapter, module -> unit vector) when given; else, with a
-    `hub`, the hub's for adapters pulled from it (computed exactly at publish); else computed exactly
-    here from the factors. `center` (module -> vector; quiver_hub.capture.reference_means(model,
-    tokenizer, modules)) is subtracted from each token before routing it: "arrow-centered", which the
-    real-library benchmark measured better than the paper's plain routing. `prior` (one weight >= 0 per
+    Prototypes: `prototypes` (one dict per adapter, module -> unit vector, or None for one to compute), for
+    example `hub.prototypes_for(adapters)`, the hub's for adapters pulled from it (computed exactly at
+    publish); else computed exactly here from the factors (`hub=` is deprecated: pass its prototypes).
+    `center` (module -> vector; quiver_hub.local.capture.reference_means(model, tokenizer, modules)) is
+    subtracted from each token before routing it: "arrow-centered", which the real-library benchmark
+    measured better than the paper's plain routing. `prior` (one weight >= 0 per
     adapter, e.g. `[hit["score"] for hit in hub.route(...)]` for the adapters of that answer) scales each
     expert's odds for every token: token-level mixing that leans on what the whole input was routed to;
     on the real library it keeps 93% of the right adapter's gain, against 49% without (bench/README.md).
@@ -115,7 +117,12 @@ def apply_arrow(
     for adapter in adapters:
         adapter.refuse_beyond_factors("token-level mixing (Arrow)")
     if prototypes is None and hub is not None:
-        prototypes = [hub.prototypes(f"{a.origin[0]}@{a.origin[1]}") if a.origin else None for a in adapters]
+        warnings.warn(
+            "apply_arrow(hub=...) is deprecated: pass prototypes=hub.prototypes_for(adapters)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        prototypes = hub.prototypes_for(adapters)
     if not adapters:
         raise ValueError("apply_arrow needs at least one adapter")
     if not (top_k >= 1 and temperature > 0):

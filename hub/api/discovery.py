@@ -31,7 +31,7 @@ class Result(BaseModel):
     task: str | None
 
 
-class Ranked(BaseModel):
+class RankedAnswer(BaseModel):
     results: list[Result]
     notice: str | None = Field(None, description="why there are no results: a base model you have no adapter of")
 
@@ -70,7 +70,7 @@ class RouteRequest(BaseModel):
     )
 
 
-class RouteAnswer(Ranked):
+class RouteAnswer(RankedAnswer):
     base_model: str
     top_k: int
     temperature: float
@@ -106,8 +106,8 @@ def route_modules(base_model: str, state: StateDep, principal: PrincipalDep) -> 
     return RouteModules(base_model=base_model, modules=modules)
 
 
-@router.post("/search", response_model=Ranked)
-def search(body: SearchRequest, state: StateDep, principal: PrincipalDep) -> Ranked:
+@router.post("/search", response_model=RankedAnswer)
+def search(body: SearchRequest, state: StateDep, principal: PrincipalDep) -> RankedAnswer:
     """Rank adapters by cosine similarity of MiniLM embeddings: the query against each adapter's
     description, task, tags and card, and against its examples (the better of the two)."""
     query = state.embedder.embed_one(body.query)
@@ -116,11 +116,11 @@ def search(body: SearchRequest, state: StateDep, principal: PrincipalDep) -> Ran
     ranked = routing.visible_now(
         state.sessions, principal, routing.search_text(indexes, principal, query, filters, body.limit)
     )
-    return Ranked(results=answer(ranked), notice=base_model_notice(indexes, principal, body.base_model, ranked))
+    return RankedAnswer(results=answer(ranked), notice=base_model_notice(indexes, principal, body.base_model, ranked))
 
 
-@router.post("/route/text", response_model=Ranked)
-def route_text(body: RouteTextRequest, state: StateDep, principal: PrincipalDep) -> Ranked:
+@router.post("/route/text", response_model=RankedAnswer)
+def route_text(body: RouteTextRequest, state: StateDep, principal: PrincipalDep) -> RankedAnswer:
     """Rank adapters by cosine of the text's embedding to the mean embedding of their examples.jsonl."""
     query = state.embedder.embed_one(body.text)
     indexes = state.fresh_indexes()
@@ -128,7 +128,7 @@ def route_text(body: RouteTextRequest, state: StateDep, principal: PrincipalDep)
         indexes, principal, query, Filters(base_model=body.base_model), body.limit, use_text=False
     )
     ranked = routing.visible_now(state.sessions, principal, ranked)
-    return Ranked(results=answer(ranked), notice=base_model_notice(indexes, principal, body.base_model, ranked))
+    return RankedAnswer(results=answer(ranked), notice=base_model_notice(indexes, principal, body.base_model, ranked))
 
 
 def base_model_notice(indexes: IndexSet, principal: Principal, base_model: str | None, ranked: list) -> str | None:

@@ -1,93 +1,25 @@
-"""The `quiver` command. Client commands live here; the hub's operator commands (serve, token, gc,
-migrate) join through the `quiver.commands` entry point when the server extras are installed; without
-them those names answer with the extra to install."""
+"""Commands on adapters: push, pull, search, list, info, delete, import from the Hugging Face cache, tags, clusters."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
 import time
 import warnings
-from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
-from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 from rich.table import Table
 
-from quiver_hub.api import Hub, upload_paths
-from quiver_hub.credentials import default_endpoint, forget, save
-from quiver_hub.errors import HubError
-
-app = typer.Typer(help="Quiver: a hub for LoRA adapters.", no_args_is_help=True, add_completion=False)
-
-
-def show_version(value: bool) -> None:
-    if value:
-        from quiver_hub import __version__
-
-        print(f"quiver {__version__}")
-        raise typer.Exit()
-
-
-@app.callback()
-def options(
-    version: Annotated[
-        bool, typer.Option("--version", callback=show_version, is_eager=True, help="print the version and exit")
-    ] = False,
-) -> None:
-    """Quiver: a hub for LoRA adapters."""
-
-
-out = Console(soft_wrap=True)
-err = Console(stderr=True, soft_wrap=True)  # never break a message across lines
-
-Endpoint = Annotated[str | None, typer.Option(envvar="QUIVER_ENDPOINT", help="the hub (default: from quiver login)")]
-Token = Annotated[str | None, typer.Option(envvar="QUIVER_TOKEN", help="a token (default: from quiver login)")]
-
-
-def hub(endpoint: str | None, token: str | None) -> Hub:
-    return Hub(endpoint, token)
-
-
-@app.command()
-def login(
-    token: Annotated[str, typer.Option(prompt=True, hide_input=True, help="a token from your hub's operator")],
-    endpoint: Endpoint = None,
-) -> None:
-    """Check a token against the hub and remember both for later commands."""
-    endpoint = endpoint or default_endpoint()
-    with Hub(endpoint, token) as h:
-        me = h.whoami()
-    path = save(endpoint, token)
-    out.print(f"logged in to {endpoint} as {me['user']} ({me['scope']}); saved to {path}")
-
-
-@app.command()
-def logout() -> None:
-    """Forget the token `quiver login` saved (revoke it on the hub with `quiver token revoke`)."""
-    path = forget()
-    out.print(f"logged out: removed {path}" if path else "not logged in")
-
-
-@app.command()
-def whoami(endpoint: Endpoint = None, token: Token = None) -> None:
-    """Who the token in use belongs to, its scope and organisations."""
-    with hub(endpoint, token) as h:
-        me = h.whoami()
-    orgs = f", member of {', '.join(me['orgs'])}" if me["orgs"] else ""
-    out.print(f"{me['user']} ({me['scope']} token {me['token_id']}) at {h.endpoint}{orgs}")
-
+from quiver_hub.cli.base import Endpoint, Token, app, err, hub, out
+from quiver_hub.upload_files import upload_paths
 
 BaseModelOption = Annotated[
     str | None, typer.Option("--base-model", help="the base model's Hub id, when the config names a local path")
 ]
+
+
 Exclude = Annotated[
     list[str] | None, typer.Option("--exclude", help="leave out files matching this pattern (repeatable): '*.bin'")
 ]
@@ -241,47 +173,9 @@ def delete(
     out.print(f"deleted {', '.join(names) or 'nothing'}")
 
 
-cache_app = typer.Typer(help="The local cache of pulled adapters (QUIVER_CACHE).", no_args_is_help=True)
-app.add_typer(cache_app, name="cache")
-
-
-@cache_app.command("ls")
-def cache_ls() -> None:
-    """Every version in the cache: adapter, version, revision, files and size."""
-    from quiver_hub.cache import Cache, versions
-
-    cache = Cache()
-    found = versions(cache)
-    table = Table("adapter", "version", "revision", "files", "size")
-    for v in found:
-        table.add_row(v.repo, str(v.number or "?"), v.revision[:12], str(v.files), f"{v.size / 1e6:.1f} MB")
-    out.print(table if found else f"nothing cached in {cache.root}")
-
-
-@cache_app.command("verify")
-def cache_verify() -> None:
-    """Hash every cached file again; a file that no longer matches is removed (the next pull fetches it)."""
-    from quiver_hub.cache import Cache, verify
-
-    checked, bad = verify(Cache())
-    for sha in bad:
-        err.print(f"[red]corrupt, removed:[/] {sha}")
-    out.print(f"{checked} files checked, {len(bad)} corrupt")
-    if bad:
-        raise typer.Exit(1)
-
-
-@cache_app.command("prune")
-def cache_prune(
-    repo: Annotated[str | None, typer.Argument(help="namespace/name: remove its versions first")] = None,
-) -> None:
-    """Remove files no cached version uses and unfinished downloads (with REPO, that adapter's versions)."""
-    from quiver_hub.cache import Cache, prune
-
-    out.print(f"freed {prune(Cache(), repo) / 1e6:.1f} MB")
-
-
 tag_app = typer.Typer(help="Tags: names for versions.", no_args_is_help=True)
+
+
 app.add_typer(tag_app, name="tag")
 
 
@@ -406,164 +300,3 @@ def cluster_command(
         if merge:
             for v in h.merge_clusters(run["id"], rank):
                 out.print(f"published {v['id']} version {v['version']} (rank {v['rank']})")
-
-
-token_app = typer.Typer(help="Your tokens (and, for operators, anyone's).", no_args_is_help=True)
-app.add_typer(token_app, name="token")
-OPERATOR: dict[str, Callable] = {}  # the server extras lend the operator's commands here (quiver_hub.hub.cli)
-
-
-@token_app.command("create")
-def token_create(
-    name: Annotated[str, typer.Option(help="what it is for (ci, laptop...)")] = "",
-    scope: Annotated[str | None, typer.Option(help="read or write (default: read; operators: write)")] = None,
-    expires_in_days: Annotated[float | None, typer.Option(help="it stops working after this many days")] = None,
-    namespace: Annotated[list[str] | None, typer.Option(help="limit it to this namespace (repeatable)")] = None,
-    user: Annotated[str | None, typer.Option(help="operators: a token for this user, on the hub's database")] = None,
-    org: Annotated[str | None, typer.Option(help="operators, with --user: the user joins this organisation")] = None,
-    init: Annotated[bool, typer.Option("--init", help="operators: create the database if missing")] = False,
-    endpoint: Endpoint = None,
-    token: Token = None,
-) -> None:
-    """Make a token for yourself (printed alone on the last line, once). With --user, the operator's
-    command: a token for any user, written to the hub's database directly."""
-    if user is not None:
-        if "token_create" not in OPERATOR:
-            err.print(f"[red]error:[/] --user is an operator's command: {escape(SERVER_HINT)}")
-            raise typer.Exit(2)
-        OPERATOR["token_create"](user, org, scope or "write", name, init)
-        return
-    expires_at = None
-    if expires_in_days is not None:
-        expires_at = (datetime.now(UTC) + timedelta(days=expires_in_days)).isoformat()
-    with hub(endpoint, token) as h:
-        made = h.create_token(name, scope or "read", expires_at, namespace)
-    err.print(f"{made['scope']} token {made['id']} ({made['name'] or 'unnamed'}); it is shown only now:")
-    print(made["token"])
-
-
-@token_app.command("list")
-def token_list(endpoint: Endpoint = None, token: Token = None) -> None:
-    """Your tokens: never their secrets; when each was last used."""
-    with hub(endpoint, token) as h:
-        rows = h.tokens()
-    table = Table("id", "name", "scope", "starts with", "namespaces", "expires", "last used", "revoked")
-    for r in rows:
-        table.add_row(
-            str(r["id"]),
-            r["name"],
-            r["scope"],
-            r["hint"] + "...",
-            ", ".join(r["namespaces"]) if r["namespaces"] is not None else "all",
-            r["expires_at"] or "never",
-            r["last_used_at"] or "never",
-            r["revoked_at"] or "",
-        )
-    out.print(table)
-
-
-@token_app.command("revoke")
-def token_revoke(token_id: int, endpoint: Endpoint = None, token: Token = None) -> None:
-    """Revoke a token by its id: refused at once, on every hub process."""
-    with hub(endpoint, token) as h:
-        h.revoke_token(token_id)
-    out.print(f"revoked token {token_id}")
-
-
-@app.command("audit")
-def audit_command(
-    namespace: Annotated[str | None, typer.Option(help="only this namespace")] = None,
-    action: Annotated[str | None, typer.Option(help="only this action")] = None,
-    limit: int = 100,
-    endpoint: Endpoint = None,
-    token: Token = None,
-) -> None:
-    """The audit log of the namespaces you administer, newest first."""
-    with hub(endpoint, token) as h:
-        rows = h.audit(namespace, action, limit)
-    table = Table("when", "who", "action", "target", "details", "from")
-    for e in rows:
-        table.add_row(e["at"], e["actor"], e["action"], e["target"], json.dumps(e["details"]), e["address"] or "")
-    out.print(table)
-
-
-@app.command()
-def gateway(
-    engine: Annotated[str, typer.Option(help="the serving engine's URL, e.g. http://127.0.0.1:8001 (vLLM)")],
-    base_model: Annotated[str, typer.Option(help="the hub's name of the model the engine serves")],
-    engine_model: Annotated[
-        str | None, typer.Option(help="the name the engine serves it under (default: --base-model)")
-    ] = None,
-    host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="port to listen on")] = 8090,
-    endpoint: Endpoint = None,
-    token: Token = None,
-) -> None:
-    """An OpenAI-compatible front: model "quiver:auto" picks the adapter for each chat from the hub, then
-    the request goes to the engine under that adapter's name (quiver_hub.gateway)."""
-    try:
-        import uvicorn
-
-        from quiver_hub.gateway import create_gateway
-    except ImportError as e:
-        err.print(f"quiver gateway needs the server extras ({e.name} is missing): pip install 'quiver-hub[server]'")
-        raise typer.Exit(1) from None
-    app_ = create_gateway(engine, hub(endpoint, token), base_model, engine_model)
-    err.print(f"quiver gateway on http://{host}:{port} -> {engine} ({base_model})")
-    uvicorn.run(app_, host=host, port=port, log_level="warning")
-
-
-kernel_app = typer.Typer(help="The fused merge kernel (compiled for this CPU on first use).", no_args_is_help=True)
-app.add_typer(kernel_app, name="kernel")
-
-
-@kernel_app.command("build")
-def kernel_build() -> None:
-    """Compile the merge kernel now (for an image that has no compiler at run time) and print its path."""
-    from quiver_hub import fused
-
-    try:
-        path = fused.build()
-    except (OSError, subprocess.SubprocessError) as e:
-        detail = (getattr(e, "stderr", None) or str(e)).strip()
-        err.print(f"[red]error:[/] could not build the kernel with {' '.join(fused._compiler())!r}: {detail}")
-        raise typer.Exit(1) from None
-    print(path)
-
-
-SERVER_COMMANDS = ("serve", "gc", "migrate", "admin")
-SERVER_HINT = "pip install 'quiver-hub[server]'"
-
-
-def needs_server(name: str) -> None:
-    def command(ctx: typer.Context) -> None:
-        hint = escape(SERVER_HINT)
-        err.print(f"[red]error:[/] `quiver {name}` is one of the hub's commands, which need the server extras: {hint}")
-        raise typer.Exit(2)
-
-    command.__doc__ = "(needs the server extras: pip install 'quiver-hub[server]')"
-    app.command(name, context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(command)
-
-
-def main() -> None:
-    loaded = False
-    for plugin in entry_points(group="quiver.commands"):
-        try:
-            plugin.load()(app, OPERATOR)
-            loaded = True
-        except ImportError:  # the server extras are not installed: client commands only
-            pass
-    if not loaded:
-        for name in SERVER_COMMANDS:
-            needs_server(name)
-    if os.environ.get("QUIVER_DEBUG"):
-        app()
-        return
-    try:
-        app()
-    except HubError as e:  # the hub's answer, from any command: one path to the exit code
-        err.print(f"[red]error{f' {e.status}' if e.status else ''}:[/] {escape(e.message)}", highlight=False)
-        raise SystemExit(1) from None
-    except (ValueError, OSError) as e:  # what a user can act on: one line, never a traceback
-        err.print(f"[red]error:[/] {escape(str(e))} (QUIVER_DEBUG=1 shows where)", highlight=False)
-        raise SystemExit(1) from None

@@ -13,8 +13,8 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel
 
 from quiver_hub.hub.deps import PrincipalDep, SessionDep, StateDep
-from quiver_hub.hub.errors import HF_TAG
-from quiver_hub.hub.hf import endpoint
+from quiver_hub.hub.error_handlers import HF_TAG
+from quiver_hub.hub.hf.protocol import endpoint
 from quiver_hub.registry.accounts.access import require_write
 from quiver_hub.registry.catalogue import reads
 from quiver_hub.registry.catalogue.cards import yaml_errors

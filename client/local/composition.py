@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from quiver_hub.adapter import Adapter, as_adapters, target_layer
+from quiver_hub.local.adapter import Adapter, as_adapters, target_layer
 from quiver_hub.registry.lora import algebra
 
 Example = tuple[str, str]
@@ -241,7 +241,7 @@ def lorahub_search(
         import nevergrad as ng
     except ImportError:
         raise ImportError("method='lorahub' needs nevergrad: pip install nevergrad") from None
-    from quiver_hub.merging import merged
+    from quiver_hub.local.merging import merged
 
     losses: list[float] = []
 

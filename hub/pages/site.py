@@ -1,13 +1,14 @@
 """The pages people browse, server-rendered from the same registry functions as the API (and the same
 visibility rules: a page of something the viewer may not see answers 404, exactly like one that does not
-exist). Usable without JavaScript; hub/web.py has the safety rules (sanitised cards, CSP, CSRF).
+exist). Usable without JavaScript; hub/pages/web.py has the safety rules (sanitised cards, CSP, CSRF).
 
     /                        search, recently updated adapters, base models, find adapters for a text
     /search, /find           by meaning or by name, with filters; by example text (route/text)
     /{ns}/{name}             an adapter: card, versions and tags, files, lineage, modules, snippets
     /{ns}, /models/{base}    a user's or organisation's adapters; every adapter of one base model
     /clusters/{id}           a cluster run, with a picture of the library
-    /login, /logout, /settings/tokens, /orgs/{org}   signed in with a token: tokens and members
+
+Signing in, tokens and organisations are hub/pages/account.py.
 """
 
 from __future__ import annotations
@@ -16,34 +17,38 @@ from typing import Annotated
 from urllib.parse import urlencode
 
 import numpy as np
-from fastapi import APIRouter, Form, Query, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
-from sqlalchemy import select
 
 from quiver_hub.hub.deps import StateDep
-from quiver_hub.hub.web import check_csrf, page, page_principal, sign_in, sign_out
+from quiver_hub.hub.pages.web import not_found, page, page_principal
 from quiver_hub.registry import limits
-from quiver_hub.registry.accounts import orgs, tokens
-from quiver_hub.registry.accounts.access import allowed
 from quiver_hub.registry.catalogue import metadata, reads
+from quiver_hub.registry.catalogue.lineage import derived_from_this
 from quiver_hub.registry.clusters import runs
 from quiver_hub.registry.errors import NotFound, RegistryError
-from quiver_hub.registry.models import Namespace, Version
+from quiver_hub.registry.models import Version
 from quiver_hub.registry.search import routing
 from quiver_hub.registry.search.indexes import Filters
 
 router = APIRouter(include_in_schema=False)
+
+
 # First path segments that belong to the API and the docs, never to a namespace's page.
 RESERVED = {"v1", "api", "docs", "redoc", "openapi.json", "static", "static-offline-docs", "healthz", "readyz"}
+
+
 PICTURE = 480
+
+
 PAGE = 20  # search results a page
+
+
 MARGIN = 48  # room for the axes' names and the points' labels
+
+
 MAX_LABELS = 40  # a picture of more members shows names on hover only
-
-
-def not_found(request: Request, what: str) -> HTMLResponse:
-    return page(request, "error.html", 404, heading="404 Not Found", message=f"{what} was not found.")
 
 
 @router.get("/", response_class=HTMLResponse)
@@ -206,124 +211,13 @@ def picture(clusters: list[dict]) -> dict:
     }
 
 
-# -- signing in, tokens, members ----------------------------------------------------------------------
-
-
-@router.get("/login", response_class=HTMLResponse)
-def login_form(request: Request) -> HTMLResponse:
-    return page(request, "login.html")
-
-
-@router.post("/login", response_class=HTMLResponse)
-def login(request: Request, state: StateDep, token: Annotated[str, Form()], csrf: Annotated[str, Form()]) -> Response:
-    check_csrf(request, state, csrf)
-    try:
-        principal = sign_in(request, state, token.strip())
-    except RegistryError as e:
-        return page(request, "login.html", 401, error=e.message)
-    return RedirectResponse(f"/{principal.user}", status_code=303)
-
-
-@router.post("/logout")
-def logout(request: Request, state: StateDep, csrf: Annotated[str, Form()]) -> Response:
-    check_csrf(request, state, csrf)
-    sign_out(request, state)
-    return RedirectResponse("/", status_code=303)
-
-
-@router.get("/settings/tokens", response_class=HTMLResponse)
-def tokens_page(request: Request, state: StateDep) -> Response:
-    principal = page_principal(request, state)
-    if principal.anonymous:
-        return RedirectResponse("/login", status_code=303)
-    with state.sessions() as session:
-        rows = tokens.list_tokens(session, principal)
-    return page(request, "tokens.html", principal=principal, tokens=rows)
-
-
-@router.post("/settings/tokens", response_class=HTMLResponse)
-def create_token(
-    request: Request,
-    state: StateDep,
-    csrf: Annotated[str, Form()],
-    name: Annotated[str, Form()] = "",
-    scope: Annotated[str, Form()] = "read",
-    expires_in_days: Annotated[str, Form()] = "",
-) -> Response:
-    """A new token, shown once in this answer (never through a URL)."""
-    principal = check_csrf(request, state, csrf)
-    if principal.anonymous:
-        return RedirectResponse("/login", status_code=303)
-    try:
-        expires = tokens.expiry_in_days(expires_in_days)
-        _, secret = tokens.issue_token(state.sessions, principal, name, scope, expires)
-    except RegistryError as e:
-        with state.sessions() as session:
-            rows = tokens.list_tokens(session, principal)
-        return page(request, "tokens.html", 400, principal=principal, tokens=rows, error=e.message)
-    with state.sessions() as session:
-        rows = tokens.list_tokens(session, principal)
-    return page(request, "tokens.html", principal=principal, tokens=rows, new_token=secret)
-
-
-@router.post("/settings/tokens/{token_id}/revoke")
-def revoke_token(request: Request, state: StateDep, token_id: int, csrf: Annotated[str, Form()]) -> Response:
-    principal = check_csrf(request, state, csrf)
-    if not principal.anonymous:
-        tokens.revoke_token(state.sessions, principal, token_id)
-    return RedirectResponse("/settings/tokens", status_code=303)
-
-
-@router.get("/orgs/{org}", response_class=HTMLResponse)
-def org_page(request: Request, state: StateDep, org: str, error: str | None = None) -> HTMLResponse:
-    principal = page_principal(request, state)
-    with state.sessions() as session:
-        try:
-            members = orgs.members(session, principal, org)
-        except NotFound:
-            return not_found(request, f"Organisation {org}")
-        org_ns = session.scalar(select(Namespace).where(Namespace.name == org))
-        admin = allowed(principal, "admin", org_ns.id)
-    return page(request, "org.html", principal=principal, org=org, members=members, admin=admin, error=error)
-
-
-@router.post("/orgs/{org}/members")
-def set_member(
-    request: Request,
-    state: StateDep,
-    org: str,
-    csrf: Annotated[str, Form()],
-    user: Annotated[str, Form()],
-    role: Annotated[str, Form()],
-) -> Response:
-    principal = check_csrf(request, state, csrf)
-    try:
-        orgs.set_member(state.sessions, principal, org, user, role)
-    except RegistryError as e:
-        return org_page(request, state, org, error=e.message)
-    return RedirectResponse(f"/orgs/{org}", status_code=303)
-
-
-@router.post("/orgs/{org}/members/{user}/remove")
-def remove_member(request: Request, state: StateDep, org: str, user: str, csrf: Annotated[str, Form()]) -> Response:
-    principal = check_csrf(request, state, csrf)
-    try:
-        orgs.remove_member(state.sessions, principal, org, user)
-    except RegistryError as e:
-        return org_page(request, state, org, error=e.message)
-    return RedirectResponse(f"/orgs/{org}", status_code=303)
-
-
-# -- namespaces and adapters (last: the broadest paths) ---------------------------------------------------
-
-
 @router.get("/{namespace}", response_class=HTMLResponse)
 def namespace_page(request: Request, state: StateDep, namespace: str, cursor: str | None = None) -> Response:
     if namespace in RESERVED:
         raise NotFound(f"{request.url.path} not found")
     principal = page_principal(request, state)
     with state.sessions() as session:
-        ns = session.scalar(select(Namespace).where(Namespace.name == namespace))
+        ns = reads.find_namespace(session, namespace)
         if ns is None:
             return not_found(request, f"{namespace}")
         try:
@@ -371,10 +265,10 @@ def render_adapter(request: Request, state: StateDep, namespace: str, name: str,
         if version is not None and version.derived_from:
             lineage = dict(version.derived_from)
             lineage["versions"] = [
-                {**m, "visible": not m.get("local") and visible(session, principal, m["id"])}
+                {**m, "visible": not m.get("local") and reads.may_see(session, principal, m["id"])}
                 for m in lineage["versions"]
             ]
-        derived = derived_from(session, principal, adapter.repo_id)
+        derived = derived_from_this(session, principal, adapter.repo_id)
         endpoint = str(request.base_url).rstrip("/")
         return page(
             request,
@@ -389,28 +283,6 @@ def render_adapter(request: Request, state: StateDep, namespace: str, name: str,
             module_summary=module_summary(version.target_modules) if version else "",
             snippets=snippets(endpoint, adapter.repo_id, version) if version else [],
         )
-
-
-def visible(session: object, principal: object, repo_id: str) -> bool:
-    namespace, _, name = repo_id.partition("/")
-    try:
-        reads.get_adapter(session, principal, namespace, name)  # type: ignore[arg-type]
-    except NotFound:
-        return False
-    return True
-
-
-def derived_from(session: object, principal: object, repo_id: str) -> list[str]:
-    """The adapters the caller may see whose latest lineage names this one."""
-    rows = session.scalars(select(Version).where(Version.derived_from.is_not(None)).limit(1000))  # type: ignore[attr-defined]
-    found = set()
-    for v in rows:  # (a JSON null is not SQL NULL: some rows hold no lineage)
-        lineage = v.derived_from or {}
-        if any(m.get("id") == repo_id and not m.get("local") for m in lineage.get("versions", [])) and visible(
-            session, principal, v.adapter.repo_id
-        ):
-            found.add(v.adapter.repo_id)
-    return sorted(found)
 
 
 def module_summary(modules: list[str]) -> str:

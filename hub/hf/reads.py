@@ -17,8 +17,8 @@ from fastapi.responses import JSONResponse
 
 from quiver_hub.hub.deps import PrincipalDep, SessionDep, StateDep
 from quiver_hub.hub.downloads import blob_response
-from quiver_hub.hub.errors import HF_TAG
-from quiver_hub.hub.hf import EMPTY_COMMIT, entry_not_found, file_entry, model_json, version_for
+from quiver_hub.hub.error_handlers import HF_TAG
+from quiver_hub.hub.hf.protocol import EMPTY_COMMIT, entry_not_found, file_entry, model_json, version_for
 from quiver_hub.registry import limits
 from quiver_hub.registry.accounts.access import user_orgs
 from quiver_hub.registry.catalogue import reads

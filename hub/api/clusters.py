@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from sqlalchemy.orm import Session
 
-from quiver_hub.hub import schemas
+from quiver_hub.hub.api import schemas
 from quiver_hub.hub.deps import PrincipalDep, SessionDep, StateDep
 from quiver_hub.registry.accounts.access import Principal
 from quiver_hub.registry.clusters import cluster_adapters, runs

@@ -22,7 +22,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.background import BackgroundTask
 
-from quiver_hub.api import Hub
+from quiver_hub.api import HubClient
 from quiver_hub.errors import HubError
 
 AUTO = "quiver:auto"
@@ -44,7 +44,7 @@ def last_user_text(messages: object) -> str:
     return ""
 
 
-def pick(hub: Hub, text: str, base_model: str) -> str | None:
+def pick(hub: HubClient, text: str, base_model: str) -> str | None:
     """The adapter for `text` among those of `base_model` the gateway's token may see, as a pinned name."""
     if not text.strip():
         return None
@@ -59,7 +59,7 @@ def error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": {"message": message, "type": "invalid_request_error"}}, status_code=status)
 
 
-def create_gateway(engine: str, hub: Hub, base_model: str, engine_model: str | None = None) -> FastAPI:
+def create_gateway(engine: str, hub: HubClient, base_model: str, engine_model: str | None = None) -> FastAPI:
     """The gateway's app: `engine` is the serving engine's URL (its /v1/... routes), `base_model` the hub's
     name of the model it serves, `engine_model` the name the engine serves it under (default base_model)."""
     upstream = httpx.AsyncClient(base_url=engine.rstrip("/"), timeout=httpx.Timeout(600, connect=10))

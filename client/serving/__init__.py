@@ -1,0 +1,1 @@
+"""Serving engines and fronts: the vLLM LoRA resolver plugin and the OpenAI-compatible routing gateway."""

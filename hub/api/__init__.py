@@ -1,0 +1,1 @@
+"""Quiver's own API under /v1: adapters, discovery (search and routing), clusters, accounts, health."""

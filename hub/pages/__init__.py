@@ -1,0 +1,1 @@
+"""The pages people browse: server-side templates over the same registry functions as the API."""

@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 TORCH := torch==2.13.0
 
-.PHONY: serve test lint bench services clean
+.PHONY: serve test test-unit lint typecheck bench services clean
 
 $(BIN)/quiver: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -39,6 +39,18 @@ services:
 	      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	    else echo "make: no$$missing here; the tests that need it will skip (apt-get install$$missing)"; fi; fi
 
+# The fast tier: the domain and the client's algebra, no servers (well under a minute; CI prints its time).
+test-unit: $(BIN)/quiver
+	$(BIN)/python -m pytest -q tests/unit $(PYTEST_ARGS)
+
+# mypy on client/ and registry/ under their import name: a tree of links, quiver_hub -> client/ with
+# quiver_hub/registry -> registry/ (setuptools' editable finder is not something mypy can follow).
+typecheck: $(BIN)/quiver
+	rm -rf .typecheck && mkdir -p .typecheck/quiver_hub
+	for f in client/*; do ln -s ../../$$f .typecheck/quiver_hub/; done
+	ln -s ../../registry .typecheck/quiver_hub/registry
+	cd .typecheck && ../$(BIN)/mypy --config-file ../pyproject.toml -p quiver_hub
+
 lint: $(BIN)/quiver
 	$(BIN)/ruff check hub registry client migrations tests bench examples
 	$(BIN)/ruff format --check hub registry client migrations tests bench examples
@@ -50,7 +62,7 @@ $(VENV)/.bench: $(BIN)/quiver
 	touch $@
 
 bench: $(VENV)/.bench
-	@for b in bench/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+	@for b in bench/bench_*.py; do m=bench.$$(basename $$b .py); echo "== $$m"; $(BIN)/python -m $$m || exit 1; done
 
 clean:
 	rm -rf $(VENV) .quiver .pytest_cache

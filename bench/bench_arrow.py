@@ -3,23 +3,20 @@ fp32 and bf16: ours (client.arrow) vs PEFT's ArrowLoraLinearLayer.forward, on th
 prototypes and inputs (fp32 outputs checked equal before timing; in bf16 PEFT routes on bf16
 logits, ours on fp32, so the difference is reported, not asserted).
 
-    python bench/bench_arrow.py [--device cuda]
+    python -m bench.bench_arrow [--device cuda]
 """
 
 from __future__ import annotations
 
-import sys
 from functools import partial
-from pathlib import Path
 
 import torch
 from peft import ArrowConfig
 from peft.tuners.lora.arrow import ArrowLoraLinearLayer
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.common import DEVICE, median_time, table  # noqa: E402
-from quiver_hub.local.arrow import ArrowRouter  # noqa: E402
+from bench.common import DEVICE, median_time, table
+from quiver_hub.local.arrow import ArrowRouter
 
 IN, OUT, RANK, TOP_K, REPEAT = 1024, 2816, 16, 3, 5
 

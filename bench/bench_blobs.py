@@ -2,7 +2,7 @@
 store (moto's server on loopback), proxied by the hub and redirected to a presigned URL, and through nginx
 in front of the local store (docs/nginx.conf, X-Accel-Redirect), in one run.
 
-    python bench/bench_blobs.py [--repeat 3]
+    python -m bench.bench_blobs [--repeat 3]
 
 Each row: a real `quiver serve` on SQLite; upload = POST /v1/adapters (staging, validation, analysis,
 install); download = GET .../files/adapter_model.safetensors, the client following any redirect. The
@@ -26,11 +26,10 @@ from pathlib import Path
 import httpx
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.common import table  # noqa: E402
-from tests.adapters import lora_config, upload_parts, write_factors  # noqa: E402
-from tests.conftest import free_port, operator_token, serve_process  # noqa: E402
-from tests.nginx import nginx  # noqa: E402
+from bench.common import table
+from tests.support.adapters import lora_config, upload_parts, write_factors
+from tests.support.nginx import nginx
+from tests.support.servers import free_port, operator_token, serve_process
 
 MB = 1e6
 

@@ -2,7 +2,7 @@
 `quiver --help`, `quiver whoami`, `quiver search` and `quiver info` against a local `quiver serve`, and
 `hf --help`. Whole processes, wall time, the median of several runs after a warm-up.
 
-    python bench/bench_cli.py [--runs 7]
+    python -m bench.bench_cli [--runs 7]
 """
 
 from __future__ import annotations
@@ -18,10 +18,9 @@ from pathlib import Path
 
 import httpx
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.common import table  # noqa: E402
-from tests.adapters import upload_parts, write_adapter  # noqa: E402
-from tests.conftest import free_port, operator_token, serve_process  # noqa: E402
+from bench.common import table
+from tests.support.adapters import upload_parts, write_adapter
+from tests.support.servers import free_port, operator_token, serve_process
 
 
 def wall(cmd: list[str], env: dict[str, str], runs: int) -> float:

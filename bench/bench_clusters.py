@@ -2,7 +2,7 @@
 rows), and cluster-adapter construction: ours (QR + small SVD from the factors) vs PEFT
 add_weighted_adapter(combination_type="svd").
 
-    python bench/bench_clusters.py [--sizes 1000,10000,100000]
+    python -m bench.bench_clusters [--sizes 1000,10000,100000]
 """
 
 from __future__ import annotations
@@ -12,14 +12,12 @@ import sys
 import time
 import tracemalloc
 from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.common import median_time, table  # noqa: E402
+from bench.common import median_time, table
 from quiver_hub.registry.clusters.mbc import (
     EXACT_MAX,
     LANDMARKS,
@@ -29,7 +27,7 @@ from quiver_hub.registry.clusters.mbc import (
     params_matrix,
     sketch_matrix,
 )
-from quiver_hub.registry.lora.algebra import algebra  # noqa: E402
+from quiver_hub.registry.lora.algebra import algebra
 
 MODULES = [f"layers.{i}.{p}" for i in range(8) for p in ("q", "v")]  # 16 modules
 HIDDEN, RANK, K = 64, 4, 10

@@ -1,7 +1,7 @@
 """Few-shot composition on the real library: a handful of examples of a task no library adapter was
 trained on, and what each recipe makes of them.
 
-    python bench/bench_compose.py [--shots 5,20] [--tasks list-first,weekday-before,lowercase,add-three]
+    python -m bench.bench_compose [--shots 5,20] [--tasks list-first,weekday-before,lowercase,add-three]
                                   [--families arithmetic,lists,calendar,spelling,labels]
 
 For each held-out task of bench/tasks.py and each number of examples: exact match on 20 held-out inputs
@@ -17,16 +17,14 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.common import table  # noqa: E402
-from bench.real_library import Recipe, accuracy, library, load_model, train  # noqa: E402
-from bench.tasks import FAMILIES, HELD_OUT_TASKS  # noqa: E402
-from quiver_hub import Adapter, compose, merged  # noqa: E402
-from quiver_hub.local.composition import answer_loss, example_batch  # noqa: E402
+from bench.common import table
+from bench.real_library import Recipe, accuracy, library, load_model, train
+from bench.tasks import FAMILIES, HELD_OUT_TASKS
+from quiver_hub import Adapter, compose, merged
+from quiver_hub.local.composition import answer_loss, example_batch
 
 TEST = 20
 

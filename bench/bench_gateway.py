@@ -2,9 +2,9 @@
 through the gateway with the adapter named (the proxy alone), and through it with `quiver:auto` (routing
 on the hub, then the proxy), with a library of adapters on a real `quiver serve`.
 
-    python bench/bench_gateway.py [--adapters 200] [--requests 100]
+    python -m bench.bench_gateway [--adapters 200] [--requests 100]
 
-The engine is the tests' OpenAI-compatible stand-in (tests/test_gateway.py), which answers at once: what is
+The engine is the tests' OpenAI-compatible stand-in (tests/system/test_gateway.py), which answers at once: what is
 measured is the gateway's and the hub's time, not a model's. Medians and 99th percentiles over the
 requests, one client at a time.
 """
@@ -23,11 +23,10 @@ from pathlib import Path
 
 import httpx
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.common import table  # noqa: E402
-from tests.adapters import BASE, upload_parts, write_adapter  # noqa: E402
-from tests.conftest import free_port, operator_token, serve_process  # noqa: E402
-from tests.test_gateway import fake_engine, serve_in_thread  # noqa: E402
+from bench.common import table
+from tests.support.adapters import BASE, upload_parts, write_adapter
+from tests.support.servers import free_port, operator_token, serve_process
+from tests.system.test_gateway import fake_engine, serve_in_thread
 
 TOPICS = ["French", "German", "SQL", "Python", "poems", "summaries", "recipes", "chess", "law", "medicine"]
 

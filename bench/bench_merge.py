@@ -3,7 +3,7 @@ down 2816->1024), fp32 and bf16: ours (one fused product per module; restore = p
 (merge_adapter; sequential merge of 8; add_weighted_adapter("cat") + merge; unmerge) vs the bound
 max(bytes of W read and written / in-place bandwidth, FLOPs / GEMM rate), both measured here.
 
-    python bench/bench_merge.py [--device cuda]
+    python -m bench.bench_merge [--device cuda]
 
 On a GPU both sides have their factors there already; "offload" is merge(..., offload=True) (originals
 in host memory, restored over PCIe).
@@ -12,16 +12,13 @@ in host memory, restored over PCIe).
 from __future__ import annotations
 
 import functools
-import sys
-from pathlib import Path
 
 import torch
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.common import DEVICE, best_time, table, timed  # noqa: E402
-from quiver_hub import Adapter, merge, unmerge  # noqa: E402
-from quiver_hub.registry.lora.algebra import algebra  # noqa: E402
+from bench.common import DEVICE, best_time, table, timed
+from quiver_hub import Adapter, merge, unmerge
+from quiver_hub.registry.lora.algebra import algebra
 
 SHAPES = {
     "q_proj": (1024, 1024),

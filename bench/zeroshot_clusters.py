@@ -1,7 +1,7 @@
 """What MBC's similarity should compare on libraries of mixed forms: the hub's default and the variants,
 by the adjusted Rand index of their partitions against the families (and against the forms).
 
-    python bench/zeroshot_clusters.py        # ~2 min, after bench/libraries.py
+    python -m bench.zeroshot_clusters        # ~2 min, after bench/libraries.py
 
 Every adapter's embeddings are computed as the hub computes them at publish
 (registry.intake.analysis.analyse_weights); the partitions are registry.clusters.mbc's k-means with k chosen by
@@ -20,15 +20,13 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.common import table  # noqa: E402
-from bench.libraries import LIBRARIES, adapters, describe, train_library  # noqa: E402
-from quiver_hub.registry.clusters import mbc  # noqa: E402
-from quiver_hub.registry.intake.analysis import analyse_weights  # noqa: E402
+from bench.common import table
+from bench.libraries import LIBRARIES, adapters, describe, train_library
+from quiver_hub.registry.clusters import mbc
+from quiver_hub.registry.intake.analysis import analyse_weights
 from quiver_hub.registry.lora import algebra, peft_format
 
 

@@ -1,7 +1,7 @@
 """Where bare routing loses on mixed libraries: an adapter's Arrow score averaged over every routed
 module, as the hub does, or over the modules the adapter adapts.
 
-    python bench/zeroshot_scoring.py         # ~10 min, after bench/libraries.py
+    python -m bench.zeroshot_scoring         # ~10 min, after bench/libraries.py
 
 A brute force of the hub's formula (docs/architecture.md, "Finding adapters": centered states, |<h, v>|,
 top 3 per token softmaxed, averaged over tokens), on prototypes computed here from each adapter's dense
@@ -18,12 +18,11 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.common import table  # noqa: E402
-from bench.libraries import LIBRARIES, adapters, split, train_library  # noqa: E402
-from bench.real_library import load_model  # noqa: E402
-from quiver_hub import Adapter, reference_means  # noqa: E402
-from quiver_hub.local.capture import capture_inputs, chat_tokens  # noqa: E402
+from bench.common import table
+from bench.libraries import LIBRARIES, adapters, split, train_library
+from bench.real_library import load_model
+from quiver_hub import Adapter, reference_means
+from quiver_hub.local.capture import capture_inputs, chat_tokens
 
 TOP_K = 3
 # Variants of the score, for the leave-one-library-out table: what a logit is ("direction": |<h, v>| with

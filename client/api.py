@@ -3,6 +3,7 @@ clusters, accounts), with retries of reads and the hub's errors as exceptions.""
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import json
 import os
@@ -229,7 +230,7 @@ class HubClient:
 
         return load(self._request("GET", f"/v1/adapters/{repo}/versions/{rev or 'latest'}/prototypes").content)
 
-    def prototypes_for(self, adapters: Sequence[Any]) -> list[dict[str, torch.Tensor] | None]:
+    def prototypes_for(self, adapters: Sequence[Any]) -> builtins.list[dict[str, torch.Tensor] | None]:
         """The hub's prototypes of each adapter pulled from it (by its origin), None for a local one: what
         quiver_hub.apply_arrow takes as `prototypes`."""
         return [self.prototypes(f"{a.origin[0]}@{a.origin[1]}") if a.origin else None for a in adapters]
@@ -296,11 +297,11 @@ class HubClient:
         task: str | None = None,
         tags: Sequence[str] = (),
         limit: int = 10,
-    ) -> list[dict]:
+    ) -> builtins.list[dict]:
         body = {"query": query, "base_model": base_model, "task": task, "tags": list(tags), "limit": limit}
         return self._call("POST", "/v1/search", json=body)["results"]
 
-    def route_text(self, text: str, base_model: str | None = None, limit: int = 10) -> list[dict]:
+    def route_text(self, text: str, base_model: str | None = None, limit: int = 10) -> builtins.list[dict]:
         return self._call("POST", "/v1/route/text", json={"text": text, "base_model": base_model, "limit": limit})[
             "results"
         ]
@@ -351,7 +352,7 @@ class HubClient:
         answers = [(w, self._route_request(states, {**params, "all_scores": True})) for w, states in requests]
         return combine(answers, limit)
 
-    def _route_request(self, states: Mapping[str, Any], params: dict) -> list[dict]:
+    def _route_request(self, states: Mapping[str, Any], params: dict) -> builtins.list[dict]:
         from quiver_hub.routing import routing_payload
 
         return self._call(
@@ -374,7 +375,7 @@ class HubClient:
     def cluster_run(self, run_id: int) -> dict:
         return self._call("GET", f"/v1/clusters/{run_id}")
 
-    def merge_clusters(self, run_id: int, rank: int | None = None) -> list[dict]:
+    def merge_clusters(self, run_id: int, rank: int | None = None) -> builtins.list[dict]:
         """Publish one averaged adapter per cluster of a finished run (best rank-r with `rank`)."""
         return self._call("POST", f"/v1/clusters/{run_id}/merge", json={"rank": rank} if rank else {})
 
@@ -395,13 +396,13 @@ class HubClient:
         body = {"name": name, "scope": scope, "expires_at": expires_at, "namespaces": namespaces}
         return self._call("POST", "/v1/tokens", json={k: v for k, v in body.items() if v is not None})
 
-    def tokens(self) -> list[dict]:
+    def tokens(self) -> builtins.list[dict]:
         return self._call("GET", "/v1/tokens")
 
     def revoke_token(self, token_id: int) -> None:
         self._request("DELETE", f"/v1/tokens/{token_id}")
 
-    def audit(self, namespace: str | None = None, action: str | None = None, limit: int = 100) -> list[dict]:
+    def audit(self, namespace: str | None = None, action: str | None = None, limit: int = 100) -> builtins.list[dict]:
         params = {k: v for k, v in {"namespace": namespace, "action": action, "limit": limit}.items() if v}
         return self._call("GET", "/v1/audit", params=params)
 

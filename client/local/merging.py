@@ -246,7 +246,8 @@ def add_products(jobs: Sequence[fused_kernel.Job]) -> None:
     and the total rank is large, torch's GEMM is faster. Those jobs, and all jobs on a GPU or without
     the kernel, concatenate their terms (CONCAT_CHUNK modules at a time) for add_product.
     """
-    fused, rest = [], []
+    fused: list[fused_kernel.Job] = []
+    rest: list[fused_kernel.Job] = []
     for job in jobs:
         weight, terms, _ = job
         _, _, rank = fused_kernel.term_shape(terms)

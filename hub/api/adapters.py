@@ -17,6 +17,7 @@ from quiver_hub.hub.uploads import form_lineage, form_meta, read_form, stage_fil
 from quiver_hub.registry import limits
 from quiver_hub.registry.accounts.access import require_write
 from quiver_hub.registry.catalogue import edits, metadata, publishing, reads, tags
+from quiver_hub.registry.catalogue.lineage import check_lineage
 from quiver_hub.registry.catalogue.names import check_repo_id
 from quiver_hub.registry.errors import NotFound
 from quiver_hub.registry.search.vectors import from_bytes
@@ -79,7 +80,7 @@ async def publish_adapter(
         meta = form_meta(form)
         lineage = form_lineage(form)
         if lineage is not None:
-            lineage = await run_in_threadpool(lineage.check_lineage, state.sessions, principal, lineage)
+            lineage = await run_in_threadpool(check_lineage, state.sessions, principal, lineage)
         files = await run_in_threadpool(stage_files, form, state.store, state.settings.max_upload_bytes)
         version = await run_in_threadpool(
             publishing.publish,

@@ -91,13 +91,13 @@ def embed_ahead(
     `card`, a new version's; with `store`, the latest version's."""
     with sessions() as session:
         current = find_adapter(session, namespace, name)
-        fields = [
+        description, task, tags = (
             getattr(meta, f) if getattr(meta, f) is not None else getattr(current, f, None)
             for f in ("description", "task", "tags")
-        ]
+        )
         if store is not None and current is not None and current.versions:
             card = version_card(store, current.versions[-1])
-    text = adapter_text(*fields, card)
+    text = adapter_text(description, task, tags, card)
     return text, to_bytes(embedder.embed_one(text))
 
 

@@ -135,7 +135,7 @@ def visible(principal: Principal, query: Select) -> Select:
 
 def visible_versions(session: Session, principal: Principal, version_ids: set[int]) -> set[int]:
     """Those of `version_ids` that exist and that the principal may see, as the database says now."""
-    ids, seen = sorted(version_ids), set()
+    ids, seen = sorted(version_ids), set[int]()
     for start in range(0, len(ids), 5000):  # bounded IN lists (SQLite's variables, Postgres' plans)
         query = select(Version.id).join(AdapterRepo, AdapterRepo.id == Version.adapter_id)
         seen.update(session.scalars(visible(principal, query).where(Version.id.in_(ids[start : start + 5000]))))

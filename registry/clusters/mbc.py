@@ -150,7 +150,7 @@ class Partition:
 # Up to this many adapters MBC is the paper's recipe exactly: k-means on the rows of the n x n similarity
 # matrix (20,000: 1.6 GB of float32). Beyond, the rows are approximated by their columns at LANDMARKS
 # adapters (Nystrom: n x m, never n x n), which agrees with the exact recipe where both run
-# (bench/bench_clusters.py, tests/test_clusters.py).
+# (bench/bench_clusters.py, tests/api/test_clusters.py).
 EXACT_MAX = 20_000
 LANDMARKS = 1_000
 SILHOUETTE_SAMPLE = 5_000

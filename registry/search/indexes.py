@@ -75,7 +75,7 @@ class FlatIndex:
         """Top-k inner products (among the ids in `allowed` when given); rows are padded with id -1
         when fewer than k qualify."""
         queries = np.ascontiguousarray(queries, dtype=np.float32)
-        params = None if allowed is None else faiss.SearchParameters(sel=faiss.IDSelectorBatch(allowed))
+        params = None if allowed is None else faiss.SearchParameters(sel=faiss.IDSelectorBatch(allowed))  # type: ignore[call-arg]
         if queries.shape[0] * self.index.ntotal * self.dim >= ONE_THREAD_WORK:
             return self.index.search(queries, k, params=params)
         threads = faiss.omp_get_max_threads()

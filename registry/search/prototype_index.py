@@ -30,7 +30,7 @@ import torch
 
 SLACK = 1e-5  # of ||h|| ||v||: float32 rounding in the scales, norms and sums, with a wide margin
 # Codes are padded with zeros to a multiple of this width: torch 2.13's int8 product on the CPU returns
-# wrong sums for rows of one value (tests/test_prototype_index.py covers widths 1 and 7).
+# wrong sums for rows of one value (tests/unit/test_prototype_index.py covers widths 1 and 7).
 CODE_ALIGN = 8
 # Tokens x prototypes scored at once: a request of 8,192 tokens against 100,000 prototypes would
 # otherwise hold several GB of products; above this, its tokens are scored in blocks (~400 MB at most).

@@ -19,6 +19,7 @@ import httpx
 from quiver_hub.cache import Cache
 from quiver_hub.credentials import default_endpoint, default_token
 from quiver_hub.errors import HubError, error_for
+from quiver_hub.results import AdapterInfo, Hit, TagInfo, VersionInfo, VersionRef, records
 from quiver_hub.upload_files import Sent, convert_pickled_weights, preflight, upload_paths
 
 if TYPE_CHECKING:  # routing imports torch, which the commands that only talk HTTP never need
@@ -27,20 +28,10 @@ if TYPE_CHECKING:  # routing imports torch, which the commands that only talk HT
     from quiver_hub.routing import Routing
 
 ROUTE_METHODS = ("arrow", "arrow-centered", "arrow+examples")
-
-
 ROUTE_MODULES_TTL_S = 60.0  # how long Hub.route trusts the modules it was told (Hub.route_modules)
-
-
 RETRIES = 4  # after the first try: 0.5, 1, 2 and 4 s apart
-
-
 RETRIES_REFUSED = 2  # a hub that refuses connections is down more often than restarting: 0.5 and 1 s
-
-
 TRANSIENT = (502, 503, 504)
-
-
 T = TypeVar("T")
 
 
@@ -142,7 +133,7 @@ class HubClient:
         exclude: Sequence[str] = (),
         derived_from: dict | None = None,
         progress: Callable[[int, int], None] | None = None,
-    ) -> dict:
+    ) -> VersionInfo:
         """Publish a PEFT adapter folder (or a PeftModel, saved first) as the next version of repo;
         `progress(sent, total)` is told the bytes as they go.
 
@@ -187,38 +178,39 @@ class HubClient:
             self._route_modules.clear()  # it may adapt modules no adapter did
         for notice in version.get("notices", []):  # what the hub decided for you, or asks you to check
             warnings.warn(f"{repo}: {notice}", UserWarning, stacklevel=2)
-        return version
+        return VersionInfo(version)
 
-    def tag(self, spec: str, tag: str, message: str = "") -> dict:
+    def tag(self, spec: str, tag: str, message: str = "") -> TagInfo:
         """Name the version `spec` names (`ns/name` is the latest) with `tag`."""
         repo, rev = split_repo(spec)
         body = {"tag": tag, "revision": rev or "latest", "message": message}
-        return self._call("POST", f"/v1/adapters/{repo}/tags", json=body)
+        return TagInfo(self._call("POST", f"/v1/adapters/{repo}/tags", json=body))
 
     def untag(self, repo: str, tag: str) -> None:
         self._request("DELETE", f"/v1/adapters/{repo}/tags/{tag}")
 
-    def delete(self, spec: str) -> list[dict]:
+    def delete(self, spec: str) -> list[VersionRef]:
         repo, rev = split_repo(spec)
         path = f"/v1/adapters/{repo}" + (f"/versions/{rev}" if rev else "")
         self._route_modules.clear()
-        return self._call("DELETE", path)["deleted"]
+        return records(VersionRef, self._call("DELETE", path)["deleted"])
 
     # -- reading --
 
-    def info(self, spec: str) -> dict:
+    def info(self, spec: str) -> AdapterInfo | VersionInfo:
         """An adapter (with its latest version's identity), or one version with `@rev`."""
         repo, rev = split_repo(spec)
-        return self._call("GET", f"/v1/adapters/{repo}" + (f"/versions/{rev}" if rev else ""))
+        answer = self._call("GET", f"/v1/adapters/{repo}" + (f"/versions/{rev}" if rev else ""))
+        return VersionInfo(answer) if rev else AdapterInfo(answer)
 
-    def list(self, **filters: str) -> list[dict]:
+    def list(self, **filters: str) -> list[AdapterInfo]:
         """Every adapter you can see (filters: base_model, task, tag, namespace), following pages."""
         out, cursor = [], None
         while True:
             page = self._call(
                 "GET", "/v1/adapters", params={**filters, "limit": 200, **({"cursor": cursor} if cursor else {})}
             )
-            out += page["adapters"]
+            out += records(AdapterInfo, page["adapters"])
             cursor = page["next_cursor"]
             if not cursor:
                 return out
@@ -297,14 +289,13 @@ class HubClient:
         task: str | None = None,
         tags: Sequence[str] = (),
         limit: int = 10,
-    ) -> builtins.list[dict]:
+    ) -> builtins.list[Hit]:
         body = {"query": query, "base_model": base_model, "task": task, "tags": list(tags), "limit": limit}
-        return self._call("POST", "/v1/search", json=body)["results"]
+        return records(Hit, self._call("POST", "/v1/search", json=body)["results"])
 
-    def route_text(self, text: str, base_model: str | None = None, limit: int = 10) -> builtins.list[dict]:
-        return self._call("POST", "/v1/route/text", json={"text": text, "base_model": base_model, "limit": limit})[
-            "results"
-        ]
+    def route_text(self, text: str, base_model: str | None = None, limit: int = 10) -> builtins.list[Hit]:
+        body = {"text": text, "base_model": base_model, "limit": limit}
+        return records(Hit, self._call("POST", "/v1/route/text", json=body)["results"])
 
     def route_modules(self, base_model: str, fresh: bool = False) -> dict:
         """{"modules": {module: in_features}, "max_rows"}: what the hub can route on for this base model.
@@ -352,16 +343,19 @@ class HubClient:
         answers = [(w, self._route_request(states, {**params, "all_scores": True})) for w, states in requests]
         return combine(answers, limit)
 
-    def _route_request(self, states: Mapping[str, Any], params: dict) -> builtins.list[dict]:
+    def _route_request(self, states: Mapping[str, Any], params: dict) -> builtins.list[Hit]:
         from quiver_hub.routing import routing_payload
 
-        return self._call(
-            "POST",
-            "/v1/route",
-            params=params,
-            content=routing_payload(states),
-            headers={"Content-Type": "application/octet-stream"},
-        )["results"]
+        return records(
+            Hit,
+            self._call(
+                "POST",
+                "/v1/route",
+                params=params,
+                content=routing_payload(states),
+                headers={"Content-Type": "application/octet-stream"},
+            )["results"],
+        )
 
     # -- clustering (MBC) --
 

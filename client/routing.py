@@ -19,9 +19,11 @@ import numpy as np
 import torch
 from safetensors.numpy import save
 
+from quiver_hub.results import Hit
+
 
 class Routing(list):
-    """Hub.route's answer: the adapters, best first, each {"id", "version", "revision", "score", ...}."""
+    """Hub.route's answer: the adapters, best first, each a Hit ({"id", "version", "revision", "score", ...})."""
 
     def merge_plan(self, min_share: float = 0.0) -> list[tuple[str, float]]:
         """The recommended way from this answer to a merged model: [("ns/name@revision", weight)], for
@@ -86,7 +88,7 @@ def combine(answers: list[tuple[float, list[dict]]], limit: int) -> Routing:
     merged: dict[str, dict] = {}
     for weight, results in answers:
         for r in results:
-            entry = merged.setdefault(r["revision"], {**r, "score": 0.0})
+            entry = merged.setdefault(r["revision"], Hit({**r, "score": 0.0}))
             entry["score"] += weight * r["score"]
     best = sorted(merged.values(), key=lambda r: (-r["score"], r["id"]))
     return Routing(r for r in best[:limit] if r["score"] > 0)

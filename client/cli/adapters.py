@@ -18,8 +18,6 @@ from quiver_hub.upload_files import upload_paths
 BaseModelOption = Annotated[
     str | None, typer.Option("--base-model", help="the base model's Hub id, when the config names a local path")
 ]
-
-
 Exclude = Annotated[
     list[str] | None, typer.Option("--exclude", help="leave out files matching this pattern (repeatable): '*.bin'")
 ]

@@ -38,14 +38,8 @@ def options(
 
 
 out = Console(soft_wrap=True)
-
-
 err = Console(stderr=True, soft_wrap=True)  # never break a message across lines
-
-
 Endpoint = Annotated[str | None, typer.Option(envvar="QUIVER_ENDPOINT", help="the hub (default: from quiver login)")]
-
-
 Token = Annotated[str | None, typer.Option(envvar="QUIVER_TOKEN", help="a token (default: from quiver login)")]
 
 
@@ -54,11 +48,7 @@ def hub(endpoint: str | None, token: str | None) -> HubClient:
 
 
 OPERATOR: dict[str, Callable] = {}  # the server extras lend the operator's commands here (quiver_hub.hub.commands)
-
-
 SERVER_COMMANDS = ("serve", "gc", "migrate", "admin")
-
-
 SERVER_HINT = "pip install 'quiver-hub[server]'"
 
 

@@ -37,17 +37,9 @@ router = APIRouter(include_in_schema=False)
 
 # First path segments that belong to the API and the docs, never to a namespace's page.
 RESERVED = {"v1", "api", "docs", "redoc", "openapi.json", "static", "static-offline-docs", "healthz", "readyz"}
-
-
 PICTURE = 480
-
-
 PAGE = 20  # search results a page
-
-
 MARGIN = 48  # room for the axes' names and the points' labels
-
-
 MAX_LABELS = 40  # a picture of more members shows names on hover only
 
 

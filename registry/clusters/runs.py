@@ -29,8 +29,6 @@ from quiver_hub.registry.search.vectors import from_bytes
 from quiver_hub.registry.storage.blobs import BlobStore
 
 log = logging.getLogger("quiver.clusters")
-
-
 BACKGROUND_OVER = 200  # runs over more adapters than this go to the background
 
 

@@ -18,6 +18,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from examples.make_adapter import BASE_MODEL, tiny_llama
 from quiver_hub import Hub, InvalidAdapter, NotFound, Unauthorized, merge, unmerge
 from quiver_hub.local.capture import capture_inputs
+from quiver_hub.results import AdapterInfo, Hit, VersionInfo
 from quiver_hub.routing import routing_payload
 from tests.support.adapters import write_adapter
 from tests.support.servers import LiveServer
@@ -59,6 +60,13 @@ def test_push_pull_and_the_cache(server: LiveServer, tmp_path: Path) -> None:
         assert client.pull(f"alice/cached@{v1['revision']}") == pulled == client.pull("alice/cached@1")
         assert client.info("alice/cached")["tags"] == ["x", "y"]
         assert [a["id"] for a in client.list(tag="x")] == ["alice/cached"]
+        # typed answers that are still the JSON dicts (quiver_hub.results)
+        info = client.info("alice/cached")
+        assert isinstance(info, AdapterInfo) and info.latest.revision == v1.revision == info["latest"]["revision"]
+        assert isinstance(client.info(f"alice/cached@{v1.revision}"), VersionInfo) and v1.files[0].sha256
+        assert isinstance(client.list()[0], AdapterInfo)
+        hits = client.search("d")
+        assert hits and isinstance(hits[0], Hit) and hits[0].id == hits[0]["id"] == "alice/cached"
     # A pinned revision in the cache, or an unpinned name pulled before, needs no hub when the hub cannot
     # be reached (or QUIVER_OFFLINE=1).
     with Hub("http://127.0.0.1:9", cache_dir=tmp_path / "cache") as unreachable:

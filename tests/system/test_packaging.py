@@ -73,7 +73,7 @@ def test_the_thin_client_works_without_the_server_and_is_not_shadowed(thin_clien
         "print('ok', Hub.__module__, merge.__module__, round(float(v.norm()), 4), missing)\n"
     )
     out = run(thin_client / "python", "-c", code, cwd=tmp_path).stdout
-    assert out.strip() == "ok quiver_hub.api quiver_hub.local.merging 1.0 []"
+    assert out.strip() == "ok quiver_hub.workflows quiver_hub.local.merging 1.0 []"
 
 
 def test_quiver_serve_without_the_server_extras_says_what_to_install(thin_client: Path, tmp_path: Path) -> None:

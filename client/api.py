@@ -223,9 +223,17 @@ class HubClient:
         return load(self._request("GET", f"/v1/adapters/{repo}/versions/{rev or 'latest'}/prototypes").content)
 
     def prototypes_for(self, adapters: Sequence[Any]) -> builtins.list[dict[str, torch.Tensor] | None]:
-        """The hub's prototypes of each adapter pulled from it (by its origin), None for a local one: what
-        quiver_hub.apply_arrow takes as `prototypes`."""
-        return [self.prototypes(f"{a.origin[0]}@{a.origin[1]}") if a.origin else None for a in adapters]
+        """What quiver_hub.apply_arrow takes as `prototypes`: for each "ns/name@rev" or Adapter pulled from
+        this hub (its `origin`), the prototypes the hub computed at publish; None for anything else (a
+        local folder), whose prototypes apply_arrow computes itself."""
+
+        def spec(a: Any) -> str | None:
+            if isinstance(a, str):
+                return a
+            origin = getattr(a, "origin", None)
+            return f"{origin[0]}@{origin[1]}" if origin else None
+
+        return [self.prototypes(s) if (s := spec(a)) else None for a in adapters]
 
     def pull(self, spec: str, progress: Callable[[str, int, int], None] | None = None) -> Path:
         """A local folder with the version's files, verified against their sha256, cached by revision id.

@@ -107,6 +107,8 @@ def test_prototypes_from_the_hub(server: LiveServer, tmp_path: Path, experts: li
         assert pulled[0].origin[0] == "alice/expert0" and len(pulled[0].origin[1]) == 40
         from_hub = tiny_llama()
         apply_arrow(from_hub, pulled, top_k=2, prototypes=client_hub.prototypes_for(pulled))
+        by_spec = client_hub.prototypes_for([f"alice/expert0@{pulled[0].origin[1]}", experts[0]])
+        assert by_spec[1] is None and by_spec[0].keys() == client_hub.prototypes_for(pulled)[0].keys()
         with pytest.warns(DeprecationWarning, match="prototypes_for"):  # the old way still works, and says so
             apply_arrow(again := tiny_llama(), pulled, top_k=2, hub=client_hub)
     local = tiny_llama()

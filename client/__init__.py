@@ -6,8 +6,9 @@ This folder is the `quiver_hub` package; the hub's server (`quiver_hub.hub`), th
 The names below load on first use, as huggingface_hub's do: `import quiver_hub.registry.lora.algebra` (the
 server does) pulls neither httpx nor the merge code, and `import quiver_hub` alone pulls nothing heavy.
 
-Inside: the HTTP client (`api`, `cache`, `credentials`, `errors`, `routing`), the model work (`local/`),
-`workflows` (`Hub`: both together), the `quiver` command (`cli/`) and serving engines (`serving/`).
+Inside: the HTTP client (`api`, `cache`, `credentials`, `results`, `retries`, `routing`, `upload_files`),
+what every layer shares (`errors`, `paths`), the model work (`local/`), `workflows` (`Hub`: both together),
+the `quiver` command (`cli/`) and serving engines (`serving/`).
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
@@ -20,6 +20,7 @@ from quiver_hub.cache import Cache
 from quiver_hub.credentials import default_endpoint, default_token
 from quiver_hub.errors import HubError, error_for
 from quiver_hub.results import AdapterInfo, Hit, TagInfo, VersionInfo, VersionRef, records
+from quiver_hub.retries import retrying
 from quiver_hub.upload_files import Sent, convert_pickled_weights, preflight, upload_paths
 
 if TYPE_CHECKING:  # routing imports torch, which the commands that only talk HTTP never need
@@ -29,27 +30,12 @@ if TYPE_CHECKING:  # routing imports torch, which the commands that only talk HT
 
 ROUTE_METHODS = ("arrow", "arrow-centered", "arrow+examples")
 ROUTE_MODULES_TTL_S = 60.0  # how long Hub.route trusts the modules it was told (Hub.route_modules)
-RETRIES = 4  # after the first try: 0.5, 1, 2 and 4 s apart
-RETRIES_REFUSED = 2  # a hub that refuses connections is down more often than restarting: 0.5 and 1 s
-TRANSIENT = (502, 503, 504)
-T = TypeVar("T")
 
 
-def retrying(action: Callable[[], T]) -> T:
-    """`action`, tried again after a lost connection or a 502/503/504 (a hub restarting, a proxy between),
-    with exponential backoff; any other error, and the last one, is raised."""
-    for attempt in range(RETRIES + 1):
-        try:
-            return action()
-        except httpx.TransportError as e:  # lost in the middle of a download
-            if attempt == RETRIES:
-                raise HubError(0, "unreachable", f"the connection to the hub was lost: {e}") from None
-        except HubError as e:
-            refused = e.status == 0 and e.code == "unreachable"
-            if not (refused or e.status in TRANSIENT) or attempt == (RETRIES_REFUSED if refused else RETRIES):
-                raise
-        time.sleep(0.5 * 2**attempt)
-    raise AssertionError("unreachable")
+def check_route_method(method: str) -> None:
+    """ValueError for a routing method the hub does not know (before any work is done for it)."""
+    if method not in ROUTE_METHODS:
+        raise ValueError(f"method must be one of {', '.join(ROUTE_METHODS)}, got {method!r}")
 
 
 def offline() -> bool:
@@ -336,8 +322,7 @@ class HubClient:
         model's own input (chat messages, text), use quiver_hub.Hub.route."""
         from quiver_hub.routing import Routing, combine, split_requests
 
-        if method not in ROUTE_METHODS:
-            raise ValueError(f"method must be one of {', '.join(ROUTE_METHODS)}, got {method!r}")
+        check_route_method(method)
         if not base_model:
             raise ValueError("base_model is required")
         max_rows = self.route_modules(base_model)["max_rows"]

@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from quiver_hub.api import ROUTE_METHODS, HubClient
+from quiver_hub.api import HubClient, check_route_method
 
 if TYPE_CHECKING:
     import torch
@@ -52,8 +52,7 @@ class Hub(HubClient):
         "arrow-centered", on the states minus each module's mean input over ordinary text
         (capture.reference_means), which all inputs share; "arrow+examples" (the default), centered, and
         averaged with how close the user's words are to each adapter's example inputs."""
-        if method not in ROUTE_METHODS:
-            raise ValueError(f"method must be one of {', '.join(ROUTE_METHODS)}, got {method!r}")
+        check_route_method(method)  # before the model runs
         if hidden_states is None:
             if model is None or tokenizer is None:
                 raise ValueError("give hidden_states, or a model and its tokenizer with messages, text or input_ids")

@@ -48,7 +48,10 @@ PREFIXES = {
     "quiver_hub.hub": "hub",
     "quiver_hub.migrations": "migrations",
     "quiver_hub.local": "client.local",
-    **{f"quiver_hub.{m}": "client.http" for m in ("api", "cache", "credentials", "results", "routing", "upload_files")},
+    **{
+        f"quiver_hub.{m}": "client.http"
+        for m in ("api", "cache", "credentials", "results", "retries", "routing", "upload_files")
+    },
     **{f"quiver_hub.{m}": "client.base" for m in ("errors", "paths")},
 }
 

@@ -3,14 +3,14 @@ same prototypes; start-up (indexes built from the database, then a restart from 
 
     python -m bench.bench_route [--sizes 1000,10000,100000]
     python -m bench.bench_route --sizes 100000,1000000 --requests 5 --db postgres   # start-up rows
-    python -m bench.bench_route --shape 7b --route-modules 'model\.layers\.\d*[048]\.self_attn\.q_proj'
+    python -m bench.bench_route --sizes 1000,10000 --shape 7b     # the hub's default modules (8 of 224)
+    python -m bench.bench_route --shape 7b --sizes 1000 --route-modules '.*'   # every module
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import re
 import statistics
 import tempfile
 import threading
@@ -32,6 +32,7 @@ from quiver_hub.hub.services import Services
 from quiver_hub.hub.settings import Settings
 from quiver_hub.registry.models import AdapterRepo, Namespace, Prototype, Version, utcnow
 from quiver_hub.registry.search.prototype_index import quantise
+from quiver_hub.registry.search.route_modules import DEFAULT_ROUTE_MODULES, ModuleChoice
 
 BASE = "bench/base"
 TOKENS, TOP_K, REQUESTS = 16, 3, 100
@@ -296,18 +297,17 @@ def main() -> None:
     parser.add_argument("--shape", choices=list(SHAPES), default="tiny")
     parser.add_argument(
         "--route-modules",
-        default="",
-        help="QUIVER_ROUTE_MODULES for the hub; only those modules' prototypes are loaded and routed on",
+        default=DEFAULT_ROUTE_MODULES,
+        help="QUIVER_ROUTE_MODULES for the hub (default: its own default; '.*': every module); only those "
+        "modules' prototypes are loaded and routed on",
     )
     args = parser.parse_args()
-    torch.set_num_threads(Settings().analysis_threads)  # as `quiver serve` sets it
+    torch.set_num_threads(1)  # as `quiver serve` sets it
     sizes = [int(s) for s in args.sizes.split(",")]
     dbs = ["sqlite", "postgres"] if args.db == "both" else [args.db]
     from tests.support.servers import free_port
 
-    widths = {
-        m: w for m, w in SHAPES[args.shape].items() if not args.route_modules or re.fullmatch(args.route_modules, m)
-    }
+    widths = {m: SHAPES[args.shape][m] for m in ModuleChoice(args.route_modules).of_adapter(SHAPES[args.shape])}
     rows = [run(n, free_port(), db, args.requests, widths, args.route_modules) for n in sizes for db in dbs]
     dims = "/".join(str(w) for w in sorted(set(widths.values())))
     print(
@@ -317,12 +317,8 @@ def main() -> None:
         "hub's int8 products over the same codes, in process, on the hub's threads: the floor of its method; "
         "start = process start to serving, indexes built from the database; "
         "restart = the same from the snapshot saved at shutdown"
-        + (
-            f"; QUIVER_ROUTE_MODULES={args.route_modules} ({args.shape} adapters; the database holds only these "
-            "modules' prototypes)"
-            if args.route_modules
-            else ""
-        )
+        + f"; QUIVER_ROUTE_MODULES={args.route_modules} ({args.shape} adapters; the database holds only the "
+        "prototypes of the modules routed on)"
     )
     print(
         table(

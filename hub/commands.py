@@ -68,11 +68,18 @@ def serve(
     from quiver_hub.hub.server import server_config
 
     settings = operator_settings()
-    # Analysis at publish (QR, SVD, sketches) runs in worker threads; torch's own thread pool would fight
-    # the server's threads for the same cores and slow every publish on a busy hub several times. This
-    # is the process's entry point, so it sets the process-wide pool (an app embedded elsewhere does not).
-    torch.set_num_threads(settings.analysis_threads)
+    # torch's own thread pool would fight the server's threads for the same cores and slow every publish
+    # on a busy hub several times: torch runs on one thread, and a publish's analysis splits its modules
+    # between QUIVER_ANALYSIS_THREADS threads. This is the process's entry point, so it sets the
+    # process-wide pools (an app embedded elsewhere does not).
+    torch.set_num_threads(1)
     from quiver_hub.hub.services import Services
+    from quiver_hub.registry.intake.analysis import use_threads
+    from quiver_hub.registry.memory import map_large_blocks
+
+    use_threads(settings.analysis_threads)
+
+    map_large_blocks()  # large temporaries go back to the system when freed (registry/memory.py)
 
     Services.open(settings).close()  # migrate before accepting connections, and fail early if we cannot
     err.print(f"[bold]quiver[/] database {redact(settings.db_url)}, files under {settings.home.resolve()}")

@@ -15,6 +15,8 @@ from pathlib import Path
 from pydantic import ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from quiver_hub.registry.search.route_modules import DEFAULT_ROUTE_MODULES
+
 VERSION = version("quiver-hub")  # the installed distribution's, as the client's quiver_hub.__version__
 
 
@@ -51,12 +53,14 @@ class Settings(BaseSettings):
     # prefix + the blob's path under objects/ (an `internal` location aliasing QUIVER_HOME/blobs/objects/,
     # docs/nginx.conf), and nginx sends the file with sendfile, Range included.
     accel_redirect: str | None = None
-    # Routing on a subset of the modules: a regular expression; only the prototypes of the modules whose
-    # names it matches in full are held in memory and routed on (bench/README.md measures which modules
-    # carry the signal, and what each subset costs per adapter). Empty: every module.
-    route_modules: str = ""
-    # Threads torch may use for the analysis of a publish (the rest of the cores serve requests).
-    analysis_threads: int = 1
+    # The modules the hub routes on: a regular expression; only the prototypes of the modules whose names
+    # it matches in full are held in memory and routed on (an adapter that adapts none of them: all of its
+    # modules). Default: the query projection of every 4th layer (registry/search/route_modules.py, chosen in
+    # bench/README.md, "Which modules a hub routes on"). ".*" (or empty): every module.
+    route_modules: str = DEFAULT_ROUTE_MODULES
+    # Threads one publish's analysis splits its modules between (torch runs on one thread in each);
+    # 1 keeps a publish on one core, leaving the rest to requests.
+    analysis_threads: int = min(2, len(os.sched_getaffinity(0)))
     # Signs the pages' session cookies; default: made once and kept in QUIVER_HOME (replicas: set one).
     secret_key: str | None = None
 

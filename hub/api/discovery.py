@@ -95,6 +95,10 @@ class RouteModules(BaseModel):
     base_model: str
     modules: dict[str, int] = Field(description="module name -> in_features (the width of its input rows)")
     max_rows: int = Field(limits.MAX_ROUTE_TOKENS, description="token rows a route request may hold, over its modules")
+    route_modules: str = Field(
+        description="the expression of the modules this hub routes on (QUIVER_ROUTE_MODULES; '.*': every module); "
+        "an adapter that adapts none of them is routed on its own, so `modules` lists what is indexed"
+    )
 
 
 @router.get("/route/modules", response_model=RouteModules)
@@ -103,7 +107,7 @@ def route_modules(base_model: str, state: StateDep, principal: PrincipalDep) -> 
     indexes = state.fresh_indexes()
     with indexes.lock:
         modules = routing.visible_modules(indexes, principal, base_model)
-    return RouteModules(base_model=base_model, modules=modules)
+    return RouteModules(base_model=base_model, modules=modules, route_modules=indexes.route_modules or ".*")
 
 
 @router.post("/search", response_model=RankedAnswer)

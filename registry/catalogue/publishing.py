@@ -31,6 +31,7 @@ from quiver_hub.registry.db import upsert, writing
 from quiver_hub.registry.errors import Conflict
 from quiver_hub.registry.intake.analysis import VersionAnalysis, analyse_version
 from quiver_hub.registry.intake.validation import AdapterSummary, validate_adapter
+from quiver_hub.registry.memory import release_freed_memory
 from quiver_hub.registry.models import AdapterRepo, Blob, Embedding, File, Prototype, RetiredName, Version, utcnow
 from quiver_hub.registry.search.embedder import TextEmbedder
 from quiver_hub.registry.search.vectors import to_bytes
@@ -111,6 +112,7 @@ def publish(
         raise AssertionError("unreachable")
     finally:
         store.discard(files.values())
+        release_freed_memory()  # the analysis's copies of the factors, out of the hub's resident memory
 
 
 def _publish_once(

@@ -5,6 +5,7 @@ Arrow prototypes per module, the parameter sketch, and text embeddings.
 from __future__ import annotations
 
 import re
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,13 +39,40 @@ class VersionAnalysis:
     examples: np.ndarray | None  # mean MiniLM embedding of examples.jsonl, or None
 
 
+_threads = 1  # how many threads one publish's analysis splits its modules between (use_threads)
+
+
+def use_threads(n: int) -> None:
+    """Split each analysis's modules between n threads (`quiver serve`: QUIVER_ANALYSIS_THREADS). torch
+    works on one thread per module meanwhile; each module's numbers are the same on any thread."""
+    global _threads
+    _threads = max(1, n)
+
+
+def analyse_module(module: str, f: algebra.Factors) -> tuple[ModulePrototype, torch.Tensor, torch.Tensor]:
+    """One module's prototype, its block of the sketch and of the output sketch."""
+    if not (torch.isfinite(f.A).all() and torch.isfinite(f.B).all()):
+        raise InvalidAdapter(f"{algebra.WEIGHTS_FILE}: {module} has NaN or infinite values")
+    v, sigma = algebra.prototype(f.A, f.B)
+    return (
+        ModulePrototype(module, v.numpy(), sigma * abs(f.scaling)),
+        algebra.sketch_block(module, f),
+        algebra.output_gram(module, f),
+    )
+
+
 def analyse_weights(weights: Path, config: dict[str, Any]) -> tuple[list[ModulePrototype], np.ndarray, np.ndarray]:
+    """Prototypes, sketch and output sketch: what algebra.prototypes, .sketch and .output_sketch give,
+    the modules split between the analysis's threads (most of the time is the sketches' seeded Gaussians,
+    which torch draws on one thread)."""
     factors = peft_format.read(weights, config).factors
-    for module, f in factors.items():
-        if not (torch.isfinite(f.A).all() and torch.isfinite(f.B).all()):
-            raise InvalidAdapter(f"{algebra.WEIGHTS_FILE}: {module} has NaN or infinite values")
-    protos = [ModulePrototype(module, v.numpy(), sigma) for module, (v, sigma) in algebra.prototypes(factors).items()]
-    return protos, algebra.sketch(factors), algebra.output_sketch(factors)
+    modules = sorted(factors)
+    if _threads > 1 and len(modules) > 1:
+        with ThreadPoolExecutor(min(_threads, len(modules)), thread_name_prefix="quiver-analysis") as pool:
+            done = list(pool.map(lambda m: analyse_module(m, factors[m]), modules))
+    else:
+        done = [analyse_module(m, factors[m]) for m in modules]
+    return [d[0] for d in done], algebra.unit_concat([d[1] for d in done]), algebra.unit_concat([d[2] for d in done])
 
 
 def analyse_version(files: dict[str, Path], config: dict[str, Any], embedder: TextEmbedder) -> VersionAnalysis:

@@ -183,21 +183,26 @@ def sketch_matrices(module: str, in_features: int, out_features: int, p: int = S
     return R, L
 
 
+def sketch_block(module: str, f: Factors, p: int = SKETCH_P, q: int = SKETCH_Q) -> torch.Tensor:
+    """One module's part of `sketch`, before the whole is normalised (float64, length q * p)."""
+    R, L = sketch_matrices(module, f.in_features, f.out_features, p, q)
+    return ((L @ f.B.double()) @ (f.A.double() @ R) * (f.scaling / math.sqrt(p * q))).reshape(-1)
+
+
+def unit_concat(parts: list[torch.Tensor]) -> np.ndarray:
+    """Blocks concatenated in the order given and L2-normalised, as float32."""
+    flat = torch.cat(parts) if parts else torch.zeros(0, dtype=torch.float64)
+    norm = flat.norm()
+    return (flat / norm if norm > 0 else flat).numpy().astype(np.float32)
+
+
 def sketch(factors: Mapping[str, Factors], p: int = SKETCH_P, q: int = SKETCH_Q) -> np.ndarray:
     """S_m = (L B)(A R) * s / sqrt(p q) per module, concatenated in sorted module order, L2-normalised.
 
     A random projection of every delta computed from the factors; invariant to re-factorising an
     adapter as (B M, M^-1 A). float32, length len(modules) * q * p.
     """
-    parts = []
-    for module in sorted(factors):
-        f = factors[module]
-        R, L = sketch_matrices(module, f.in_features, f.out_features, p, q)
-        s = (L @ f.B.double()) @ (f.A.double() @ R) * (f.scaling / math.sqrt(p * q))
-        parts.append(s.reshape(-1))
-    flat = torch.cat(parts) if parts else torch.zeros(0, dtype=torch.float64)
-    norm = flat.norm()
-    return (flat / norm if norm > 0 else flat).numpy().astype(np.float32)
+    return unit_concat([sketch_block(m, factors[m], p, q) for m in sorted(factors)])
 
 
 OUTPUT_Q = 16
@@ -221,21 +226,20 @@ def output_sketch(factors: Mapping[str, Factors], q: int = OUTPUT_Q) -> np.ndarr
     than the delta sketch or the paper's flattened parameters (bench/README.md). float32, length
     len(modules) * q (q + 1) / 2.
     """
+    return unit_concat([output_gram(m, factors[m], q) for m in sorted(factors)])
+
+
+def output_gram(module: str, f: Factors, q: int = OUTPUT_Q) -> torch.Tensor:
+    """One module's block of `output_sketch`: the upper triangle of its Gram, scaled to unit norm."""
     rows, cols = torch.triu_indices(q, q)
     scale = torch.where(rows == cols, 1.0, math.sqrt(2.0)).double()
-    parts = []
-    for module in sorted(factors):
-        f = factors[module]
-        _, L = sketch_matrices(module, f.in_features, f.out_features, SKETCH_P, q)
-        LB = (L @ f.B.double()) * f.scaling
-        A = f.A.double()
-        G = LB @ (A @ A.T) @ LB.T
-        block = G[rows, cols] * scale
-        norm = block.norm()
-        parts.append(block / norm if norm > 0 else block)
-    flat = torch.cat(parts) if parts else torch.zeros(0, dtype=torch.float64)
-    norm = flat.norm()
-    return (flat / norm if norm > 0 else flat).numpy().astype(np.float32)
+    _, L = sketch_matrices(module, f.in_features, f.out_features, SKETCH_P, q)
+    LB = (L @ f.B.double()) * f.scaling
+    A = f.A.double()
+    G = LB @ (A @ A.T) @ LB.T
+    block = G[rows, cols] * scale
+    norm = block.norm()
+    return block / norm if norm > 0 else block
 
 
 # --- Weighted sums of adapters (cluster adapters, compositions) ------------------------------------

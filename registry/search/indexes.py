@@ -17,22 +17,23 @@ exclude something.
 
 from __future__ import annotations
 
-import re
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
 import faiss
 import numpy as np
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from quiver_hub.registry.accounts.access import Principal
 from quiver_hub.registry.catalogue.change_feed import changed_since, last_seq
 from quiver_hub.registry.catalogue.reads import VersionIdentity
+from quiver_hub.registry.memory import release_freed_memory
 from quiver_hub.registry.models import AdapterRepo, Embedding, Namespace, Prototype, Version
 from quiver_hub.registry.search.embedder import DIM as TEXT_DIM
 from quiver_hub.registry.search.prototype_index import PrototypeIndex
+from quiver_hub.registry.search.route_modules import ModuleChoice
 from quiver_hub.registry.search.vectors import from_bytes
 
 PUBLIC = 0  # the partition of public adapters; private ones live in their namespace id's partition
@@ -171,16 +172,13 @@ class Candidates:
 
 class IndexSet:
     def __init__(self, route_modules: str = "") -> None:
-        """route_modules: a regular expression; when given, only the prototypes of the modules whose names
-        it matches in full are indexed (and routed on). The database keeps every module's prototype, so
-        another expression takes effect at the next start."""
+        """route_modules: the modules routed on (a ModuleChoice's expression; "" or ".*": every module).
+        Only their prototypes are indexed, or, for an adapter that adapts none of them, all of its own.
+        The database keeps every module's prototype, so another expression takes effect at the next start."""
         self.lock = threading.RLock()
         self.route_modules = route_modules
-        self._routed = re.compile(route_modules).fullmatch if route_modules else None
+        self.choice = ModuleChoice(route_modules)
         self.clear()
-
-    def routes_on(self, module: str) -> bool:
-        return self._routed is None or self._routed(module) is not None
 
     def clear(self) -> None:
         self.entries: dict[int, Entry] = {}  # by adapter id
@@ -217,6 +215,7 @@ class IndexSet:
                     break
                 self._load(session, set(ids))
                 after = ids[-1]
+        release_freed_memory()  # the rows and stacks read on the way, and the arrays outgrown
 
     def refresh(self, sessions: sessionmaker[Session]) -> None:
         with self.lock, sessions() as session:
@@ -227,6 +226,8 @@ class IndexSet:
             for start in range(0, len(ordered), LOAD_BATCH):
                 self._load(session, set(ordered[start : start + LOAD_BATCH]))
             self.seq = seq
+        if len(changed) > 1:
+            release_freed_memory()  # a catch-up of many changes reads as a rebuild does
 
     def _remove(self, adapter_id: int) -> None:
         entry = self.entries.pop(adapter_id, None)
@@ -298,9 +299,15 @@ class IndexSet:
         query = select(Prototype.version_id, Prototype.module, Prototype.in_features, Prototype.vector).where(
             Prototype.version_id.in_(version_ids)
         )
-        if self._routed is not None:  # only the routed modules' vectors are read
-            names = session.scalars(select(Prototype.module).where(Prototype.version_id.in_(version_ids)).distinct())
-            query = query.where(Prototype.module.in_(sorted(m for m in names if self.routes_on(m))))
+        if not self.choice.every:  # only the vectors of the modules indexed are read
+            adapted: dict[int, list[str]] = {}
+            for version_id, module in session.execute(
+                select(Prototype.version_id, Prototype.module).where(Prototype.version_id.in_(version_ids))
+            ):
+                adapted.setdefault(version_id, []).append(module)
+            chosen = sorted({m for ms in adapted.values() for m in ms if self.choice.chooses(m)})
+            own = sorted(v for v, ms in adapted.items() if not any(self.choice.chooses(m) for m in ms))
+            query = query.where(or_(Prototype.module.in_(chosen), Prototype.version_id.in_(own)))
         vectors = session.execute(query.execution_options(yield_per=PROTOTYPE_CHUNK))
         modules: dict[int, set[tuple[str, int]]] = {}
         for chunk in vectors.partitions():

@@ -198,7 +198,7 @@ def unknown(
 ) -> InvalidRequest:
     """The error for a module without candidates of that width: a wrong width, an unknown module, or a
     base model the caller has no adapter of."""
-    if not indexes.routes_on(module):
+    if not indexes.choice.chooses(module):
         return InvalidRequest(
             f"this hub routes only on the modules matching {indexes.route_modules!r} (QUIVER_ROUTE_MODULES); "
             f"{module!r} is not one of them (GET /v1/route/modules lists them)",

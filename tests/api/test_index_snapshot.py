@@ -112,7 +112,7 @@ def test_a_snapshot_of_another_database_is_not_used(server: LiveServer, tmp_path
     Services.open(server.settings, migrate=False, index=True).close()
     # The same home over another database (or one restored from an older backup): its change sequence
     # does not hold the change the snapshot was taken at.
-    other = Settings(home=server.settings.home, database_url=f"sqlite:///{tmp_path / 'other.db'}")
+    other = server.settings.model_copy(update={"database_url": f"sqlite:///{tmp_path / 'other.db'}"})
     state = Services.open(other, index=True)
     try:
         assert not state.opened.from_snapshot and "does not hold change" in state.opened.why

@@ -1,6 +1,6 @@
 """QUIVER_ROUTE_MODULES: a hub that holds and routes on only some modules' prototypes answers exactly
 the formula over those modules, refuses the others clearly, and never starts from a snapshot of another
-choice of modules. On SQLite and Postgres."""
+choice of modules. On SQLite and Postgres. A hub on its defaults: test_route_modules_default.py."""
 
 from __future__ import annotations
 
@@ -34,8 +34,8 @@ def test_a_hub_routes_on_the_modules_it_is_told(server: LiveServer, tmp_path: Pa
             folder = write_adapter(tmp_path / f"a{i}", seed=i, hidden=HIDDEN)
             assert c.post(f"/v1/adapters/alice/a{i}", files=upload_parts(folder)).status_code == 201
             protos[f"alice/a{i}"] = dense_prototypes(folder)
-        modules = c.get("/v1/route/modules", params={"base_model": BASE}).json()["modules"]
-        assert sorted(modules) == [Q0, Q1]
+        answer = c.get("/v1/route/modules", params={"base_model": BASE}).json()
+        assert sorted(answer["modules"]) == [Q0, Q1] and answer["route_modules"] == ONLY_Q
 
         hidden = {m: np.random.default_rng(1).standard_normal((4, HIDDEN)).astype(np.float32) for m in (Q0, Q1)}
         expected = brute_force(protos, hidden, 3, 1.0)
@@ -51,7 +51,7 @@ def test_a_hub_routes_on_the_modules_it_is_told(server: LiveServer, tmp_path: Pa
     only_q = Services.open(server.settings, migrate=False, index=True)
     only_q.close()
     assert {m for _, m, _ in only_q.indexes.prototypes} == {Q0, Q1}
-    every = Services.open(server.settings.model_copy(update={"route_modules": ""}), migrate=False, index=True)
+    every = Services.open(server.settings.model_copy(update={"route_modules": ".*"}), migrate=False, index=True)
     try:
         assert not every.opened.from_snapshot and "modules" in every.opened.why
         assert {m for _, m, _ in every.indexes.prototypes} == {Q0, Q1, V0, V0.replace("0", "1")}

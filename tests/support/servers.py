@@ -89,11 +89,11 @@ def operator_token(env: dict[str, str], user: str) -> str:
 
 
 @contextmanager
-def serve_process(
+def serve_child(
     env: dict[str, str], cwd: Path | None = None, timeout: float = 120, log: Path | None = None
-) -> Iterator[str]:
-    """`quiver serve` in a child process (the real CLI), on QUIVER_PORT; yields its URL once ready. Its
-    output goes to `log` (a file: a pipe nobody reads would stall a busy server)."""
+) -> Iterator[tuple[str, subprocess.Popen]]:
+    """`quiver serve` in a child process (the real CLI), on QUIVER_PORT; yields its URL and the process
+    once ready. Its output goes to `log` (a file: a pipe nobody reads would stall a busy server)."""
     url = f"http://127.0.0.1:{env['QUIVER_PORT']}"
     own_log = log is None  # a temporary file of ours: removed at the end (a failure has quoted it by then)
     log = log or Path(tempfile.mkstemp(prefix="quiver-serve-", suffix=".log")[1])
@@ -117,12 +117,21 @@ def serve_process(
                 pass
             assert time.monotonic() < deadline, "quiver serve did not become ready"
             time.sleep(0.2)
-        yield url
+        yield url, server
     finally:
         os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
+        server.wait(timeout=60)
         if own_log:
             log.unlink(missing_ok=True)
+
+
+@contextmanager
+def serve_process(
+    env: dict[str, str], cwd: Path | None = None, timeout: float = 120, log: Path | None = None
+) -> Iterator[str]:
+    """serve_child's URL alone."""
+    with serve_child(env, cwd, timeout, log) as (url, _):
+        yield url
 
 
 @dataclass

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from quiver_hub.hub.services import Services
-from quiver_hub.hub.settings import Settings, secret_key
+from quiver_hub.hub.settings import secret_key
 from quiver_hub.registry.search.indexes import PUBLIC, IndexSet
 from quiver_hub.registry.search.snapshot import DATA, MANIFEST, _mac, snapshot_seq
 from tests.support.adapters import BASE, upload_parts, write_adapter

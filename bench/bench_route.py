@@ -162,7 +162,7 @@ def int8_pass(protos: Prototypes, hidden: dict[str, np.ndarray]) -> float:
     with ThreadPoolExecutor(len(os.sched_getaffinity(0))) as pool:
         for _ in range(6):  # the first warms the threads and oneDNN's kernels up
             t = time.perf_counter()
-            list(pool.map(lambda m: torch._int_mm(levels[m], codes[m].T), levels))
+            list(pool.map(lambda m: torch._int_mm(codes[m], levels[m].T), levels))  # as the hub's index does
             times.append(time.perf_counter() - t)
     return statistics.median(times[1:])
 

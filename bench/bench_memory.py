@@ -15,7 +15,8 @@ again, against an empty hub's.
 
 With --loaded, hubs of 1,000 and 10,000 such adapters are bulk-loaded into SQLite (bench/bench_route.py's
 random unit prototypes, of the modules routed on), and a `quiver serve` started on each is read after it
-is ready and again after 20 route requests: what an operator's hub of that size holds.
+is ready and has written the snapshot of the indexes it built (from a copy of the float32 prototypes, in
+the background), and again after 20 route requests: what an operator's hub of that size holds.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from quiver_hub.hub.settings import Settings
 from quiver_hub.registry.lora.algebra import factor_key
 from quiver_hub.registry.search.prototype_index import PrototypeIndex
 from quiver_hub.registry.search.route_modules import DEFAULT_ROUTE_MODULES, ModuleChoice
+from quiver_hub.registry.search.snapshot import MANIFEST
 from tests.support.servers import free_port, operator_token, serve_child
 
 BASE = "meta-llama/Llama-2-7b-hf"
@@ -99,12 +101,19 @@ def index_bytes(modules: list[str]) -> int:
 def loaded_hub(n: int, route_modules: str, env: dict[str, str], home: Path) -> tuple[int, int, int]:
     """(n, RSS once ready, RSS after 20 routes) of a `quiver serve` on n bulk-loaded 7B-shaped adapters."""
     widths = {m: MODULES[m][0] for m in ModuleChoice(route_modules).of_adapter(MODULES)}
-    state = Services.open(Settings(home=home, route_modules=route_modules))
+    state = Services.open(Settings(home=home, route_modules=route_modules))  # migrated, no indexes
     fill(state, Prototypes(n, widths, seed=n))
     state.close()
     env = {**env, "QUIVER_HOME": str(home), "QUIVER_PORT": str(free_port())}
     rng = np.random.default_rng(0)
+    settings = Settings(home=home, route_modules=route_modules)
     with serve_child(env, timeout=600) as (url, server):
+        # A hub that built its indexes from the database writes their snapshot in the background, from a
+        # copy of the float32 prototypes; read once it is on disk
+        deadline = time.monotonic() + 600
+        while not (settings.index_dir / MANIFEST).exists() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        time.sleep(2)
         ready = rss(server)
         with httpx.Client(base_url=url, timeout=120) as c:
             for _ in range(20):

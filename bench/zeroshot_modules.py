@@ -53,6 +53,8 @@ CANDIDATES = {
     "every module, every 4th layer": rf".*\.layers\.(?:{EVERY_4TH_LAYER})\..*",
     "q_proj, every 4th layer": rf".*\.layers\.(?:{EVERY_4TH_LAYER})\.self_attn\.q_proj",
     "v_proj, every 4th layer": rf".*\.layers\.(?:{EVERY_4TH_LAYER})\.self_attn\.v_proj",
+    "k_proj, every 4th layer": rf".*\.layers\.(?:{EVERY_4TH_LAYER})\.self_attn\.k_proj",
+    "q_proj, every 8th layer": r".*\.layers\.(?:0|8|16|24|32|40|48|56|64|72|80|88|96)\.self_attn\.q_proj",
     "the hub's default (DEFAULT_ROUTE_MODULES)": DEFAULT_ROUTE_MODULES,
 }
 TOP_KS = (3, 1)

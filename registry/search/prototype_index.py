@@ -23,7 +23,9 @@ scores them all.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -132,24 +134,47 @@ class PrototypeIndex:
             new[: self._n] = old[: self._n]
             setattr(self, name, new)
 
-    def top_abs(self, h: np.ndarray, k: int, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def top_abs(
+        self, h: np.ndarray, k: int, allowed: np.ndarray | None = None, threads: int = 1
+    ) -> tuple[np.ndarray, np.ndarray]:
         """For each row of h: the min(k, qualifying) ids with the largest |<h, v>| (among `allowed` when
-        given), best first, and those values."""
+        given), best first, and those values. With threads > 1 and at least SPLIT_ROWS prototypes a
+        thread, the rows are split into ranges searched on parallel threads and their top k merged (the
+        same answer: each range's top k is exact, ties go to the lower row as in one range)."""
         h = np.ascontiguousarray(h, dtype=np.float32)
         n = self._n
         keep = np.isin(self._id[:n], allowed) if allowed is not None else None
-        k = min(k, n if keep is None else int(keep.sum()))
+        if min(k, n if keep is None else int(keep.sum())) == 0:
+            return np.zeros((h.shape[0], 0), dtype=np.float32), np.zeros((h.shape[0], 0), dtype=np.int64)
+        ranges = min(threads, n // SPLIT_ROWS)
+        if ranges <= 1:
+            return self._range_top_abs(h, k, keep, 0, n)
+        cuts = np.linspace(0, n, ranges + 1).astype(int).tolist()
+        found = list(_split_pool.map(lambda lo, hi: self._range_top_abs(h, k, keep, lo, hi), cuts[:-1], cuts[1:]))
+        d, ids = np.concatenate([f[0] for f in found], axis=1), np.concatenate([f[1] for f in found], axis=1)
+        best = np.argsort(-d, axis=1, kind="stable")[:, : min(k, d.shape[1])]
+        return np.take_along_axis(d, best, axis=1), np.take_along_axis(ids, best, axis=1)
+
+    def _range_top_abs(
+        self, h: np.ndarray, k: int, keep: np.ndarray | None, lo: int, hi: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """top_abs over rows lo..hi, h in blocks of tokens (empty where no row of the range qualifies)."""
+        kept = None if keep is None else keep[lo:hi]
+        k = min(k, hi - lo if kept is None else int(kept.sum()))
         if k == 0:
             return np.zeros((h.shape[0], 0), dtype=np.float32), np.zeros((h.shape[0], 0), dtype=np.int64)
-        at_once = max(1, BLOCK // n)
-        blocks = [self._top_abs(h[i : i + at_once], k, keep) for i in range(0, h.shape[0], at_once)]
+        at_once = max(1, BLOCK // (hi - lo))
+        blocks = [self._top_abs(h[i : i + at_once], k, kept, lo, hi) for i in range(0, h.shape[0], at_once)]
         if len(blocks) == 1:
             return blocks[0]
         return np.concatenate([b[0] for b in blocks]), np.concatenate([b[1] for b in blocks])
 
-    def _top_abs(self, h: np.ndarray, k: int, keep: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-        """top_abs for one block of tokens; k <= the rows `keep` passes (None: all rows)."""
-        t, n = h.shape[0], self._n
+    def _top_abs(
+        self, h: np.ndarray, k: int, keep: np.ndarray | None, lo: int, hi: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """top_abs for one block of tokens over rows lo..hi; k <= the rows `keep` (of the range) passes."""
+        t, n = h.shape[0], hi - lo
+        code, vec = self._code[lo:hi], self._vec[lo:hi]
         # 1. approximate |<h, v>| from the codes
         q1, s1 = quantise(h)
         q2, s2 = quantise(h - s1[:, None] * q1)
@@ -158,19 +183,19 @@ class PrototypeIndex:
         levels[:t, : self.dim], levels[t:, : self.dim] = q1, q2
         # codes x levels^T, the codes as the row-major operand: oneDNN streams them in their own layout
         # (h x codes^T read them transposed, 1.6x slower at 10,000 x 4096)
-        products = torch._int_mm(torch.from_numpy(self._code[:n]), torch.from_numpy(levels).T)
+        products = torch._int_mm(torch.from_numpy(code), torch.from_numpy(levels).T)
         p = np.ascontiguousarray(products.numpy().T, dtype=np.float32)
         h_t = torch.from_numpy(h)
         # (the t x n arrays are worked on in place: at 1,000,000 prototypes each is 64 MB a block)
         with np.errstate(over="ignore", invalid="ignore"):
             approx = p[:t] * s1[:, None]
             approx += p[t:] * s2[:, None]
-            approx *= self._scale[None, :n]
+            approx *= self._scale[None, lo:hi]
             np.abs(approx, out=approx)
             # 2. the error bound (h's norms in float64: squares of large float32 values overflow)
             norm = lambda x: np.linalg.norm(x.astype(np.float64), axis=1).astype(np.float32)  # noqa: E731
-            bound = np.multiply.outer(norm(h_hat), self._resid[:n])
-            bound += np.multiply.outer(norm(h - h_hat) + SLACK * norm(h), self._norm[:n])
+            bound = np.multiply.outer(norm(h_hat), self._resid[lo:hi])
+            bound += np.multiply.outer(norm(h - h_hat) + SLACK * norm(h), self._norm[lo:hi])
         if np.isfinite(approx.max()) and np.isfinite(bound.max()):  # (a NaN or an infinity wins the max)
             # 3. exact scores: first of each token's k best approximate ones, then of every prototype
             # whose upper bound reaches the smallest of those (in torch, like the codes' product:
@@ -178,16 +203,22 @@ class PrototypeIndex:
             if keep is not None:
                 approx[:, ~keep] = -np.inf
             seeds = np.argpartition(approx, n - k, axis=1)[:, n - k :]
-            floor = torch.einsum("td,tkd->tk", h_t, torch.from_numpy(self._vec[seeds])).abs().amin(dim=1).numpy()
+            floor = torch.einsum("td,tkd->tk", h_t, torch.from_numpy(vec[seeds])).abs().amin(dim=1).numpy()
             bound += approx  # the upper bound of each |<h, v>|
             candidate = bound >= floor[:, None]
         else:  # values near float32's limits: no bound to trust, every prototype is a candidate
             candidate = np.ones((t, n), dtype=bool) if keep is None else np.repeat(keep[None, :], t, axis=0)
         rows = np.flatnonzero(candidate.any(axis=0))
         if len(rows) > n // 4:  # the bound kept much: one dense product beats gathering the rows
-            exact = (h_t @ torch.from_numpy(self._vec[:n]).T).abs().numpy()[:, rows]
+            exact = (h_t @ torch.from_numpy(vec).T).abs().numpy()[:, rows]
         else:
-            exact = (h_t @ torch.from_numpy(self._vec[rows]).T).abs().numpy()
+            exact = (h_t @ torch.from_numpy(vec[rows]).T).abs().numpy()
         exact[~candidate[:, rows]] = -1
         best = np.argsort(-exact, axis=1, kind="stable")[:, :k]
-        return np.take_along_axis(exact, best, axis=1), self._id[rows[best]]
+        return np.take_along_axis(exact, best, axis=1), self._id[lo:hi][rows[best]]
+
+
+# A module's rows are split between threads only with this many a thread (a million tiny adapters: one
+# module of 512 values is 512 MB of codes a request); below it, one thread is as fast.
+SPLIT_ROWS = 100_000
+_split_pool = ThreadPoolExecutor(max_workers=len(os.sched_getaffinity(0)), thread_name_prefix="quiver-rows")

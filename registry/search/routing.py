@@ -235,19 +235,24 @@ def score_modules(
     """module_weights of each (candidates, hidden states) job, in order."""
     threads = max(1, len(os.sched_getaffinity(0)) // torch.get_num_threads())
     work = sum(h.shape[0] * h.shape[1] * sum(p.count for p in parts) for parts, h in jobs)
-    if threads == 1 or len(jobs) == 1 or work < PARALLEL_WORK:
+    if threads == 1 or work < PARALLEL_WORK:
         return [module_weights(parts, h, top_k, temperature) for parts, h in jobs]
+    if len(jobs) < threads:  # fewer modules than threads: each module's rows are split between them
+        return [module_weights(parts, h, top_k, temperature, threads // len(jobs)) for parts, h in jobs]
     share = -(-len(jobs) // threads)
     groups = [jobs[i : i + share] for i in range(0, len(jobs), share)]
     done = _pool.map(lambda group: [module_weights(parts, h, top_k, temperature) for parts, h in group], groups)
     return [weights for group in done for weights in group]
 
 
-def module_weights(parts: list[Candidates], h: np.ndarray, top_k: int, temperature: float) -> dict[int, float]:
-    """Arrow routing weights for one module, averaged over its tokens, by version id."""
+def module_weights(
+    parts: list[Candidates], h: np.ndarray, top_k: int, temperature: float, threads: int = 1
+) -> dict[int, float]:
+    """Arrow routing weights for one module, averaged over its tokens, by version id (a large partition's
+    rows searched on `threads` threads: PrototypeIndex.top_abs)."""
     k = min(top_k, sum(p.count for p in parts))
     q = np.ascontiguousarray(h, dtype=np.float32)
-    found = [p.index.top_abs(q, k, p.allowed) for p in parts]
+    found = [p.index.top_abs(q, k, p.allowed, threads) for p in parts]
     d, ids = np.concatenate([f[0] for f in found], axis=1), np.concatenate([f[1] for f in found], axis=1)
     order = np.argsort(-d, axis=1, kind="stable")[:, :k]
     logits = np.take_along_axis(d, order, axis=1).astype(np.float64) / temperature

@@ -181,3 +181,42 @@ def test_modules_scored_on_parallel_threads_answer_as_on_one() -> None:
     assert parallel == [module_weights(parts, h, 3, 1.0) for parts, h in jobs]
     if len(os.sched_getaffinity(0)) > 1:  # the threads did run
         assert any(t.name.startswith("quiver-route") for t in threading.enumerate())
+
+
+@pytest.mark.parametrize("threads", [2, 3, 8])
+def test_rows_split_between_threads_answer_as_one_range(monkeypatch: pytest.MonkeyPatch, threads: int) -> None:
+    """A large module's rows are searched in ranges on parallel threads (one module of a million tiny
+    adapters): the same ids as one range and its scores (to float32's rounding: a product over other rows
+    may sum in another order), with filters, ties and fewer rows than k."""
+    from quiver_hub.registry.search import prototype_index
+
+    monkeypatch.setattr(prototype_index, "SPLIT_ROWS", 100)
+    rng = np.random.default_rng(8)
+    vectors = rng.standard_normal((1000, 64)).astype(np.float32)
+    vectors[500] = vectors[10]  # a tie across ranges: the lower row first, as in one range
+    index, ids = filled(vectors)
+    h = rng.standard_normal((5, 64)).astype(np.float32)
+    h[0] = vectors[10]
+    for allowed in (None, ids[rng.random(1000) < 0.05], ids[[3, 998]]):
+        one = index.top_abs(h, 4, allowed)
+        split = index.top_abs(h, 4, allowed, threads=threads)
+        assert (split[1] == one[1]).all()
+        np.testing.assert_allclose(split[0], one[0], rtol=1e-5, atol=1e-6)
+    check(index, ids, vectors, h, 4)
+    assert index.top_abs(h, 4, threads=threads)[1][0, :2].tolist() == [11, 501]
+
+
+def test_one_large_module_is_split_between_the_threads() -> None:
+    """A request of one module over many prototypes is scored on every thread torch leaves: the weights of
+    one thread."""
+    rng = np.random.default_rng(9)
+    index, _ = filled(rng.standard_normal((260_000, 16)).astype(np.float32))
+    jobs = [([Candidates(index, None, len(index))], rng.standard_normal((16, 16)).astype(np.float32))]
+    assert sum(h.size * len(parts[0].index) for parts, h in jobs) >= PARALLEL_WORK
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        parallel = score_modules(jobs, top_k=3, temperature=1.0)
+    finally:
+        torch.set_num_threads(threads)
+    assert parallel == [module_weights(parts, h, 3, 1.0) for parts, h in jobs]

@@ -56,6 +56,8 @@ CANDIDATES = {
     "k_proj, every 4th layer": rf".*\.layers\.(?:{EVERY_4TH_LAYER})\.self_attn\.k_proj",
     "q_proj, every 8th layer": r".*\.layers\.(?:0|8|16|24|32|40|48|56|64|72|80|88|96)\.self_attn\.q_proj",
     "the hub's default (DEFAULT_ROUTE_MODULES)": DEFAULT_ROUTE_MODULES,
+    "q_proj of layers 0, 8, ... and k_proj of 4, 12, ...": r".*\.layers\.(?:0|8|16|24|32|40|48|56)\.self_attn\.q_proj"
+    r"|.*\.layers\.(?:4|12|20|28|36|44|52|60)\.self_attn\.k_proj",
 }
 TOP_KS = (3, 1)
 

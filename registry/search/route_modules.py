@@ -1,13 +1,16 @@
 """Which modules a hub routes on: the default choice, and the modules of one adapter that are indexed.
 
 A route reads every prototype of every module it names, so the modules a hub holds decide its memory and
-speed: a Llama-2-7B-shaped adapter on every projection is 5.4 MiB of index and 224 modules to score, on
-the default choice 160 KiB and 8. The default, the query projection of every 4th layer (layers 0, 4, 8,
-...), was chosen on four libraries by routing quality against bytes per adapter (bench/README.md, "Which
-modules a hub routes on"); it is spelled for the common architectures: q_proj (Llama, Mistral, Qwen,
-Gemma), query (BERT), and the fused c_attn, qkv_proj, query_key_value and Wqkv (GPT-2, Phi-3, Falcon,
-MPT). An adapter that adapts none of the chosen modules is indexed on every module it adapts, so no
-choice leaves an adapter out of routing.
+speed: a Llama-2-7B-shaped adapter on every projection is 5.4 MiB of index and 224 modules to score. The
+default, the query projection of every layer (32 of those 224 modules, 641 KiB an adapter), was chosen on
+the benchmark's libraries by routing quality against bytes per adapter (bench/README.md, "A hub on its
+defaults"): from the weights alone it routes as well as every module does, where every smaller choice
+measured (8 modules: the query, key or value projection of every 4th layer) loses up to half of it on
+some library. The query projection of every 4th layer (EVERY_4TH_LAYER_QUERIES, 160 KiB) is the choice
+for a hub of many large adapters whose adapters carry examples. Both are spelled for the common
+architectures: q_proj (Llama, Mistral, Qwen, Gemma), query (BERT), and the fused c_attn, qkv_proj,
+query_key_value and Wqkv (GPT-2, Phi-3, Falcon, MPT). An adapter that adapts none of the chosen modules
+is indexed on every module it adapts, so no choice leaves an adapter out of routing.
 """
 
 from __future__ import annotations
@@ -15,11 +18,10 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
+QUERIES = r"(?:q_proj|query|c_attn|qkv_proj|query_key_value|Wqkv)"
 EVERY_4TH_LAYER = r"(?:\d*[02468])?[048]|\d*[13579][26]"  # 0, 4, 8, 12, ..., 100, ...
-DEFAULT_ROUTE_MODULES = (
-    rf"(?:.*\.)?(?:layers|layer|h|blocks)\.(?:{EVERY_4TH_LAYER})\.(?:.*\.)?"
-    r"(?:q_proj|query|c_attn|qkv_proj|query_key_value|Wqkv)"
-)
+DEFAULT_ROUTE_MODULES = rf"(?:.*\.)?(?:layers|layer|h|blocks)\.\d+\.(?:.*\.)?{QUERIES}"
+EVERY_4TH_LAYER_QUERIES = rf"(?:.*\.)?(?:layers|layer|h|blocks)\.(?:{EVERY_4TH_LAYER})\.(?:.*\.)?{QUERIES}"
 EVERY_MODULE = ("", ".*")  # the expressions that choose every module
 
 

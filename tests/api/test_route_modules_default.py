@@ -1,6 +1,6 @@
-"""A hub on its defaults routes on the default modules (the query projection of every 4th layer), says
-so in /v1/route/modules, routes an adapter that adapts none of them on its own modules, and refuses a
-route that names a module outside the choice with the 400 it always gave. On SQLite and Postgres."""
+"""A hub on its defaults routes on the default modules (the query projection of every layer), says so
+in /v1/route/modules, routes an adapter that adapts none of them on its own modules, and refuses a route
+that names a module outside the choice with the 400 it always gave. On SQLite and Postgres."""
 
 from __future__ import annotations
 
@@ -30,8 +30,8 @@ def test_a_hub_on_its_defaults_routes_on_the_default_modules(server: LiveServer,
     alice = server.token("alice")
     protos = {}
     with server.client(alice) as c:
-        for i in range(4):  # q_proj and v_proj of six layers: routed on q_proj of layers 0 and 4
-            folder = write_adapter(tmp_path / f"a{i}", seed=i, hidden=HIDDEN, layers=6)
+        for i in range(4):  # q_proj and v_proj of three layers: routed on q_proj
+            folder = write_adapter(tmp_path / f"a{i}", seed=i, hidden=HIDDEN, layers=3)
             assert c.post(f"/v1/adapters/alice/a{i}", files=upload_parts(folder)).status_code == 201
             protos[f"alice/a{i}"] = dense_prototypes(folder)
         # v_proj alone: none of the default modules, so routed on its own
@@ -41,11 +41,12 @@ def test_a_hub_on_its_defaults_routes_on_the_default_modules(server: LiveServer,
 
         answer = c.get("/v1/route/modules", params={"base_model": BASE}).json()
         assert answer["route_modules"] == DEFAULT_ROUTE_MODULES
-        assert sorted(answer["modules"]) == sorted([layer(0), layer(4), layer(0, "v_proj"), layer(1, "v_proj")])
+        own = [layer(0, "v_proj"), layer(1, "v_proj")]
+        assert sorted(answer["modules"]) == sorted([layer(0), layer(1), layer(2), *own])
 
         rng = np.random.default_rng(3)
         hidden = {m: rng.standard_normal((4, HIDDEN)).astype(np.float32) for m in answer["modules"]}
-        chosen = {layer(0), layer(4)}  # what the hub holds of each adapter: these, or the v_proj adapter's own
+        chosen = {layer(0), layer(1), layer(2)}  # what the hub holds of each adapter, or the v_proj one's own
         indexed = {n: {m: v for m, v in p.items() if m in chosen or n == "alice/v-only"} for n, p in protos.items()}
         expected = brute_force(indexed, hidden, 3, 1.0)
         got = route_json(server, alice, hidden, limit=100)["results"]
@@ -54,7 +55,7 @@ def test_a_hub_on_its_defaults_routes_on_the_default_modules(server: LiveServer,
         assert {r["id"] for r in got} == set(protos)  # the v_proj adapter too
 
         # a module the adapters adapt that the hub does not route on: the clear 400 it always got
-        r = c.post("/v1/route", json={"base_model": BASE, "hidden_states": {layer(1): [[1.0] * HIDDEN]}})
+        r = c.post("/v1/route", json={"base_model": BASE, "hidden_states": {layer(2, "v_proj"): [[1.0] * HIDDEN]}})
         assert r.status_code == 400 and r.json()["error"]["code"] == "unknown_module"
         message = r.json()["error"]["message"]
         assert "QUIVER_ROUTE_MODULES" in message and "GET /v1/route/modules" in message

@@ -55,7 +55,7 @@ class Settings(BaseSettings):
     accel_redirect: str | None = None
     # The modules the hub routes on: a regular expression; only the prototypes of the modules whose names
     # it matches in full are held in memory and routed on (an adapter that adapts none of them: all of its
-    # modules). Default: the query projection of every layer (registry/search/route_modules.py, chosen in
+    # modules). Default: the value projection of every layer (registry/search/route_modules.py, chosen in
     # bench/README.md, "Which modules a hub routes on"). ".*" (or empty): every module.
     route_modules: str = DEFAULT_ROUTE_MODULES
     # Threads one publish's analysis splits its modules between (torch runs on one thread in each);

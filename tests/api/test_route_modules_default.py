@@ -1,4 +1,4 @@
-"""A hub on its defaults routes on the default modules (the query projection of every layer), says so
+"""A hub on its defaults routes on the default modules (the value projection of every layer), says so
 in /v1/route/modules, routes an adapter that adapts none of them on its own modules, and refuses a route
 that names a module outside the choice with the 400 it always gave. On SQLite and Postgres."""
 
@@ -30,32 +30,32 @@ def test_a_hub_on_its_defaults_routes_on_the_default_modules(server: LiveServer,
     alice = server.token("alice")
     protos = {}
     with server.client(alice) as c:
-        for i in range(4):  # q_proj and v_proj of three layers: routed on q_proj
+        for i in range(4):  # q_proj and v_proj of three layers: routed on v_proj
             folder = write_adapter(tmp_path / f"a{i}", seed=i, hidden=HIDDEN, layers=3)
             assert c.post(f"/v1/adapters/alice/a{i}", files=upload_parts(folder)).status_code == 201
             protos[f"alice/a{i}"] = dense_prototypes(folder)
-        # v_proj alone: none of the default modules, so routed on its own
-        folder = write_adapter(tmp_path / "v", seed=9, hidden=HIDDEN, layers=2, projs=("v_proj",))
-        assert c.post("/v1/adapters/alice/v-only", files=upload_parts(folder)).status_code == 201
-        protos["alice/v-only"] = dense_prototypes(folder)
+        # q_proj alone: none of the default modules, so routed on its own
+        folder = write_adapter(tmp_path / "q", seed=9, hidden=HIDDEN, layers=2, projs=("q_proj",))
+        assert c.post("/v1/adapters/alice/q-only", files=upload_parts(folder)).status_code == 201
+        protos["alice/q-only"] = dense_prototypes(folder)
 
         answer = c.get("/v1/route/modules", params={"base_model": BASE}).json()
         assert answer["route_modules"] == DEFAULT_ROUTE_MODULES
-        own = [layer(0, "v_proj"), layer(1, "v_proj")]
-        assert sorted(answer["modules"]) == sorted([layer(0), layer(1), layer(2), *own])
+        own = [layer(0), layer(1)]
+        assert sorted(answer["modules"]) == sorted([layer(0, "v_proj"), layer(1, "v_proj"), layer(2, "v_proj"), *own])
 
         rng = np.random.default_rng(3)
         hidden = {m: rng.standard_normal((4, HIDDEN)).astype(np.float32) for m in answer["modules"]}
-        chosen = {layer(0), layer(1), layer(2)}  # what the hub holds of each adapter, or the v_proj one's own
-        indexed = {n: {m: v for m, v in p.items() if m in chosen or n == "alice/v-only"} for n, p in protos.items()}
+        chosen = {layer(i, "v_proj") for i in range(3)}  # what the hub holds of each adapter, or the q_proj one's own
+        indexed = {n: {m: v for m, v in p.items() if m in chosen or n == "alice/q-only"} for n, p in protos.items()}
         expected = brute_force(indexed, hidden, 3, 1.0)
         got = route_json(server, alice, hidden, limit=100)["results"]
         assert [r["id"] for r in got] == sorted(expected, key=lambda n: (-expected[n], n))[: len(got)]
         assert all(abs(r["score"] - expected[r["id"]]) < 1e-5 for r in got)
-        assert {r["id"] for r in got} == set(protos)  # the v_proj adapter too
+        assert {r["id"] for r in got} == set(protos)  # the q_proj adapter too
 
         # a module the adapters adapt that the hub does not route on: the clear 400 it always got
-        r = c.post("/v1/route", json={"base_model": BASE, "hidden_states": {layer(2, "v_proj"): [[1.0] * HIDDEN]}})
+        r = c.post("/v1/route", json={"base_model": BASE, "hidden_states": {layer(2): [[1.0] * HIDDEN]}})
         assert r.status_code == 400 and r.json()["error"]["code"] == "unknown_module"
         message = r.json()["error"]["message"]
         assert "QUIVER_ROUTE_MODULES" in message and "GET /v1/route/modules" in message

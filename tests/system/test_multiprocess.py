@@ -16,16 +16,16 @@ from quiver_hub.registry.db import writing
 from tests.support.adapters import BASE, upload_parts, write_adapter
 from tests.support.servers import free_port, serve_process
 
-Q0 = "model.layers.0.self_attn.q_proj"
+V0 = "model.layers.0.self_attn.v_proj"  # a module the hub routes on by default
 
 
 def query_for(folder: Path) -> dict:
-    """Hidden states lying along the adapter's own q_proj prototype, so it must be routed to."""
+    """Hidden states lying along the adapter's own v_proj prototype, so it must be routed to."""
     t = load_file(str(folder / "adapter_model.safetensors"))
-    a = t[f"base_model.model.{Q0}.lora_A.weight"].double().numpy()
-    b = t[f"base_model.model.{Q0}.lora_B.weight"].double().numpy()
+    a = t[f"base_model.model.{V0}.lora_A.weight"].double().numpy()
+    b = t[f"base_model.model.{V0}.lora_B.weight"].double().numpy()
     v = np.linalg.svd(b @ a)[2][0]
-    return {"hidden_states": {Q0: [list(v * 5), list(-v * 3)]}, "base_model": BASE, "top_k": 1}
+    return {"hidden_states": {V0: [list(v * 5), list(-v * 3)]}, "base_model": BASE, "top_k": 1}
 
 
 def ids(response: httpx.Response) -> list[str]:

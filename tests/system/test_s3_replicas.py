@@ -50,7 +50,7 @@ def test_two_hubs_share_one_database_and_one_bucket(database_url: str, s3: S3, t
         # hub B: finds it, routes to it, serves it byte for byte (fetched from the bucket through its cache)
         found = httpx.post(f"{b}/v1/search", json={"query": "French translation"}).json()["results"]
         assert found[0]["id"] == "alice/fr"
-        hidden = {"model.layers.0.self_attn.q_proj": [[1.0] * 16]}
+        hidden = {"model.layers.0.self_attn.v_proj": [[1.0] * 16]}
         routed = httpx.post(f"{b}/v1/route", json={"base_model": "quiver-test/tiny-llama", "hidden_states": hidden})
         assert routed.json()["results"][0]["id"] == "alice/fr"
         url = "/v1/adapters/alice/fr/versions/1/files/adapter_model.safetensors"

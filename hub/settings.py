@@ -56,7 +56,7 @@ class Settings(BaseSettings):
     # The modules the hub routes on: a regular expression; only the prototypes of the modules whose names
     # it matches in full are held in memory and routed on (an adapter that adapts none of them: all of its
     # modules). Default: the value projection of every layer (registry/search/route_modules.py, chosen in
-    # bench/README.md, "Which modules a hub routes on"). ".*" (or empty): every module.
+    # bench/README.md, "A hub on its defaults"). ".*" (or empty): every module.
     route_modules: str = DEFAULT_ROUTE_MODULES
     # Threads one publish's analysis splits its modules between (torch runs on one thread in each);
     # 1 keeps a publish on one core, leaving the rest to requests.

@@ -171,16 +171,21 @@ def test_modules_scored_on_parallel_threads_answer_as_on_one() -> None:
         vectors = rng.standard_normal((2000, 1024)).astype(np.float32)
         index, _ = filled(vectors, first_id=1 + m * 10_000)
         jobs.append(([Candidates(index, None, len(index))], rng.standard_normal((16, 1024)).astype(np.float32)))
+    assert on_one_torch_thread(jobs) == [module_weights(parts, h, 3, 1.0) for parts, h in jobs]
+    if len(os.sched_getaffinity(0)) > 1:  # the threads did run
+        assert any(t.name.startswith("quiver-route") for t in threading.enumerate())
+
+
+def on_one_torch_thread(jobs: list) -> list[dict[int, float]]:
+    """score_modules of a request large enough for threads, with torch on one thread as `quiver serve`
+    runs it."""
     assert sum(h.size * len(parts[0].index) for parts, h in jobs) >= PARALLEL_WORK
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        parallel = score_modules(jobs, top_k=3, temperature=1.0)
+        return score_modules(jobs, top_k=3, temperature=1.0)
     finally:
         torch.set_num_threads(threads)
-    assert parallel == [module_weights(parts, h, 3, 1.0) for parts, h in jobs]
-    if len(os.sched_getaffinity(0)) > 1:  # the threads did run
-        assert any(t.name.startswith("quiver-route") for t in threading.enumerate())
 
 
 @pytest.mark.parametrize("threads", [2, 3, 8])
@@ -212,11 +217,6 @@ def test_one_large_module_is_split_between_the_threads() -> None:
     rng = np.random.default_rng(9)
     index, _ = filled(rng.standard_normal((260_000, 16)).astype(np.float32))
     jobs = [([Candidates(index, None, len(index))], rng.standard_normal((16, 16)).astype(np.float32))]
-    assert sum(h.size * len(parts[0].index) for parts, h in jobs) >= PARALLEL_WORK
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        parallel = score_modules(jobs, top_k=3, temperature=1.0)
-    finally:
-        torch.set_num_threads(threads)
-    assert parallel == [module_weights(parts, h, 3, 1.0) for parts, h in jobs]
+    assert on_one_torch_thread(jobs) == [module_weights(parts, h, 3, 1.0) for parts, h in jobs]
+    if len(os.sched_getaffinity(0)) > 1:  # the rows' threads did run
+        assert any(t.name.startswith("quiver-rows") for t in threading.enumerate())

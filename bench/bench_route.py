@@ -3,7 +3,7 @@ same prototypes; start-up (indexes built from the database, then a restart from 
 
     python -m bench.bench_route [--sizes 1000,10000,100000]
     python -m bench.bench_route --sizes 100000,1000000 --requests 5 --db postgres   # start-up rows
-    python -m bench.bench_route --sizes 1000,10000 --shape 7b     # the hub's default modules (8 of 224)
+    python -m bench.bench_route --sizes 1000,10000 --shape 7b     # the hub's default modules (32 of 224)
     python -m bench.bench_route --shape 7b --sizes 1000 --route-modules '.*'   # every module
 """
 

@@ -78,7 +78,6 @@ def serve(
     from quiver_hub.registry.memory import map_large_blocks
 
     use_threads(settings.analysis_threads)
-
     map_large_blocks()  # large temporaries go back to the system when freed (registry/memory.py)
 
     Services.open(settings).close()  # migrate before accepting connections, and fail early if we cannot

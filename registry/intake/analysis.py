@@ -53,9 +53,9 @@ def analyse_module(module: str, f: algebra.Factors) -> tuple[ModulePrototype, to
     """One module's prototype, its block of the sketch and of the output sketch."""
     if not (torch.isfinite(f.A).all() and torch.isfinite(f.B).all()):
         raise InvalidAdapter(f"{algebra.WEIGHTS_FILE}: {module} has NaN or infinite values")
-    v, sigma = algebra.prototype(f.A, f.B)
+    v, sigma = algebra.scaled_prototype(f)
     return (
-        ModulePrototype(module, v.numpy(), sigma * abs(f.scaling)),
+        ModulePrototype(module, v.numpy(), sigma),
         algebra.sketch_block(module, f),
         algebra.output_gram(module, f),
     )

@@ -155,13 +155,15 @@ def prototype(A: torch.Tensor, B: torch.Tensor) -> tuple[torch.Tensor, float]:
     return v.float(), float(s[0])
 
 
+def scaled_prototype(f: Factors) -> tuple[torch.Tensor, float]:
+    """(v, sigma) of one module, sigma the top singular value of the scaled delta s * B @ A."""
+    v, sigma = prototype(f.A, f.B)
+    return v, sigma * abs(f.scaling)
+
+
 def prototypes(factors: Mapping[str, Factors]) -> dict[str, tuple[torch.Tensor, float]]:
-    """Per module: (v, sigma) with sigma the top singular value of the scaled delta s * B @ A."""
-    out = {}
-    for module, f in factors.items():
-        v, sigma = prototype(f.A, f.B)
-        out[module] = (v, sigma * abs(f.scaling))
-    return out
+    """Per module: scaled_prototype."""
+    return {module: scaled_prototype(f) for module, f in factors.items()}
 
 
 # --- Parameter sketches (for MBC) ----------------------------------------------------------------

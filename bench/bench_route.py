@@ -254,6 +254,7 @@ def run(n: int, port: int, db: str, requests: int, widths: dict[str, int], route
                 brute.append(time.perf_counter() - t)
             floor = int8_pass(protos, queries[0]) if protos.held is not None else None
             memory = server.config.app.state.services.indexes.memory_bytes()
+            in_files = server.config.app.state.services.indexes.file_bytes()
             db_bytes = database_bytes(server.config.app.state.services)
         finally:
             server.should_exit = True  # saves the indexes' snapshot on the way out
@@ -284,6 +285,7 @@ def run(n: int, port: int, db: str, requests: int, widths: dict[str, int], route
         f"{1e3 * floor:.1f}" if floor is not None else "-",
         f"{memory / 2**20:.0f}",
         kib(memory / n),
+        kib(in_files / n),
         kib(db_bytes / n),
         kib(snapshot_bytes / n),
     ]
@@ -335,6 +337,7 @@ def main() -> None:
                 "int8 pass alone (ms)",
                 "index memory (MiB)",
                 "index RAM / adapter (KiB)",
+                "float32 rows in files / adapter (KiB)",
                 "database / adapter (KiB)",
                 "snapshot / adapter (KiB)",
             ],

@@ -17,6 +17,7 @@ from quiver_hub.registry.clusters.runs import fail_interrupted
 from quiver_hub.registry.db import make_engine, session_factory
 from quiver_hub.registry.search.embedder import TextEmbedder, default_embedder
 from quiver_hub.registry.search.indexes import IndexSet
+from quiver_hub.registry.search.row_store import Spill
 from quiver_hub.registry.search.snapshot import Opened, open_indexes, save
 from quiver_hub.registry.storage.blobs import BlobStore
 
@@ -63,7 +64,13 @@ class Services:
             upgrade(engine)
         sessions = session_factory(engine)
         indexes, opened = (
-            open_indexes(sessions, settings.index_dir, secret_key(settings), settings.route_modules)
+            open_indexes(
+                sessions,
+                settings.index_dir,
+                secret_key(settings),
+                settings.route_modules,
+                Spill(settings.index_dir, settings.index_spill_bytes),
+            )
             if index
             else (IndexSet(), None)
         )

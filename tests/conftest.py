@@ -90,9 +90,14 @@ def s3() -> Iterator[S3]:
 @pytest.fixture
 def settings(database_url: str, tmp_path: Path) -> Settings:
     """A hub that routes on every module: the suite's two-layer adapters test the routing formula on all
-    of theirs. The default choice of modules has its own tests (tests/api/test_route_modules.py)."""
+    of theirs. The default choice of modules has its own tests (tests/api/test_route_modules.py). Every
+    module's float32 prototypes live in a file, as a large library's do (registry/search/row_store.py)."""
     return Settings(
-        home=tmp_path / "home", database_url=database_url, max_upload_bytes=4 * 1024 * 1024, route_modules=".*"
+        home=tmp_path / "home",
+        database_url=database_url,
+        max_upload_bytes=4 * 1024 * 1024,
+        route_modules=".*",
+        index_spill_bytes=0,
     )
 
 

@@ -34,6 +34,7 @@ from quiver_hub.registry.models import AdapterRepo, Embedding, Namespace, Protot
 from quiver_hub.registry.search.embedder import DIM as TEXT_DIM
 from quiver_hub.registry.search.prototype_index import PrototypeIndex
 from quiver_hub.registry.search.route_modules import ModuleChoice
+from quiver_hub.registry.search.row_store import Spill
 from quiver_hub.registry.search.vectors import from_bytes
 
 PUBLIC = 0  # the partition of public adapters; private ones live in their namespace id's partition
@@ -94,18 +95,31 @@ class FlatIndex:
     def memory_bytes(self) -> int:
         return self.index.ntotal * self.dim * 4
 
+    def file_bytes(self) -> int:
+        return 0  # FAISS holds its vectors in memory (384 values an adapter)
+
 
 class PartitionedIndex:
     """One index per visibility partition: FlatIndex (text, examples) or PrototypeIndex."""
 
-    def __init__(self, dim: int, kind: type[FlatIndex] | type[PrototypeIndex] = FlatIndex):
+    def __init__(self, dim: int, kind: type[FlatIndex] | type[PrototypeIndex] = FlatIndex, spill: Spill | None = None):
+        """spill: where a PrototypeIndex keeps its rows once large (row_store.Spill; not for FlatIndex)."""
         self.dim = dim
         self.kind = kind
+        self.spill = spill
         self.parts: dict[int, FlatIndex | PrototypeIndex] = {}
+
+    def make(self, ids: np.ndarray, vectors: np.ndarray) -> FlatIndex | PrototypeIndex:
+        """A partition of these rows (a snapshot's)."""
+        if self.kind is PrototypeIndex:
+            return PrototypeIndex.from_arrays(ids, vectors, self.spill)
+        return self.kind.from_arrays(ids, vectors)
 
     def add(self, partition: int, ids: list[int], vectors: np.ndarray) -> None:
         if partition not in self.parts:
-            self.parts[partition] = self.kind(self.dim)
+            self.parts[partition] = (
+                PrototypeIndex(self.dim, self.spill) if self.kind is PrototypeIndex else FlatIndex(self.dim)
+            )
         self.parts[partition].add(ids, vectors)
 
     def remove(self, partition: int, version_id: int) -> None:
@@ -119,6 +133,9 @@ class PartitionedIndex:
 
     def memory_bytes(self) -> int:
         return sum(p.memory_bytes() for p in self.parts.values())
+
+    def file_bytes(self) -> int:
+        return sum(p.file_bytes() for p in self.parts.values())
 
 
 @dataclass(frozen=True)
@@ -171,12 +188,14 @@ class Candidates:
 
 
 class IndexSet:
-    def __init__(self, route_modules: str = "") -> None:
+    def __init__(self, route_modules: str = "", spill: Spill | None = None) -> None:
         """route_modules: the modules routed on (a ModuleChoice's expression; "" or ".*": every module).
         Only their prototypes are indexed, or, for an adapter that adapts none of them, all of its own.
-        The database keeps every module's prototype, so another expression takes effect at the next start."""
+        The database keeps every module's prototype, so another expression takes effect at the next start.
+        spill: where and from what size a module's float32 prototypes live in a file (row_store)."""
         self.lock = threading.RLock()
         self.route_modules = route_modules
+        self.spill = spill
         self.choice = ModuleChoice(route_modules)
         self.clear()
 
@@ -188,6 +207,12 @@ class IndexSet:
         self.examples = PartitionedIndex(TEXT_DIM)
         self.seq = 0
         self._module_sets: dict[frozenset[tuple[str, int]], frozenset[tuple[str, int]]] = {}
+
+    def prototype_index(self, key: tuple[str, str, int]) -> PartitionedIndex:
+        """The prototypes of (base model, module, in_features), made empty the first time."""
+        if key not in self.prototypes:
+            self.prototypes[key] = PartitionedIndex(key[2], PrototypeIndex, self.spill)
+        return self.prototypes[key]
 
     def module_set(self, modules: Iterable[tuple[str, int]]) -> frozenset[tuple[str, int]]:
         """One shared frozenset per distinct set of (module, in_features): adapters of one form (most of a
@@ -313,10 +338,7 @@ class IndexSet:
         for chunk in vectors.partitions():
             for version_id, module, width, vector in chunk:
                 entry = self.by_version[version_id]
-                key = (entry.base_model, module, width)
-                if key not in self.prototypes:
-                    self.prototypes[key] = PartitionedIndex(width, PrototypeIndex)
-                stage(self.prototypes[key], entry, vector)
+                stage(self.prototype_index((entry.base_model, module, width)), entry, vector)
                 modules.setdefault(version_id, set()).add((module, width))
             flush()
         for version_id, found in modules.items():
@@ -340,4 +362,9 @@ class IndexSet:
         return out
 
     def memory_bytes(self) -> int:
+        """The indexes' bytes in memory (a large module's float32 prototypes are in files: file_bytes)."""
         return sum(i.memory_bytes() for i in [*self.prototypes.values(), self.text, self.examples])
+
+    def file_bytes(self) -> int:
+        """The float32 prototypes kept in files, mapped (row_store)."""
+        return sum(i.file_bytes() for i in self.prototypes.values())

@@ -30,6 +30,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
+from quiver_hub.registry.search.row_store import Rows, Spill
+
 SLACK = 1e-5  # of ||h|| ||v||: float32 rounding in the scales, norms and sums, with a wide margin
 # Codes are padded with zeros to a multiple of this width: torch 2.13's int8 product on the CPU returns
 # wrong sums for rows of one value (tests/unit/test_prototype_index.py covers widths 1 and 7).
@@ -48,15 +50,17 @@ def quantise(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 class PrototypeIndex:
     """Float32 prototypes with their int8 codes, by int64 id; rows kept dense (a removal moves the last
-    row into the hole)."""
+    row into the hole). The codes, scales and norms are held in memory; the float32 rows, read only for
+    the candidates of step 3, in a file once the index is large (row_store: `spill` says where and from
+    what size)."""
 
-    def __init__(self, dim: int):
+    def __init__(self, dim: int, spill: Spill | None = None):
         self.dim = dim
+        self._rows = Rows(dim, spill)
         self.ids: set[int] = set()
         self._row: dict[int, int] = {}
         self._n = 0
         self._id = np.empty(0, dtype=np.int64)
-        self._vec = np.empty((0, dim), dtype=np.float32)
         self._width = -(-dim // CODE_ALIGN) * CODE_ALIGN
         self._code = np.zeros((0, self._width), dtype=np.int8)
         self._scale = np.empty(0, dtype=np.float32)
@@ -64,15 +68,17 @@ class PrototypeIndex:
         self._resid = np.empty(0, dtype=np.float32)
 
     @classmethod
-    def from_arrays(cls, ids: np.ndarray, vectors: np.ndarray) -> PrototypeIndex:
-        """An index that takes `vectors` (float32, C-contiguous) as its own storage rather than copying
-        them: what a snapshot loads is a few GB at 10,000 7B-shaped adapters."""
-        index = cls(vectors.shape[1])
-        if vectors.dtype != np.float32 or not vectors.flags.c_contiguous or not vectors.flags.writeable:
+    def from_arrays(cls, ids: np.ndarray, vectors: np.ndarray, spill: Spill | None = None) -> PrototypeIndex:
+        """An index of these rows. One held in memory takes `vectors` (float32, C-contiguous) as its own
+        storage rather than copying them (what a snapshot loads is a few GB at 10,000 7B-shaped adapters);
+        a large one writes them to its file."""
+        index = cls(vectors.shape[1], spill)
+        adopt = vectors.dtype == np.float32 and vectors.flags.c_contiguous and vectors.flags.writeable
+        if not adopt or vectors.nbytes >= max(index._rows.spill.at_bytes, 1):
             index.add(ids.tolist(), vectors)
             return index
         n = len(ids)
-        index._vec = vectors
+        index._rows.array = vectors
         index._id = np.empty(n, dtype=np.int64)
         index._code = np.zeros((n, index._width), dtype=np.int8)
         index._scale, index._norm, index._resid = (np.empty(n, dtype=np.float32) for _ in range(3))
@@ -88,8 +94,9 @@ class PrototypeIndex:
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         self.remove([i for i in ids if i in self.ids])  # an id added again replaces its vector
         self._reserve(self._n + len(ids))
-        self._vec[self._n : self._n + len(ids)] = vectors
+        self._rows.array[self._n : self._n + len(ids)] = vectors
         self._fill(self._n, np.asarray(ids, dtype=np.int64), vectors)
+        self._rows.release()
 
     def _fill(self, start: int, ids: np.ndarray, vectors: np.ndarray) -> None:
         """Codes, norms and ids of rows start.. (their float32 vectors already in place)."""
@@ -112,23 +119,32 @@ class PrototypeIndex:
             self.ids.discard(int(i))
             last = self._n - 1
             if row != last:
-                for a in (self._id, self._vec, self._code, self._scale, self._norm, self._resid):
+                for a in (self._id, self._rows.array, self._code, self._scale, self._norm, self._resid):
                     a[row] = a[last]
                 self._row[int(self._id[row])] = row
             self._n = last
+        self._rows.release()
 
     def contents(self) -> tuple[np.ndarray, np.ndarray]:
-        """(ids, float32 vectors), in row order: what a snapshot saves."""
-        return self._id[: self._n].copy(), self._vec[: self._n].copy()
+        """(ids, float32 vectors), in row order, copies of their own: what a snapshot saves (the vectors
+        of a file-backed index are a mapped copy of its file, Rows.copy)."""
+        return self._id[: self._n].copy(), self._rows.copy(self._n)
 
     def memory_bytes(self) -> int:
-        return self._n * (self.dim * 4 + self._width + 8 + 12)
+        """What the index holds in memory: codes, scales, norms and ids, and the float32 rows unless they
+        are in a file (file_bytes)."""
+        return self._n * (self._width + 8 + 12) + (0 if self._rows.in_file else self._n * self.dim * 4)
+
+    def file_bytes(self) -> int:
+        """The float32 rows kept in a file (0 for an index that holds them in memory)."""
+        return self._n * self.dim * 4 if self._rows.in_file else 0
 
     def _reserve(self, rows: int) -> None:
         if rows <= len(self._id):
             return
         capacity = max(rows, len(self._id) + len(self._id) // 4, 64)
-        for name in ("_id", "_vec", "_code", "_scale", "_norm", "_resid"):
+        self._rows.reserve(capacity, self._n)
+        for name in ("_id", "_code", "_scale", "_norm", "_resid"):
             old = getattr(self, name)
             new = np.zeros((capacity, *old.shape[1:]), dtype=old.dtype)
             new[: self._n] = old[: self._n]
@@ -147,10 +163,13 @@ class PrototypeIndex:
         if min(k, n if keep is None else int(keep.sum())) == 0:
             return np.zeros((h.shape[0], 0), dtype=np.float32), np.zeros((h.shape[0], 0), dtype=np.int64)
         ranges = min(threads, n // SPLIT_ROWS)
-        if ranges <= 1:
-            return self._range_top_abs(h, k, keep, 0, n)
-        cuts = np.linspace(0, n, ranges + 1).astype(int).tolist()
-        found = list(_split_pool.map(lambda lo, hi: self._range_top_abs(h, k, keep, lo, hi), cuts[:-1], cuts[1:]))
+        try:
+            if ranges <= 1:
+                return self._range_top_abs(h, k, keep, 0, n)
+            cuts = np.linspace(0, n, ranges + 1).astype(int).tolist()
+            found = list(_split_pool.map(lambda lo, hi: self._range_top_abs(h, k, keep, lo, hi), cuts[:-1], cuts[1:]))
+        finally:
+            self._rows.release()  # the float32 rows read stay in the page cache, not in the hub's memory
         d, ids = np.concatenate([f[0] for f in found], axis=1), np.concatenate([f[1] for f in found], axis=1)
         best = np.argsort(-d, axis=1, kind="stable")[:, : min(k, d.shape[1])]
         return np.take_along_axis(d, best, axis=1), np.take_along_axis(ids, best, axis=1)
@@ -174,7 +193,7 @@ class PrototypeIndex:
     ) -> tuple[np.ndarray, np.ndarray]:
         """top_abs for one block of tokens over rows lo..hi; k <= the rows `keep` (of the range) passes."""
         t, n = h.shape[0], hi - lo
-        code, vec = self._code[lo:hi], self._vec[lo:hi]
+        code, vec = self._code[lo:hi], self._rows.array[lo:hi]
         # 1. approximate |<h, v>| from the codes
         q1, s1 = quantise(h)
         q2, s2 = quantise(h - s1[:, None] * q1)

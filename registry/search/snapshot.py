@@ -35,8 +35,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from quiver_hub.registry.catalogue.reads import VersionIdentity
 from quiver_hub.registry.models import Change
-from quiver_hub.registry.search.indexes import Entry, IndexSet, PartitionedIndex
-from quiver_hub.registry.search.prototype_index import PrototypeIndex
+from quiver_hub.registry.search.indexes import Entry, IndexSet
+from quiver_hub.registry.search.row_store import Spill
 
 FORMAT = 2  # 2: an HMAC under the hub's key instead of a bare sha256
 DATA = "indexes.npz"
@@ -60,12 +60,12 @@ class Refused(Exception):
 
 
 def open_indexes(
-    sessions: sessionmaker[Session], folder: Path, key: str, route_modules: str = ""
+    sessions: sessionmaker[Session], folder: Path, key: str, route_modules: str = "", spill: Spill | None = None
 ) -> tuple[IndexSet, Opened]:
-    """The indexes of the database (routing on the modules `route_modules` matches, IndexSet): the
-    snapshot in `folder` caught up from its change sequence number when it passes every check (its MAC
-    under `key` among them), else rebuilt from the database."""
-    indexes = IndexSet(route_modules)
+    """The indexes of the database (routing on the modules `route_modules` matches, their large modules'
+    rows in files as `spill` says: IndexSet): the snapshot in `folder` caught up from its change sequence
+    number when it passes every check (its MAC under `key` among them), else rebuilt from the database."""
+    indexes = IndexSet(route_modules, spill)
     try:
         seq = load(indexes, folder, sessions, key)
     except Refused as refused:
@@ -194,14 +194,13 @@ def _restore(indexes: IndexSet, meta: dict, npz: np.lib.npyio.NpzFile) -> None:
         indexes.entries[entry.adapter_id] = indexes.by_version[entry.version_id] = entry
     for n, part in enumerate(meta["parts"]):
         if part["kind"] == "prototypes":
-            key = tuple(part["key"])
-            index = indexes.prototypes.setdefault(key, PartitionedIndex(part["dim"], PrototypeIndex))
+            index = indexes.prototype_index(tuple(part["key"]))
         else:
             index = indexes.text if part["kind"] == "text" else indexes.examples
         ids, vectors = npz[f"ids{n}"], npz[f"vec{n}"]
         if vectors.shape != (len(ids), index.dim) or vectors.dtype != np.float32:
             raise ValueError(f"partition {n}: vectors of shape {vectors.shape}, expected ({len(ids)}, {index.dim})")
-        index.parts[part["partition"]] = index.kind.from_arrays(ids, vectors)
+        index.parts[part["partition"]] = index.make(ids, vectors)
     indexes.seq = meta["manifest"]["seq"]
 
 
@@ -214,6 +213,8 @@ def _replacing(path: Path) -> Iterator[BinaryIO]:
             yield f
             f.flush()
             os.fsync(f.fileno())
+            # read again only at the next start: its pages leave the page cache to the indexes' rows
+            os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

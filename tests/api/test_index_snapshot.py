@@ -135,6 +135,7 @@ def test_a_snapshot_that_cannot_be_written_does_not_stop_the_hub(
     assert len(state.indexes.entries) == 1  # built from the database
     state.close()  # the save fails: logged, not raised
     assert "snapshot not saved" in caplog.text
+    assert "float32 prototypes kept in memory" in caplog.text  # nor could their file be made there
 
 
 def publish_private_entries(folder: Path) -> None:

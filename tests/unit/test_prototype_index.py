@@ -1,5 +1,6 @@
 """PrototypeIndex answers exactly what a dense float32 product over every prototype answers: the same
-top k of |<h, v>|, with the same scores, whatever the data does to its int8 codes' error bound."""
+top k of |<h, v>|, with the same scores, whatever the data does to its int8 codes' error bound; every test
+twice, with the float32 rows in memory and in a file (row_store)."""
 
 from __future__ import annotations
 
@@ -10,9 +11,18 @@ import numpy as np
 import pytest
 import torch
 
+from quiver_hub.registry.search import row_store
 from quiver_hub.registry.search.indexes import Candidates
 from quiver_hub.registry.search.prototype_index import BLOCK, PrototypeIndex
 from quiver_hub.registry.search.routing import PARALLEL_WORK, module_weights, score_modules
+
+
+@pytest.fixture(autouse=True, params=["rows in memory", "rows in a file"])
+def storage(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, tmp_path) -> str:
+    if request.param == "rows in a file":
+        monkeypatch.setattr(row_store, "SPILL_BYTES", 0)
+        monkeypatch.setattr(row_store.tempfile, "tempdir", str(tmp_path))
+    return request.param
 
 
 def brute(ids: np.ndarray, vectors: np.ndarray, h: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

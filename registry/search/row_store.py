@@ -20,6 +20,7 @@ import mmap
 import os
 import sys
 import tempfile
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -79,6 +80,7 @@ class Rows:
             if self.spill.folder is not None:
                 self.spill.folder.mkdir(parents=True, exist_ok=True)
             self._file = tempfile.TemporaryFile(dir=self.spill.folder)  # noqa: SIM115 (open for the index's life)
+            weakref.finalize(self, self._file.close)  # closed with the index (the mapping keeps its own copy)
             return True
         except OSError as e:
             log.warning("search indexes: float32 prototypes kept in memory, no file in %s: %s", self.spill.folder, e)

@@ -45,7 +45,7 @@ from quiver_hub.hub.settings import Settings
 from quiver_hub.registry.lora.algebra import factor_key
 from quiver_hub.registry.search.prototype_index import PrototypeIndex
 from quiver_hub.registry.search.route_modules import DEFAULT_ROUTE_MODULES, ModuleChoice
-from quiver_hub.registry.search.row_store import SPILL_BYTES, Spill
+from quiver_hub.registry.search.row_store import Spill
 from quiver_hub.registry.search.snapshot import MANIFEST
 from tests.support.servers import free_port, operator_token, serve_child
 
@@ -104,7 +104,7 @@ def loaded_hub(n: int, route_modules: str, env: dict[str, str], home: Path) -> t
     """(n, RSS once ready, RSS after 20 routes) of a `quiver serve` on n bulk-loaded 7B-shaped adapters."""
     widths = {m: MODULES[m][0] for m in ModuleChoice(route_modules).of_adapter(MODULES)}
     state = Services.open(Settings(home=home, route_modules=route_modules))  # migrated, no indexes
-    assert n * max(widths.values()) * 4 >= int(env.get("QUIVER_INDEX_SPILL_BYTES", SPILL_BYTES)), "rows in memory"
+    assert n * max(widths.values()) * 4 >= Settings(**spill_setting(env)).index_spill_bytes, "rows in memory"
     fill(state, Prototypes(n, widths, seed=n))
     state.close()
     env = {**env, "QUIVER_HOME": str(home), "QUIVER_PORT": str(free_port())}
@@ -129,6 +129,11 @@ def loaded_hub(n: int, route_modules: str, env: dict[str, str], home: Path) -> t
                 )
                 assert r.status_code == 200, r.text
         return n, ready, rss(server)
+
+
+def spill_setting(env: dict[str, str]) -> dict[str, int]:
+    """QUIVER_INDEX_SPILL_BYTES as the hubs of `env` have it (none: the hub's default)."""
+    return {"index_spill_bytes": int(env["QUIVER_INDEX_SPILL_BYTES"])} if "QUIVER_INDEX_SPILL_BYTES" in env else {}
 
 
 def mib(n: float) -> str:
@@ -184,7 +189,7 @@ def main() -> None:
     per_adapter = (after[-1] - after[0]) / n
     held, rows_bytes = index_bytes(routed)
     per_module = rows_bytes // max(1, len(routed))  # float32 rows of one module, per adapter
-    spilled_at = args.spill_bytes if args.spill_bytes is not None else SPILL_BYTES
+    spilled_at = Settings(**spill_setting(env)).index_spill_bytes
     # a module's rows go to a file past the spill size: at the publishes' count or not
     index = held if args.adapters * per_module >= spilled_at else held + rows_bytes
     on = "its defaults" if args.route_modules == DEFAULT_ROUTE_MODULES else f"QUIVER_ROUTE_MODULES={args.route_modules}"

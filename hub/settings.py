@@ -16,7 +16,6 @@ from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from quiver_hub.registry.search.route_modules import DEFAULT_ROUTE_MODULES
-from quiver_hub.registry.search.row_store import SPILL_BYTES
 
 VERSION = version("quiver-hub")  # the installed distribution's, as the client's quiver_hub.__version__
 
@@ -61,8 +60,9 @@ class Settings(BaseSettings):
     route_modules: str = DEFAULT_ROUTE_MODULES
     # A module's float32 prototypes live in a file in QUIVER_HOME/indexes, mapped, once they take this many
     # bytes (registry/search/row_store.py): a route reads only its candidates' rows, so memory holds the
-    # int8 codes and the page cache the rows. 0: every module's; a very large value: none.
-    index_spill_bytes: int = Field(default=SPILL_BYTES, ge=0)
+    # int8 codes and the page cache the rows. 0: every module's; a very large value: none. (Settings is
+    # imported by the command line, which loads no numpy: registry.search.row_store is not imported here.)
+    index_spill_bytes: int = Field(default=8 << 20, ge=0)
     # Threads one publish's analysis splits its modules between (torch runs on one thread in each);
     # 1 keeps a publish on one core, leaving the rest to requests.
     analysis_threads: int = min(2, len(os.sched_getaffinity(0)))

@@ -28,7 +28,9 @@ from typing import IO
 import numpy as np
 
 log = logging.getLogger("quiver.indexes")
-SPILL_BYTES = 8 << 20  # an index's rows go to a file once they would take this much (512 rows of 4096)
+# An index made without a Spill keeps its rows in memory: the hub says where and from what size
+# (QUIVER_INDEX_SPILL_BYTES, hub/settings.py; its default is 8 MiB, 512 rows of 4096).
+SPILL_BYTES = sys.maxsize
 
 
 @dataclass(frozen=True)

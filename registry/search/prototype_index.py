@@ -33,6 +33,7 @@ import torch
 from quiver_hub.registry.search.row_store import Rows, Spill
 
 SLACK = 1e-5  # of ||h|| ||v||: float32 rounding in the scales, norms and sums, with a wide margin
+NARROW = 1024  # codes up to this wide are multiplied as the transposed operand (_top_abs)
 # Codes are padded with zeros to a multiple of this width: torch 2.13's int8 product on the CPU returns
 # wrong sums for rows of one value (tests/unit/test_prototype_index.py covers widths 1 and 7).
 CODE_ALIGN = 8
@@ -200,39 +201,59 @@ class PrototypeIndex:
         h_hat = s1[:, None] * q1 + s2[:, None] * q2
         levels = np.zeros((2 * t, self._width), dtype=np.int8)
         levels[:t, : self.dim], levels[t:, : self.dim] = q1, q2
-        # codes x levels^T, the codes as the row-major operand: oneDNN streams them in their own layout
-        # (h x codes^T read them transposed, 1.6x slower at 10,000 x 4096)
-        products = torch._int_mm(torch.from_numpy(code), torch.from_numpy(levels).T)
-        p = np.ascontiguousarray(products.numpy().T, dtype=np.float32)
+        # The product's operands in the order oneDNN is fastest at for the width (2t x n either way):
+        # wide codes as the row-major operand, streamed in their own layout (levels x codes^T read them
+        # transposed: 20.0 against 10.2 ms at 10,000 x 4096, 16 tokens); narrow ones as codes^T, which
+        # needs no transpose of the n x 2t products after it (at 500,000 x 512 that transpose alone took as
+        # long as the product: 155 against 251 ms for both)
+        if self._width <= NARROW:
+            p = torch._int_mm(torch.from_numpy(levels), torch.from_numpy(code).T).float().numpy()
+        else:
+            products = torch._int_mm(torch.from_numpy(code), torch.from_numpy(levels).T)
+            p = np.ascontiguousarray(products.numpy().T, dtype=np.float32)
         h_t = torch.from_numpy(h)
-        # (the t x n arrays are worked on in place: at 1,000,000 prototypes each is 64 MB a block)
-        with np.errstate(over="ignore", invalid="ignore"):
-            approx = p[:t] * s1[:, None]
-            approx += p[t:] * s2[:, None]
-            approx *= self._scale[None, lo:hi]
+        # 2. the error bound of each |<h, v>|: a[t] r[i] + b[t] ||v_i|| (h's norms in float64: squares of
+        # large float32 values overflow), first as its largest over the rows, B[t], a scalar a token
+        norm = lambda x: np.linalg.norm(x.astype(np.float64), axis=1)  # noqa: E731
+        a, b = norm(h_hat), norm(h - h_hat) + SLACK * norm(h)
+        resid, norms, scale = self._resid[lo:hi], self._norm[lo:hi], self._scale[lo:hi]
+        big = a * float(resid.max()) + b * float(norms.max())
+        # the largest |approx| the codes can give (|products| <= 127 * 127 * width): all below float32's
+        # limit, or no bound to trust
+        most = float((s1.max() + s2.max()) * 127.0 * 127 * self._width * scale.max() + big.max())
+        if np.isfinite(most) and most < 1e38 and np.isfinite(h).all():
+            # (the t x n arrays are worked on in place: at 1,000,000 prototypes each is 32 MB a block,
+            # and every new one is that many pages to fault in)
+            approx, second = p[:t], p[t:]
+            approx *= s1[:, None]
+            second *= s2[:, None]
+            approx += second
+            approx *= scale[None, :]
             np.abs(approx, out=approx)
-            # 2. the error bound (h's norms in float64: squares of large float32 values overflow)
-            norm = lambda x: np.linalg.norm(x.astype(np.float64), axis=1).astype(np.float32)  # noqa: E731
-            bound = np.multiply.outer(norm(h_hat), self._resid[lo:hi])
-            bound += np.multiply.outer(norm(h - h_hat) + SLACK * norm(h), self._norm[lo:hi])
-        if np.isfinite(approx.max()) and np.isfinite(bound.max()):  # (a NaN or an infinity wins the max)
             # 3. exact scores: first of each token's k best approximate ones, then of every prototype
             # whose upper bound reaches the smallest of those (in torch, like the codes' product:
-            # numpy's BLAS threads would spin against torch's)
+            # numpy's BLAS threads would spin against torch's): those within B[t] of it, then of
+            # those, the ones their own bound keeps
             if keep is not None:
                 approx[:, ~keep] = -np.inf
-            seeds = np.argpartition(approx, n - k, axis=1)[:, n - k :]
+            seeds = torch.topk(torch.from_numpy(approx), k, dim=1, sorted=False).indices.numpy()
             floor = torch.einsum("td,tkd->tk", h_t, torch.from_numpy(vec[seeds])).abs().amin(dim=1).numpy()
-            bound += approx  # the upper bound of each |<h, v>|
-            candidate = bound >= floor[:, None]
-        else:  # values near float32's limits: no bound to trust, every prototype is a candidate
-            candidate = np.ones((t, n), dtype=bool) if keep is None else np.repeat(keep[None, :], t, axis=0)
-        rows = np.flatnonzero(candidate.any(axis=0))
+            # (the threshold rounded down to float32, so that the t x n comparison stays in float32)
+            below = np.nextafter((floor - big).astype(np.float32), np.float32(-np.inf))
+            near = np.flatnonzero((approx >= below[:, None]).any(axis=0))
+            upper = approx[:, near].astype(np.float64)
+            upper += np.multiply.outer(a, resid[near]) + np.multiply.outer(b, norms[near])
+            candidate = upper >= floor[:, None]
+            kept = candidate.any(axis=0)
+            rows, candidate = near[kept], candidate[:, kept]
+        else:  # values near float32's limits: every prototype is a candidate
+            rows = np.arange(n) if keep is None else np.flatnonzero(keep)
+            candidate = np.ones((t, len(rows)), dtype=bool)
         if len(rows) > n // 4:  # the bound kept much: one dense product beats gathering the rows
             exact = (h_t @ torch.from_numpy(vec).T).abs().numpy()[:, rows]
         else:
             exact = (h_t @ torch.from_numpy(vec[rows]).T).abs().numpy()
-        exact[~candidate[:, rows]] = -1
+        exact[~candidate] = -1
         best = np.argsort(-exact, axis=1, kind="stable")[:, :k]
         return np.take_along_axis(exact, best, axis=1), self._id[lo:hi][rows[best]]
 

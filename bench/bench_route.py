@@ -31,7 +31,7 @@ from quiver_hub.hub.app import create_app
 from quiver_hub.hub.services import Services
 from quiver_hub.hub.settings import Settings
 from quiver_hub.registry.models import AdapterRepo, Namespace, Prototype, Version, utcnow
-from quiver_hub.registry.search.prototype_index import NARROW, quantise
+from quiver_hub.registry.search.prototype_index import NARROW, SPLIT_ROWS, quantise
 from quiver_hub.registry.search.route_modules import DEFAULT_ROUTE_MODULES, ModuleChoice
 
 BASE = "bench/base"
@@ -161,15 +161,26 @@ def product(codes: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
 
 
 def int8_pass(protos: Prototypes, hidden: dict[str, np.ndarray]) -> float:
-    """The floor of the hub's method: only its int8 x int8 products (two levels of h against every code),
-    in process, spread over the cores as the hub spreads a request's modules (median of 5 seconds)."""
+    """The floor of the hub's method: only its int8 x int8 products (the levels of h against every code),
+    in process, spread over the cores as the hub spreads a request's modules, or one module's rows in
+    ranges when it has fewer modules than cores and enough rows (routing.score_modules; median of 5)."""
     codes = {m: torch.from_numpy(quantise(v)[0]) for m, v in protos.held.items()}
-    levels = {m: torch.from_numpy(np.concatenate([quantise(h)[0]] * 2)) for m, h in hidden.items()}
+    levels = {
+        m: torch.from_numpy(np.concatenate([quantise(h)[0]] * (1 if h.shape[1] <= NARROW else 2)))
+        for m, h in hidden.items()
+    }
+    cores = len(os.sched_getaffinity(0))
+    jobs = []
+    for m in levels:
+        n = len(codes[m])
+        ranges = max(1, min(cores // len(levels), n // SPLIT_ROWS)) if len(levels) < cores else 1
+        cuts = np.linspace(0, n, ranges + 1).astype(int).tolist()
+        jobs += [(m, lo, hi) for lo, hi in zip(cuts[:-1], cuts[1:], strict=True)]
     times = []
-    with ThreadPoolExecutor(len(os.sched_getaffinity(0))) as pool:
+    with ThreadPoolExecutor(cores) as pool:
         for _ in range(6):  # the first warms the threads and oneDNN's kernels up
             t = time.perf_counter()
-            list(pool.map(lambda m: product(codes[m], levels[m]), levels))
+            list(pool.map(lambda job: product(codes[job[0]][job[1] : job[2]], levels[job[0]]), jobs))
             times.append(time.perf_counter() - t)
     return statistics.median(times[1:])
 

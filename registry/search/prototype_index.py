@@ -7,8 +7,9 @@ scale s (v ~ s c, one scale per prototype) and the norms ||v|| and r = ||v - s c
 three steps, each exact where it must be:
 
 1. approximate |<h, v>| for every prototype from the codes: h is written as two int8 levels
-   (h ~ s1 q1 + s2 q2, the second quantising what the first left), and one int8 x int8 -> int32
-   product (exact integers) gives <h^, s c> for both levels at a quarter of float32's bytes;
+   (h ~ s1 q1 + s2 q2, the second quantising what the first left; codes of at most NARROW values take
+   one level, h ~ s1 q1), and one int8 x int8 -> int32 product (exact integers) gives <h^, s c> for the
+   levels at a quarter of float32's bytes;
 2. bound the error: <h, v> - <h^, s c> = <h^, v - s c> + <h - h^, v>, so by Cauchy-Schwarz it is at
    most ||h^|| r + ||h - h^|| ||v|| (plus a slack for float32 rounding);
 3. score exactly, in float32 against the stored prototypes, every candidate whose upper bound reaches
@@ -33,7 +34,8 @@ import torch
 from quiver_hub.registry.search.row_store import Rows, Spill
 
 SLACK = 1e-5  # of ||h|| ||v||: float32 rounding in the scales, norms and sums, with a wide margin
-NARROW = 1024  # codes up to this wide are multiplied as the transposed operand (_top_abs)
+# Codes up to this wide are multiplied as the transposed operand, against one int8 level of h (_top_abs)
+NARROW = 1024
 # Codes are padded with zeros to a multiple of this width: torch 2.13's int8 product on the CPU returns
 # wrong sums for rows of one value (tests/unit/test_prototype_index.py covers widths 1 and 7).
 CODE_ALIGN = 8
@@ -197,20 +199,32 @@ class PrototypeIndex:
         code, vec = self._code[lo:hi], self._rows.array[lo:hi]
         # 1. approximate |<h, v>| from the codes
         q1, s1 = quantise(h)
-        q2, s2 = quantise(h - s1[:, None] * q1)
-        h_hat = s1[:, None] * q1 + s2[:, None] * q2
-        levels = np.zeros((2 * t, self._width), dtype=np.int8)
-        levels[:t, : self.dim], levels[t:, : self.dim] = q1, q2
-        # The product's operands in the order oneDNN is fastest at for the width (2t x n either way):
+        # Two int8 levels of h for wide codes, one for narrow: the product is the request's time (compute,
+        # at 32 columns) and a second level halves it, while the bound it tightens matters less the
+        # narrower the codes (the error against the spread of scores grows as sqrt(width)). Measured
+        # (ms a module, one thread, 16 tokens): 4,096 wide, 10,000 rows: 14.1 two levels, 19.2 one; 1,024
+        # wide, 100,000 rows: 39.1 and 26.0; 512 wide, 1,000,000 rows on two threads: 192 and 98.
+        two = self._width > NARROW
+        if two:
+            q2, s2 = quantise(h - s1[:, None] * q1)
+            h_hat = s1[:, None] * q1 + s2[:, None] * q2
+            levels = np.zeros((2 * t, self._width), dtype=np.int8)
+            levels[:t, : self.dim], levels[t:, : self.dim] = q1, q2
+        else:
+            s2 = np.zeros_like(s1)
+            h_hat = s1[:, None] * q1
+            levels = np.zeros((t, self._width), dtype=np.int8)
+            levels[:, : self.dim] = q1
+        # The product's operands in the order oneDNN is fastest at for the width (levels x n either way):
         # wide codes as the row-major operand, streamed in their own layout (levels x codes^T read them
         # transposed: 20.0 against 10.2 ms at 10,000 x 4096, 16 tokens); narrow ones as codes^T, which
-        # needs no transpose of the n x 2t products after it (at 500,000 x 512 that transpose alone took as
-        # long as the product: 155 against 251 ms for both)
-        if self._width <= NARROW:
-            p = torch._int_mm(torch.from_numpy(levels), torch.from_numpy(code).T).float().numpy()
-        else:
+        # needs no transpose of the n x levels products after it (at 500,000 x 512 that transpose alone
+        # took as long as the product: 155 against 251 ms for both)
+        if two:
             products = torch._int_mm(torch.from_numpy(code), torch.from_numpy(levels).T)
             p = np.ascontiguousarray(products.numpy().T, dtype=np.float32)
+        else:
+            p = torch._int_mm(torch.from_numpy(levels), torch.from_numpy(code).T).float().numpy()
         h_t = torch.from_numpy(h)
         # 2. the error bound of each |<h, v>|: a[t] r[i] + b[t] ||v_i|| (h's norms in float64: squares of
         # large float32 values overflow), first as its largest over the rows, B[t], a scalar a token
@@ -224,10 +238,12 @@ class PrototypeIndex:
         if np.isfinite(most) and most < 1e38 and np.isfinite(h).all():
             # (the t x n arrays are worked on in place: at 1,000,000 prototypes each is 32 MB a block,
             # and every new one is that many pages to fault in)
-            approx, second = p[:t], p[t:]
+            approx = p[:t]
             approx *= s1[:, None]
-            second *= s2[:, None]
-            approx += second
+            if two:
+                second = p[t:]
+                second *= s2[:, None]
+                approx += second
             approx *= scale[None, :]
             np.abs(approx, out=approx)
             # 3. exact scores: first of each token's k best approximate ones, then of every prototype

@@ -8,7 +8,7 @@ grew by several times an adapter's index bytes per publish (bench/README.md, "Re
 remedies, both glibc's own (elsewhere they do nothing):
 - `quiver serve` fixes that threshold at MMAP_THRESHOLD: a block that large is mapped on its own and
   unmapped when freed;
-- after a publish or a rebuild, malloc_trim returns the heaps' free pages (not a garbage collection:
+- after a publish, a rebuild or a large route, malloc_trim returns the heaps' free pages (not a garbage collection:
   over the objects of torch and the embedder it takes longer than the rest of a publish's bookkeeping).
 """
 

@@ -31,7 +31,7 @@ from quiver_hub.hub.app import create_app
 from quiver_hub.hub.services import Services
 from quiver_hub.hub.settings import Settings
 from quiver_hub.registry.models import AdapterRepo, Namespace, Prototype, Version, utcnow
-from quiver_hub.registry.search.prototype_index import NARROW, SPLIT_ROWS, quantise
+from quiver_hub.registry.search.prototype_index import h_levels, int8_products, quantise, row_ranges
 from quiver_hub.registry.search.route_modules import DEFAULT_ROUTE_MODULES, ModuleChoice
 
 BASE = "bench/base"
@@ -153,34 +153,20 @@ def brute_force(protos: Prototypes, hidden: dict[str, np.ndarray]) -> np.ndarray
     return scores
 
 
-def product(codes: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
-    """The int8 product in the order the hub's index takes it for this width (PrototypeIndex._top_abs)."""
-    if codes.shape[1] <= NARROW:
-        return torch._int_mm(levels, codes.T)
-    return torch._int_mm(codes, levels.T)
-
-
 def int8_pass(protos: Prototypes, hidden: dict[str, np.ndarray]) -> float:
     """The floor of the hub's method: only its int8 x int8 products (the levels of h against every code),
     in process, spread over the cores as the hub spreads a request's modules, or one module's rows in
     ranges when it has fewer modules than cores and enough rows (routing.score_modules; median of 5)."""
     codes = {m: torch.from_numpy(quantise(v)[0]) for m, v in protos.held.items()}
-    levels = {
-        m: torch.from_numpy(np.concatenate([quantise(h)[0]] * (1 if h.shape[1] <= NARROW else 2)))
-        for m, h in hidden.items()
-    }
+    levels = {m: torch.from_numpy(h_levels(h, h.shape[1])[0]) for m, h in hidden.items()}
     cores = len(os.sched_getaffinity(0))
-    jobs = []
-    for m in levels:
-        n = len(codes[m])
-        ranges = max(1, min(cores // len(levels), n // SPLIT_ROWS)) if len(levels) < cores else 1
-        cuts = np.linspace(0, n, ranges + 1).astype(int).tolist()
-        jobs += [(m, lo, hi) for lo, hi in zip(cuts[:-1], cuts[1:], strict=True)]
+    split = cores // len(levels) if len(levels) < cores else 1
+    jobs = [(m, lo, hi) for m in levels for lo, hi in row_ranges(len(codes[m]), split)]
     times = []
     with ThreadPoolExecutor(cores) as pool:
         for _ in range(6):  # the first warms the threads and oneDNN's kernels up
             t = time.perf_counter()
-            list(pool.map(lambda job: product(codes[job[0]][job[1] : job[2]], levels[job[0]]), jobs))
+            list(pool.map(lambda job: int8_products(codes[job[0]][job[1] : job[2]], levels[job[0]]), jobs))
             times.append(time.perf_counter() - t)
     return statistics.median(times[1:])
 

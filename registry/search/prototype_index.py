@@ -34,7 +34,8 @@ import torch
 from quiver_hub.registry.search.row_store import Rows, Spill
 
 SLACK = 1e-5  # of ||h|| ||v||: float32 rounding in the scales, norms and sums, with a wide margin
-# Codes up to this wide are multiplied as the transposed operand, against one int8 level of h (_top_abs)
+# Codes up to this wide are multiplied as the transposed operand, against one int8 level of h (h_levels,
+# int8_products)
 NARROW = 1024
 # Codes are padded with zeros to a multiple of this width: torch 2.13's int8 product on the CPU returns
 # wrong sums for rows of one value (tests/unit/test_prototype_index.py covers widths 1 and 7).
@@ -49,6 +50,45 @@ def quantise(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     scale = np.abs(x).max(axis=1) / 127
     scale[scale == 0] = 1
     return np.rint(x / scale[:, None]).astype(np.int8), scale.astype(np.float32)
+
+
+def h_levels(h: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(levels, s1, s2, h^) of hidden states h (t x dim) against codes `width` wide: two int8 levels
+    h ~ s1 q1 + s2 q2 (the second quantising what the first left; levels 2t x width, zero-padded) for wide
+    codes, one (t x width, s2 empty) for codes of at most NARROW values. The product is the request's time
+    (compute-bound at 32 columns) and a second level doubles it, while the bound it tightens matters less
+    the narrower the codes (the error against the spread of scores grows as sqrt(width)). Measured (ms a
+    module, one thread, 16 tokens): 4,096 wide, 10,000 rows: 14.1 two levels, 19.2 one; 1,024 wide, 100,000
+    rows: 39.1 and 26.0; 512 wide, 1,000,000 rows on two threads: 192 and 98."""
+    t, dim = h.shape
+    q1, s1 = quantise(h)
+    if width <= NARROW:
+        levels = np.zeros((t, width), dtype=np.int8)
+        levels[:, :dim] = q1
+        return levels, s1, np.zeros(0, dtype=np.float32), s1[:, None] * q1
+    q2, s2 = quantise(h - s1[:, None] * q1)
+    levels = np.zeros((2 * t, width), dtype=np.int8)
+    levels[:t, :dim], levels[t:, :dim] = q1, q2
+    return levels, s1, s2, s1[:, None] * q1 + s2[:, None] * q2
+
+
+def int8_products(code: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
+    """levels x codes^T, exact int32 (a transposed view for wide codes), its operands in the order oneDNN is
+    fastest at for the width: wide codes as the row-major operand, streamed in their own layout (levels x
+    codes^T read them transposed: 20.0 against 10.2 ms at 10,000 x 4096, 16 tokens); narrow ones as
+    codes^T, whose products need no transpose after (at 500,000 x 512 that transpose alone took as long as
+    the product: 155 against 251 ms for both)."""
+    if code.shape[1] > NARROW:
+        return torch._int_mm(code, levels.T).T
+    return torch._int_mm(levels, code.T)
+
+
+def row_ranges(n: int, threads: int) -> list[tuple[int, int]]:
+    """The ranges of n rows that top_abs searches on parallel threads: one per thread with at least
+    SPLIT_ROWS rows each, else one."""
+    ranges = max(1, min(threads, n // SPLIT_ROWS))
+    cuts = np.linspace(0, n, ranges + 1).astype(int).tolist()
+    return list(zip(cuts[:-1], cuts[1:], strict=True))
 
 
 class PrototypeIndex:
@@ -72,16 +112,13 @@ class PrototypeIndex:
 
     @classmethod
     def from_arrays(cls, ids: np.ndarray, vectors: np.ndarray, spill: Spill | None = None) -> PrototypeIndex:
-        """An index of these rows. One held in memory takes `vectors` (float32, C-contiguous) as its own
-        storage rather than copying them (what a snapshot loads is a few GB at 10,000 7B-shaped adapters);
-        a large one writes them to its file."""
+        """An index of these rows: one held in memory takes `vectors` as its own storage where it can
+        (Rows.adopt); a large one writes them to its file."""
         index = cls(vectors.shape[1], spill)
-        adopt = vectors.dtype == np.float32 and vectors.flags.c_contiguous and vectors.flags.writeable
-        if not adopt or vectors.nbytes >= max(index._rows.spill.at_bytes, 1):
+        if not index._rows.adopt(vectors):
             index.add(ids.tolist(), vectors)
             return index
         n = len(ids)
-        index._rows.array = vectors
         index._id = np.empty(n, dtype=np.int64)
         index._code = np.zeros((n, index._width), dtype=np.int8)
         index._scale, index._norm, index._resid = (np.empty(n, dtype=np.float32) for _ in range(3))
@@ -165,12 +202,11 @@ class PrototypeIndex:
         keep = np.isin(self._id[:n], allowed) if allowed is not None else None
         if min(k, n if keep is None else int(keep.sum())) == 0:
             return np.zeros((h.shape[0], 0), dtype=np.float32), np.zeros((h.shape[0], 0), dtype=np.int64)
-        ranges = min(threads, n // SPLIT_ROWS)
+        ranges = row_ranges(n, threads)
         try:
-            if ranges <= 1:
+            if len(ranges) == 1:
                 return self._range_top_abs(h, k, keep, 0, n)
-            cuts = np.linspace(0, n, ranges + 1).astype(int).tolist()
-            found = list(_split_pool.map(lambda lo, hi: self._range_top_abs(h, k, keep, lo, hi), cuts[:-1], cuts[1:]))
+            found = list(_split_pool.map(lambda r: self._range_top_abs(h, k, keep, *r), ranges))
         finally:
             self._rows.release()  # the float32 rows read stay in the page cache, not in the hub's memory
         d, ids = np.concatenate([f[0] for f in found], axis=1), np.concatenate([f[1] for f in found], axis=1)
@@ -198,33 +234,8 @@ class PrototypeIndex:
         t, n = h.shape[0], hi - lo
         code, vec = self._code[lo:hi], self._rows.array[lo:hi]
         # 1. approximate |<h, v>| from the codes
-        q1, s1 = quantise(h)
-        # Two int8 levels of h for wide codes, one for narrow: the product is the request's time (compute,
-        # at 32 columns) and a second level halves it, while the bound it tightens matters less the
-        # narrower the codes (the error against the spread of scores grows as sqrt(width)). Measured
-        # (ms a module, one thread, 16 tokens): 4,096 wide, 10,000 rows: 14.1 two levels, 19.2 one; 1,024
-        # wide, 100,000 rows: 39.1 and 26.0; 512 wide, 1,000,000 rows on two threads: 192 and 98.
-        two = self._width > NARROW
-        if two:
-            q2, s2 = quantise(h - s1[:, None] * q1)
-            h_hat = s1[:, None] * q1 + s2[:, None] * q2
-            levels = np.zeros((2 * t, self._width), dtype=np.int8)
-            levels[:t, : self.dim], levels[t:, : self.dim] = q1, q2
-        else:
-            s2 = np.zeros_like(s1)
-            h_hat = s1[:, None] * q1
-            levels = np.zeros((t, self._width), dtype=np.int8)
-            levels[:, : self.dim] = q1
-        # The product's operands in the order oneDNN is fastest at for the width (levels x n either way):
-        # wide codes as the row-major operand, streamed in their own layout (levels x codes^T read them
-        # transposed: 20.0 against 10.2 ms at 10,000 x 4096, 16 tokens); narrow ones as codes^T, which
-        # needs no transpose of the n x levels products after it (at 500,000 x 512 that transpose alone
-        # took as long as the product: 155 against 251 ms for both)
-        if two:
-            products = torch._int_mm(torch.from_numpy(code), torch.from_numpy(levels).T)
-            p = np.ascontiguousarray(products.numpy().T, dtype=np.float32)
-        else:
-            p = torch._int_mm(torch.from_numpy(levels), torch.from_numpy(code).T).float().numpy()
+        levels, s1, s2, h_hat = h_levels(h, self._width)
+        p = np.ascontiguousarray(int8_products(torch.from_numpy(code), torch.from_numpy(levels)).numpy(), np.float32)
         h_t = torch.from_numpy(h)
         # 2. the error bound of each |<h, v>|: a[t] r[i] + b[t] ||v_i|| (h's norms in float64: squares of
         # large float32 values overflow), first as its largest over the rows, B[t], a scalar a token
@@ -234,13 +245,14 @@ class PrototypeIndex:
         big = a * float(resid.max()) + b * float(norms.max())
         # the largest |approx| the codes can give (|products| <= 127 * 127 * width): all below float32's
         # limit, or no bound to trust
-        most = float((s1.max() + s2.max()) * 127.0 * 127 * self._width * scale.max() + big.max())
+        most = (float(s1.max()) + float(s2.max(initial=0))) * 127 * 127 * self._width * float(scale.max())
+        most += float(big.max())
         if np.isfinite(most) and most < 1e38 and np.isfinite(h).all():
             # (the t x n arrays are worked on in place: at 1,000,000 prototypes each is 32 MB a block,
             # and every new one is that many pages to fault in)
             approx = p[:t]
             approx *= s1[:, None]
-            if two:
+            if len(s2):  # the second level's products
                 second = p[t:]
                 second *= s2[:, None]
                 approx += second

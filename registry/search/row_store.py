@@ -57,10 +57,24 @@ class Rows:
     def in_file(self) -> bool:
         return self._file is not None
 
+    def _in_memory(self, size: int) -> bool:
+        """Whether rows of `size` bytes stay in memory (below the spill size, and none in a file yet)."""
+        return self._file is None and size < max(self.spill.at_bytes, 1)
+
+    def adopt(self, vectors: np.ndarray) -> bool:
+        """Take `vectors` as the rows without copying them, where they stay in memory (float32, C-contiguous,
+        writeable, below the spill size): what a snapshot loads is a few GB at 10,000 7B-shaped adapters.
+        False: they must be added as any rows are."""
+        usable = vectors.dtype == np.float32 and vectors.flags.c_contiguous and vectors.flags.writeable
+        if not (usable and vectors.shape[1:] == (self.width,) and self._in_memory(vectors.nbytes)):
+            return False
+        self.array = vectors
+        return True
+
     def reserve(self, capacity: int, filled: int) -> None:
         """Room for `capacity` rows, keeping the first `filled`."""
         size = capacity * self.width * 4
-        if self._file is None and (size < max(self.spill.at_bytes, 1) or not self._open_file()):
+        if self._in_memory(size) or (self._file is None and not self._open_file()):
             grown = np.zeros((capacity, self.width), dtype=np.float32)
             grown[:filled] = self.array[:filled]
             self.array = grown
@@ -105,7 +119,7 @@ class Rows:
         """The first `rows` rows as an array of their own: in memory for an in-memory index; for a
         file-backed one, a mapping of a copy made in the kernel (os.copy_file_range), so that a snapshot of
         a large library never holds its rows in the heap."""
-        if self._file is None:
+        if self._file is None or rows == 0:
             return self.array[:rows].copy()
         size = rows * self.width * 4
         out = tempfile.TemporaryFile(dir=self.spill.folder)  # noqa: SIM115 (closed with the mapping)
@@ -113,9 +127,6 @@ class Rows:
         done = 0
         while done < size:
             done += os.copy_file_range(self._file.fileno(), out.fileno(), size - done, done, done)
-        if not size:
-            out.close()
-            return np.zeros((0, self.width), dtype=np.float32)
         mapped = mmap.mmap(out.fileno(), size, access=mmap.ACCESS_READ)
         out.close()  # the mapping holds the file (mmap keeps its own descriptor)
         return np.frombuffer(mapped, dtype=np.float32).reshape(rows, self.width)

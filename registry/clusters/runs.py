@@ -6,7 +6,9 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from quiver_hub.registry.accounts.access import Principal, can_read, require_write_token
@@ -25,7 +27,7 @@ from quiver_hub.registry.errors import InvalidRequest, NotFound
 from quiver_hub.registry.limits import MAX_DB_ID
 from quiver_hub.registry.lora import algebra, peft_format
 from quiver_hub.registry.models import AdapterRepo, ClusterRun, Embedding, Version, utcnow
-from quiver_hub.registry.search.vectors import from_bytes
+from quiver_hub.registry.search.vectors import from_bytes, to_bytes
 from quiver_hub.registry.storage.blobs import BlobStore
 
 log = logging.getLogger("quiver.clusters")
@@ -126,19 +128,8 @@ def compute(
             versions = list(session.scalars(select(Version).where(Version.id.in_(version_ids)).order_by(Version.id)))
             if req.method != "params":
                 kind = "sketch" if req.method == "sketch" else "outputs"
-                stored = {
-                    e.version_id: from_bytes(e.vector)
-                    for e in session.scalars(
-                        select(Embedding).where(Embedding.version_id.in_(version_ids), Embedding.kind == kind)
-                    )
-                }
-                if kind == "outputs":  # versions published before output sketches: computed now
-                    for v in versions:
-                        if v.id not in stored:
-                            stored[v.id] = algebra.output_sketch(version_factors(store, v))
-                    block = algebra.output_block()
-                else:
-                    block = algebra.SKETCH_P * algebra.SKETCH_Q
+                stored = sketches(sessions, store, versions, kind, progress=lambda f: progress(0.3 * f))
+                block = algebra.SKETCH_P * algebra.SKETCH_Q if kind == "sketch" else algebra.output_block()
                 keep = None
                 if req.method == "outputs-middle":
                     keep = middle_layers(m for v in versions for m in v.target_modules)
@@ -187,6 +178,37 @@ def compute(
 def identity(v: Version) -> dict:
     i = VersionIdentity.of(v)
     return {"id": i.id, "version": i.version, "revision": i.revision}
+
+
+SKETCHES = {"sketch": algebra.sketch, "outputs": algebra.output_sketch}
+
+
+def sketches(
+    sessions: sessionmaker[Session],
+    store: BlobStore,
+    versions: list[Version],
+    kind: str,
+    progress: Callable[[float], None] = lambda f: None,
+) -> dict[int, np.ndarray]:
+    """Each version's stored sketch of a kind ("sketch" or "outputs"). Those missing (versions published
+    before output sketches, or before migration 0009 drew them anew) are computed from the weights and
+    stored, so the next run finds them; progress goes from 0 to 1 over them."""
+    ids = [v.id for v in versions]
+    with sessions() as session:
+        rows = session.scalars(select(Embedding).where(Embedding.version_id.in_(ids), Embedding.kind == kind))
+        found = {e.version_id: from_bytes(e.vector) for e in rows}
+    missing = [v for v in versions if v.id not in found]
+    for i, v in enumerate(missing):
+        vector = SKETCHES[kind](version_factors(store, v))
+        found[v.id] = vector
+        try:
+            with writing(sessions) as session:
+                session.add(Embedding(version_id=v.id, kind=kind, dim=len(vector), vector=to_bytes(vector)))
+                session.commit()
+        except IntegrityError:  # another run stored the same one meanwhile
+            pass
+        progress((i + 1) / len(missing))
+    return found
 
 
 def version_factors(store: BlobStore, v: Version, averaged: bool = False) -> dict[str, algebra.Factors]:

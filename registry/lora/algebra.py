@@ -170,24 +170,32 @@ def prototypes(factors: Mapping[str, Factors]) -> dict[str, tuple[torch.Tensor, 
 
 SKETCH_P = 8
 SKETCH_Q = 8
+SKETCH_DRAW = 2  # how R and L are drawn; sketches of different draws do not compare (migration 0009)
 
 
-def _sketch_seed(module: str, in_features: int, out_features: int, p: int, q: int) -> int:
-    digest = hashlib.sha256(f"{module}|{in_features}|{out_features}|{p}|{q}".encode()).digest()
+def _sketch_seed(*key: object) -> int:
+    digest = hashlib.sha256("|".join(map(str, key)).encode()).digest()
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
-def sketch_matrices(module: str, in_features: int, out_features: int, p: int = SKETCH_P, q: int = SKETCH_Q):
-    """The fixed Gaussian R (in x p) and L (q x out) of a module, identical in every process."""
-    g = torch.Generator().manual_seed(_sketch_seed(module, in_features, out_features, p, q))
-    R = torch.randn(in_features, p, generator=g, dtype=torch.float64)
-    L = torch.randn(q, out_features, generator=g, dtype=torch.float64)
-    return R, L
+def sketch_input(module: str, in_features: int, p: int = SKETCH_P) -> torch.Tensor:
+    """The fixed Gaussian R (in x p) of a module's input side, identical in every process (float64
+    values of float32 draws: torch draws float32 Gaussians six times faster, and a publish draws
+    millions)."""
+    g = torch.Generator().manual_seed(_sketch_seed(SKETCH_DRAW, "R", module, in_features, p))
+    return torch.randn(in_features, p, generator=g, dtype=torch.float32).double()
+
+
+def sketch_output(module: str, out_features: int, q: int = SKETCH_Q) -> torch.Tensor:
+    """The fixed Gaussian L (q x out) of a module's output side, drawn as sketch_input's R (its own
+    seed, so an output sketch draws no R)."""
+    g = torch.Generator().manual_seed(_sketch_seed(SKETCH_DRAW, "L", module, out_features, q))
+    return torch.randn(q, out_features, generator=g, dtype=torch.float32).double()
 
 
 def sketch_block(module: str, f: Factors, p: int = SKETCH_P, q: int = SKETCH_Q) -> torch.Tensor:
     """One module's part of `sketch`, before the whole is normalised (float64, length q * p)."""
-    R, L = sketch_matrices(module, f.in_features, f.out_features, p, q)
+    R, L = sketch_input(module, f.in_features, p), sketch_output(module, f.out_features, q)
     return ((L @ f.B.double()) @ (f.A.double() @ R) * (f.scaling / math.sqrt(p * q))).reshape(-1)
 
 
@@ -235,7 +243,7 @@ def output_gram(module: str, f: Factors, q: int = OUTPUT_Q) -> torch.Tensor:
     """One module's block of `output_sketch`: the upper triangle of its Gram, scaled to unit norm."""
     rows, cols = torch.triu_indices(q, q)
     scale = torch.where(rows == cols, 1.0, math.sqrt(2.0)).double()
-    _, L = sketch_matrices(module, f.in_features, f.out_features, SKETCH_P, q)
+    L = sketch_output(module, f.out_features, q)
     LB = (L @ f.B.double()) * f.scaling
     A = f.A.double()
     G = LB @ (A @ A.T) @ LB.T

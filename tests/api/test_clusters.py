@@ -12,11 +12,17 @@ from pathlib import Path
 import peft
 import pytest
 import torch
+from alembic import command
 from sklearn.metrics import adjusted_rand_score
+from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from examples.make_adapter import BASE_MODEL, tiny_llama
+from quiver_hub.migrations import alembic_config, upgrade
 from quiver_hub.registry.clusters import mbc, runs
+from quiver_hub.registry.db import make_engine
 from quiver_hub.registry.lora import peft_format
+from quiver_hub.registry.models import Embedding
 from tests.support.adapters import BASE, lora_config, upload_parts, write_factors
 from tests.support.servers import LiveServer
 
@@ -393,3 +399,35 @@ def test_aligned_sketches_compare_over_the_modules_both_adapt() -> None:
     assert np.allclose(similarity_rows(sketch_matrix(same, block=4), seed=0), rows @ rows.T, atol=1e-6)
     landmarks = similarity_rows(sketch_matrix(sketches, block=4), seed=0, exact_max=2)  # 4 landmarks of 4
     assert np.allclose(landmarks, S, atol=1e-6)
+
+
+def test_sketches_the_migration_deleted_are_computed_stored_and_cluster_as_before(
+    server: LiveServer, tmp_path: Path
+) -> None:
+    """Migration 0009 deletes the sketches of the first draw, which do not compare with the new ones. A
+    run then computes each version's sketch from its weights, stores it (the bytes its publish stored),
+    and partitions as before; the examples' embeddings are kept."""
+    token = server.token("alice")
+    library = planted(seed=2)
+    names = publish_library(server, token, tmp_path, library)
+    engine = make_engine(server.settings.db_url)
+
+    def stored() -> dict[tuple[int, str], bytes]:
+        with Session(engine) as session:
+            return {(e.version_id, e.kind): e.vector for e in session.scalars(select(Embedding))}
+
+    try:
+        published = stored()
+        assert {kind for _, kind in published} == {"sketch", "outputs"}
+        before = {method: labels(run(server, token, method=method, k=3), names) for method in ("sketch", "outputs")}
+        with Session(engine) as session:  # an examples embedding, which the migration keeps
+            session.add(Embedding(version_id=1, kind="examples", dim=1, vector=b"\0\0\0\0"))
+            session.commit()
+        command.downgrade(alembic_config(engine), "0008")
+        upgrade(engine)
+        assert set(stored()) == {(1, "examples")}
+        for method in ("sketch", "outputs"):
+            assert labels(run(server, token, method=method, k=3), names) == before[method]
+        assert stored() == {**published, (1, "examples"): b"\0\0\0\0"}
+    finally:
+        engine.dispose()

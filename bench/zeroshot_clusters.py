@@ -12,7 +12,9 @@ silhouette and with k = 3. Variants of what two adapters' similarity is taken ov
 - "... every-module cosine (before)": the hub's similarity before that, the cosine of whole rows with a
   module one adapter lacks counted as zeros, so adapters of one form look alike;
 - "outputs, own middle": on the middle half of each adapter's own layers (of the top eight: 24-27);
-- "sketch", and "params" (the paper's recipe) at the hub's sparsity 0.5 and at MTTL's 0.8.
+- "sketch", and "params" (the paper's recipe) at the hub's sparsity 0.5 and at MTTL's 0.8;
+- the paper authors' own MBC (MTTL, bench/mttl_peer.py) at k = 3, on the adapters as they are and on the
+  union of their tensors' layout.
 Random partitions of the same sizes give the ARI that means nothing.
 """
 
@@ -23,6 +25,7 @@ import sys
 
 import numpy as np
 
+from bench import mttl_peer
 from bench.common import table
 from bench.libraries import LIBRARIES, adapters, describe, train_library
 from quiver_hub.registry.clusters import mbc
@@ -47,6 +50,25 @@ def own_middle(sketches: list[tuple[list[str], np.ndarray]], block: int) -> list
     return out
 
 
+def library_sketches(library: str) -> tuple[list, list, list, list]:
+    """(bench.libraries.adapters, and per adapter in that order: (modules, output sketch), (modules,
+    sketch), factors), the sketches as the hub computes them at publish."""
+    folders = train_library(library)
+    items = adapters(library)
+    outputs, sketches, factors = [], [], []
+    for t, _, _ in items:
+        folder = folders[t.name]
+        config = json.loads((folder / "adapter_config.json").read_text())
+        weights = folder / algebra.WEIGHTS_FILE
+        _, sketch, out = analyse_weights(weights, config)
+        f = peft_format.read(weights, config).factors
+        modules = sorted(f)
+        outputs.append((modules, out))
+        sketches.append((modules, sketch))
+        factors.append(f)
+    return items, outputs, sketches, factors
+
+
 def partitions(embeddings: np.ndarray | mbc.Aligned) -> list[np.ndarray]:
     """Labels with k chosen and with k = 3."""
     return [mbc.cluster(embeddings, k).labels for k in (None, 3)]
@@ -56,22 +78,11 @@ def main() -> None:
     from sklearn.metrics import adjusted_rand_score
 
     rows, form_rows = [], []
+    peer = mttl_peer.partitions({lib: [train_library(lib)[t.name] for t, _, _ in adapters(lib)] for lib in LIBRARIES})
     for library in LIBRARIES:
-        folders = train_library(library)
-        items = adapters(library)
+        items, outputs, sketches, factors = library_sketches(library)
         family = [t.family for t, _, _ in items]
         form = [describe(r, f).split(",")[1] + (" top 8" if f.get("layers_to_transform") else "") for _, r, f in items]
-        outputs, sketches, factors = [], [], []
-        for t, _, _ in items:
-            folder = folders[t.name]
-            config = json.loads((folder / "adapter_config.json").read_text())
-            weights = folder / algebra.WEIGHTS_FILE
-            _, sketch, out = analyse_weights(weights, config)
-            f = peft_format.read(weights, config).factors
-            modules = sorted(f)
-            outputs.append((modules, out))
-            sketches.append((modules, sketch))
-            factors.append(f)
         block = algebra.output_block()
         everything = {m for modules, _ in outputs for m in modules}
         variants = {
@@ -94,6 +105,13 @@ def main() -> None:
             ari = [adjusted_rand_score(family, labels) for labels in (chosen, three)]
             rows.append([library, name, f"{ari[0]:.2f} (k={len(set(chosen))})", f"{ari[1]:.2f}"])
             form_rows.append([library, name, f"{adjusted_rand_score(form, three):.2f}"])
+        for given, said in peer[library].items():
+            name = f"MTTL's MBCWithCosSimTransform (the paper's code), {given}"
+            if "labels" in said:
+                rows.append([library, name, "-", f"{adjusted_rand_score(family, said['labels']):.2f}"])
+                form_rows.append([library, name, f"{adjusted_rand_score(form, said['labels']):.2f}"])
+            else:
+                rows.append([library, name, "-", f"fails: {said['error']}"])
         print(f"  {library} done", file=sys.stderr)
     print("MBC on bench/libraries.py's libraries (bare adapters): ARI against the families")
     print(table(["library", "similarity", "k chosen", "k = 3"], rows))

@@ -69,6 +69,25 @@ def library_sketches(library: str) -> tuple[list, list, list, list]:
     return items, outputs, sketches, factors
 
 
+DRAWS = 5
+
+
+def draw_outputs(library: str, draw: int) -> list[tuple[list[str], np.ndarray]]:
+    """Each adapter's (modules, output sketch) with the Gaussians of another draw (algebra.SKETCH_DRAW)."""
+    folders = train_library(library)
+    hub = algebra.SKETCH_DRAW
+    algebra.SKETCH_DRAW = draw
+    try:
+        out = []
+        for t, _, _ in adapters(library):
+            config = json.loads((folders[t.name] / "adapter_config.json").read_text())
+            factors = peft_format.read(folders[t.name] / algebra.WEIGHTS_FILE, config).factors
+            out.append((sorted(factors), algebra.output_sketch(factors)))
+        return out
+    finally:
+        algebra.SKETCH_DRAW = hub
+
+
 def partitions(embeddings: np.ndarray | mbc.Aligned) -> list[np.ndarray]:
     """Labels with k chosen and with k = 3."""
     return [mbc.cluster(embeddings, k).labels for k in (None, 3)]
@@ -113,8 +132,20 @@ def main() -> None:
             else:
                 rows.append([library, name, "-", f"fails: {said['error']}"])
         print(f"  {library} done", file=sys.stderr)
+    draws = []
+    for library in LIBRARIES:
+        family = [t.family for t, _, _ in adapters(library)]
+        ari = []
+        for draw in range(algebra.SKETCH_DRAW, algebra.SKETCH_DRAW + DRAWS):
+            outputs = draw_outputs(library, draw)
+            keep = mbc.middle_layers({m for modules, _ in outputs for m in modules})
+            X = mbc.sketch_matrix(outputs, algebra.output_block(), keep)
+            ari.append(adjusted_rand_score(family, mbc.cluster(X, 3).labels))
+        draws.append([library, " ".join(f"{a:.2f}" for a in ari), f"{np.mean(ari):.2f}", f"{np.std(ari):.2f}"])
     print("MBC on bench/libraries.py's libraries (bare adapters): ARI against the families")
     print(table(["library", "similarity", "k chosen", "k = 3"], rows))
+    print(f"\n`outputs-middle` at k = 3 with {DRAWS} draws of the output sketches' Gaussians (the hub's is the first)")
+    print(table(["library", "ARI of each draw", "mean", "std"], draws))
     print("\nThe same k = 3 partitions: ARI against the forms (targets, top eight layers or all)")
     print(table(["library", "similarity", "k = 3 vs forms"], form_rows))
 

@@ -28,7 +28,7 @@ import itertools
 import os
 import pickle
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import numpy as np
@@ -87,6 +87,7 @@ MERGES = {
     "TIES, density 0.5": ties(0.5),
 }
 HUB = "average (the hub's)"
+BOUND = [HUB]  # merges measured on every cluster of three: the best partition, knowing the answers
 RANDOM = 3  # random partitions of 3 x 3 a library
 
 
@@ -134,24 +135,26 @@ def partitions(library: str, rng: np.random.Generator) -> dict[str, list[int]]:
     return out
 
 
+def three_of_three(n: int = 9) -> Iterator[list[tuple[int, ...]]]:
+    """Every partition of range(n) into three groups of n/3 (280 of nine)."""
+    size = n // 3
+    for first in itertools.combinations(range(1, n), size - 1):
+        rest = [i for i in range(1, n) if i not in first]
+        for second in itertools.combinations(rest[1:], size - 1):
+            yield [(0, *first), (rest[0], *second), tuple(i for i in rest[1:] if i not in second)]
+
+
 def least_alike(S: np.ndarray) -> list[int]:
     """The partition into three of three whose members are least alike: the smallest sum of similarities
-    within clusters, over every such partition (280 of nine). A sum of deltas that write to different
-    outputs interferes less on each member's inputs."""
-    n = len(S)
-    best, labels = np.inf, []
-    for first in itertools.combinations(range(1, n), 2):
-        rest = [i for i in range(1, n) if i not in first]
-        for second in itertools.combinations(rest[1:], 2):
-            groups = [(0, *first), (rest[0], *second), tuple(i for i in rest[1:] if i not in second)]
-            total = sum(S[i, j] for g in groups for i, j in itertools.combinations(g, 2))
-            if total < best:
-                best, labels = total, [next(c for c, g in enumerate(groups) if i in g) for i in range(n)]
-    return labels
+    within clusters, over every such partition. A sum of deltas that write to different outputs
+    interferes less on each member's inputs."""
+    best = min(three_of_three(len(S)), key=lambda gs: sum(S[i, j] for g in gs for i, j in itertools.combinations(g, 2)))
+    return [next(c for c, g in enumerate(best) if i in g) for i in range(len(S))]
 
 
-def measure(library: str, rng: np.random.Generator) -> tuple[dict, dict, dict]:
-    """(base and own accuracy per task, labels per grouping, {(grouping, merge): accuracy per task})."""
+def measure(library: str, rng: np.random.Generator) -> tuple[dict, dict, dict, dict]:
+    """(base and own accuracy per task, labels per grouping, {(grouping, merge): accuracy per task},
+    {(cluster, merge): accuracy per member task} for every cluster of three and the BOUND merges)."""
     folders = train_library(library)
     items = adapters(library)
     model, tokenizer = load_model()
@@ -188,7 +191,18 @@ def measure(library: str, rng: np.random.Generator) -> tuple[dict, dict, dict]:
             results[grouping, how] = per_task
         saved.write_bytes(pickle.dumps(done))
         print(f"  {library}: {grouping} done", file=sys.stderr)
-    return {"base": base, "own": own}, groupings, results
+    triples = {}  # every cluster of three, for the best partition chosen knowing the answers
+    for how in BOUND:
+        for members in map(frozenset, itertools.combinations(names, 3)):
+            if (members, how) not in done:
+                for n in members - solo.keys():
+                    solo[n] = deltas(model, folders[n])
+                with added(model, MERGES[how]([solo[n] for n in sorted(members)])):
+                    done[members, how] = {n: score(n) for n in members}
+            triples[members, how] = done[members, how]
+        saved.write_bytes(pickle.dumps(done))
+        print(f"  {library}: every cluster of three, {how}, done", file=sys.stderr)
+    return {"base": base, "own": own}, groupings, results, triples
 
 
 def retention(accuracies: dict[str, float], ends: dict) -> float:
@@ -204,7 +218,7 @@ def main() -> None:
     }
     share = {
         (library, grouping, how): retention(acc, ends)
-        for library, (ends, _, results) in measured.items()
+        for library, (ends, _, results, _) in measured.items()
         for (grouping, how), acc in results.items()
     }
     groupings = list(next(iter(measured.values()))[1])
@@ -239,14 +253,33 @@ def main() -> None:
             chosen_rows,
         )
     )  # fmt: skip
+    alike = "least alike (outputs, for compression)"
+    bound_rows = []
+    for library, (ends, _, _, triples) in measured.items():
+        names = list(ends["own"])
+        row = [library]
+        for how in BOUND:
+            every = [
+                retention({n: a for g in gs for n, a in triples[frozenset(names[i] for i in g), how].items()}, ends)
+                for gs in three_of_three(len(names))
+            ]
+            row += [f"{max(every):.0%}", f"{np.median(every):.0%}", f"{share[library, alike, how]:.0%}"]
+        others = [x for x in LIBRARIES if x != library]
+        how = max(MERGES, key=lambda h: min(share[x, alike, h] for x in others))
+        bound_rows.append([*row, f"{share[library, alike, how]:.0%} ({how})"])
+    print("\nEvery partition into three of three (280), each cluster measured: the best, chosen knowing the answers")
+    heads = [f"{what}, {how}" for how in BOUND for what in ("best", "median", "least alike")]
+    print(table(["library", *heads, "least alike, merge chosen on the others"], bound_rows))
     labels_rows = [
-        [library, g, " ".join(map(str, labels))] for library, (_, gs, _) in measured.items() for g, labels in gs.items()
-    ]  # noqa: E501
+        [library, g, " ".join(map(str, labels))]
+        for library, (_, gs, _, _) in measured.items()
+        for g, labels in gs.items()
+    ]
     print("\nThe groupings (labels in bench.libraries' order: three families of three)")
     print(table(["library", "grouping", "labels"], labels_rows))
     ends_rows = [
         [library, n, f"{ends['base'][n]:.2f}", f"{ends['own'][n]:.2f}"]
-        for library, (ends, _, _) in measured.items()
+        for library, (ends, _, _, _) in measured.items()
         for n in ends["own"]
     ]
     print("\nBase and own adapter per task (exact match, 20 held-out inputs)")

@@ -63,8 +63,8 @@ def analyse_module(module: str, f: algebra.Factors) -> tuple[ModulePrototype, to
 
 def analyse_weights(weights: Path, config: dict[str, Any]) -> tuple[list[ModulePrototype], np.ndarray, np.ndarray]:
     """Prototypes, sketch and output sketch: what algebra.prototypes, .sketch and .output_sketch give,
-    the modules split between the analysis's threads (most of the time is the sketches' seeded Gaussians,
-    which torch draws on one thread)."""
+    the modules split between the analysis's threads (the sketches' seeded Gaussians, which torch draws on
+    one thread, are much of the time)."""
     factors = peft_format.read(weights, config).factors
     modules = sorted(factors)
     if _threads > 1 and len(modules) > 1:

@@ -17,7 +17,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from bench.common import table
-from bench.real_library import Recipe, accuracy, load_model, train
+from bench.real_library import Recipe, accuracy, cached_adapter, load_model, train
 from bench.tasks import MONTHS, WEEKDAYS, WORDS, Task, fmt
 
 ATTENTION = ["q_proj", "k_proj", "v_proj", "o_proj"]
@@ -398,8 +398,10 @@ def train_library(library: str) -> dict[str, Path]:
     """Every adapter of the library (task name -> PEFT folder), training what is missing."""
     folders = {}
     for t, recipe, form in adapters(library):
-        model, tokenizer = load_model()  # fresh each time: DoRA and layer subsets leave nothing behind
-        folders[t.name] = train(t, recipe, model, tokenizer, form=form)
+        if not (found := cached_adapter(t, recipe, form)):
+            model, tokenizer = load_model()  # fresh each time: DoRA and layer subsets leave nothing behind
+            found = train(t, recipe, model, tokenizer, form=form)
+        folders[t.name] = found
     return folders
 
 

@@ -61,19 +61,19 @@ class _Blank:
         return _Blank()
 
     def __getattr__(self, name: str) -> type:
-        if name.startswith("__"):
-            raise AttributeError(name)
         return _blank(name)
 
 
 def _blank(name: str) -> type:
+    """A stood-in attribute: a class that accepts anything (dunders stay missing, so that inspection and
+    version checks see a plain module)."""
+    if name.startswith("__"):
+        raise AttributeError(name)
     return _Meta(name, (_Blank,), {})
 
 
 class _Meta(type):
     def __getattr__(cls, name: str) -> type:
-        if name.startswith("__"):
-            raise AttributeError(name)
         return _blank(name)
 
 
@@ -87,13 +87,7 @@ class _StandIns(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         module = types.ModuleType(spec.name)
         module.__path__ = []
         module.__version__ = "0.0"
-
-        def attribute(name: str) -> type:
-            if name.startswith("__"):
-                raise AttributeError(name)
-            return _blank(name)
-
-        module.__getattr__ = attribute  # type: ignore[method-assign]
+        module.__getattr__ = _blank  # type: ignore[method-assign]
         return module
 
     def exec_module(self, module) -> None:  # noqa: ANN001

@@ -107,6 +107,12 @@ def adapter_dir(task: Task, recipe: Recipe, form: dict | None = None) -> Path:
 SAVED_MODULE_LR = 0.1
 
 
+def cached_adapter(task: Task, recipe: Recipe, form: dict | None = None) -> Path | None:
+    """The task's trained adapter folder, if the cache holds it."""
+    target = adapter_dir(task, recipe, form)
+    return target if (target / "adapter_model.safetensors").is_file() else None
+
+
 def train(  # noqa: ANN001
     task: Task,
     recipe: Recipe,
@@ -119,8 +125,8 @@ def train(  # noqa: ANN001
     examples.jsonl, as a user would publish it). `form`: more LoraConfig fields (use_dora,
     modules_to_save, ...) for the forms PEFT writes besides plain LoRA (bench/bench_variants.py)."""
     target = adapter_dir(task, recipe, form)
-    if examples is None and (target / "adapter_model.safetensors").is_file():
-        return target
+    if examples is None and (found := cached_adapter(task, recipe, form)):
+        return found
     from peft import LoraConfig, get_peft_model
 
     train_inputs, _ = task.split(recipe.train_examples, seed=recipe.seed)

@@ -72,18 +72,12 @@ def library_sketches(library: str) -> tuple[list, list, list, list]:
 DRAWS = 5
 
 
-def draw_outputs(library: str, draw: int) -> list[tuple[list[str], np.ndarray]]:
+def draw_outputs(factors: list[dict[str, algebra.Factors]], draw: int) -> list[tuple[list[str], np.ndarray]]:
     """Each adapter's (modules, output sketch) with the Gaussians of another draw (algebra.SKETCH_DRAW)."""
-    folders = train_library(library)
     hub = algebra.SKETCH_DRAW
     algebra.SKETCH_DRAW = draw
     try:
-        out = []
-        for t, _, _ in adapters(library):
-            config = json.loads((folders[t.name] / "adapter_config.json").read_text())
-            factors = peft_format.read(folders[t.name] / algebra.WEIGHTS_FILE, config).factors
-            out.append((sorted(factors), algebra.output_sketch(factors)))
-        return out
+        return [(sorted(f), algebra.output_sketch(f)) for f in factors]
     finally:
         algebra.SKETCH_DRAW = hub
 
@@ -96,7 +90,7 @@ def partitions(embeddings: np.ndarray | mbc.Aligned) -> list[np.ndarray]:
 def main() -> None:
     from sklearn.metrics import adjusted_rand_score
 
-    rows, form_rows = [], []
+    rows, form_rows, draws = [], [], []
     peer = mttl_peer.partitions({lib: [train_library(lib)[t.name] for t, _, _ in adapters(lib)] for lib in LIBRARIES})
     for library in LIBRARIES:
         items, outputs, sketches, factors = library_sketches(library)
@@ -131,17 +125,12 @@ def main() -> None:
                 form_rows.append([library, name, f"{adjusted_rand_score(form, said['labels']):.2f}"])
             else:
                 rows.append([library, name, "-", f"fails: {said['error']}"])
-        print(f"  {library} done", file=sys.stderr)
-    draws = []
-    for library in LIBRARIES:
-        family = [t.family for t, _, _ in adapters(library)]
         ari = []
         for draw in range(algebra.SKETCH_DRAW, algebra.SKETCH_DRAW + DRAWS):
-            outputs = draw_outputs(library, draw)
-            keep = mbc.middle_layers({m for modules, _ in outputs for m in modules})
-            X = mbc.sketch_matrix(outputs, algebra.output_block(), keep)
+            X = mbc.sketch_matrix(draw_outputs(factors, draw), block, mbc.middle_layers(everything))
             ari.append(adjusted_rand_score(family, mbc.cluster(X, 3).labels))
         draws.append([library, " ".join(f"{a:.2f}" for a in ari), f"{np.mean(ari):.2f}", f"{np.std(ari):.2f}"])
+        print(f"  {library} done", file=sys.stderr)
     print("MBC on bench/libraries.py's libraries (bare adapters): ARI against the families")
     print(table(["library", "similarity", "k chosen", "k = 3"], rows))
     print(f"\n`outputs-middle` at k = 3 with {DRAWS} draws of the output sketches' Gaussians (the hub's is the first)")

@@ -174,32 +174,33 @@ def measure(library: str, rng: np.random.Generator) -> tuple[dict, dict, dict, d
     own = {name: done["own", name] for name in tasks}
     base = {name: done["base", name] for name in tasks}
     solo: dict[str, Deltas] = {}  # each adapter's delta, when a cluster first needs it
+
+    def cluster_accuracy(members: frozenset, how: str) -> dict[str, float]:
+        """Each member task's accuracy with the cluster's adapter (merged as `how`) in place of its own."""
+        if (members, how) not in done:
+            for n in members - solo.keys():
+                solo[n] = deltas(model, folders[n])
+            with added(model, MERGES[how]([solo[n] for n in sorted(members)])):
+                done[members, how] = {n: score(n) for n in members}
+        return done[members, how]
+
     groupings = partitions(library, rng)
     names = list(tasks)
     results = {}
     for grouping, labels in groupings.items():
-        for how, merge in MERGES.items():
+        for how in MERGES:
             per_task = {}
             for c in set(labels):
-                members = frozenset(n for n, label in zip(names, labels, strict=True) if label == c)
-                if (members, how) not in done:
-                    for n in members - solo.keys():
-                        solo[n] = deltas(model, folders[n])
-                    with added(model, merge([solo[n] for n in sorted(members)])):
-                        done[members, how] = {n: score(n) for n in members}
-                per_task.update(done[members, how])
+                per_task.update(
+                    cluster_accuracy(frozenset(n for n, lb in zip(names, labels, strict=True) if lb == c), how)
+                )
             results[grouping, how] = per_task
         saved.write_bytes(pickle.dumps(done))
         print(f"  {library}: {grouping} done", file=sys.stderr)
     triples = {}  # every cluster of three, for the best partition chosen knowing the answers
     for how in BOUND:
         for members in map(frozenset, itertools.combinations(names, 3)):
-            if (members, how) not in done:
-                for n in members - solo.keys():
-                    solo[n] = deltas(model, folders[n])
-                with added(model, MERGES[how]([solo[n] for n in sorted(members)])):
-                    done[members, how] = {n: score(n) for n in members}
-            triples[members, how] = done[members, how]
+            triples[members, how] = cluster_accuracy(members, how)
         saved.write_bytes(pickle.dumps(done))
         print(f"  {library}: every cluster of three, {how}, done", file=sys.stderr)
     return {"base": base, "own": own}, groupings, results, triples

@@ -34,7 +34,7 @@ from bench.real_library import Recipe, library, load_model
 from bench.tasks import TASKS, Task
 from bench.zeroshot_scoring import prototypes, token_weights
 from quiver_hub import Adapter, reference_means
-from quiver_hub.local.capture import capture_inputs, chat_tokens
+from quiver_hub.local.capture import REFERENCE, capture_inputs, chat_tokens
 from quiver_hub.registry.search.embedder import TextEmbedder
 from quiver_hub.registry.search.route_modules import DEFAULT_ROUTE_MODULES, EVERY_4TH_LAYER, ModuleChoice
 from quiver_hub.registry.search.routing import EXAMPLES_TEMPERATURE
@@ -59,7 +59,19 @@ CANDIDATES = {
     "q_proj of layers 0, 8, ... and k_proj of 4, 12, ...": r".*\.layers\.(?:0|8|16|24|32|40|48|56)\.self_attn\.q_proj"
     r"|.*\.layers\.(?:4|12|20|28|36|44|52|60)\.self_attn\.k_proj",
 }
-TOP_KS = (3, 1)
+TOP_KS = (3, 1)  # adapters each token keeps (the route's top_k)
+WHAT = ("bare first", "bare top 3", "examples first")
+# An adapter's score as the route gives it, or calibrated by its score on ordinary text (capture.REFERENCE,
+# the texts whose mean input the route subtracts): less it, or over it. "" is the route's.
+CALIBRATIONS = ("", ", less ordinary", ", over ordinary")
+WEIGHINGS = ("", ", modules by norm")  # an adapter's modules alike, or weighted by its delta's norm on each
+# A token's logit for an adapter: |<h, v>| as the route takes it (""), or over the spread of <h, v> on
+# ordinary text (the root mean square over REFERENCE's tokens, centered as h is), so that a prototype
+# along a direction every input varies in does not win every token.
+LOGITS = ("", ", over its spread")
+SCORES = [f"top {k}{logit}" for logit in LOGITS for k in TOP_KS]
+OPTIONS = [(score, weigh + how) for score in SCORES for weigh in WEIGHINGS for how in CALIBRATIONS]
+MEASURES = [f"{what}, {score}{how}" for score, how in OPTIONS for what in WHAT]
 
 
 def first_library() -> tuple[dict[str, Path], dict[str, Task], dict[str, tuple[list, list]]]:
@@ -75,25 +87,36 @@ def other_library(name: str) -> tuple[dict[str, Path], dict[str, Task], dict[str
     return folders, tasks, {t.name: split(t, recipe) for t, recipe, _ in adapters(name)}
 
 
-def module_weights(model, tok, folders, tasks, splits) -> list[tuple[str, dict[str, dict[int, dict[str, float]]]]]:  # noqa: ANN001
-    """For each held-out chat (its task's name): module -> top k -> adapter -> its weight averaged over
-    the tokens, over the adapters that adapt the module."""
-    protos = prototypes(folders)
+def module_weights(
+    model, tok, protos, chats: list[tuple[str, str]]
+) -> list[tuple[str, dict[str, dict[str, dict[str, float]]]]]:  # noqa: ANN001, E501
+    """For each chat (its task's name, the user's words): module -> score (SCORES) -> adapter -> its weight
+    averaged over the tokens, over the adapters that adapt the module (`protos`:
+    zeroshot_scoring.prototypes)."""
     modules = sorted(protos)
     means = reference_means(model, tok, modules, chat=True)
+    vectors = {m: torch.stack([v[1][0] for v in protos[m].values()]) for m in modules}
+    as_chat = [chat_tokens(tok, [{"role": "user", "content": t}])[0] for t in REFERENCE]
+    ordinary = [capture_inputs(model, tok, None, modules, input_ids=ids) for ids in as_chat]
+    spread = {
+        m: ((torch.cat([o[m] for o in ordinary]) - means[m]) @ vectors[m].T).pow(2).mean(0).sqrt() for m in modules
+    }
     out = []
-    for name, (_, held) in splits.items():
-        for x in held:
-            ids, mask = chat_tokens(tok, [{"role": "user", "content": tasks[name].prompt(x)}])
-            states = capture_inputs(model, tok, None, modules, input_ids=ids, mask=mask)
-            per_module = {}
-            for m in modules:
-                names = list(protos[m])
-                logits = ((states[m] - means[m]) @ torch.stack([protos[m][n][1][0] for n in names]).T).abs()
-                per_module[m] = {
-                    k: dict(zip(names, token_weights(logits, k, 1.0).tolist(), strict=True)) for k in TOP_KS
-                }
-            out.append((name, per_module))
+    for name, words in chats:
+        ids, mask = chat_tokens(tok, [{"role": "user", "content": words}])
+        states = capture_inputs(model, tok, None, modules, input_ids=ids, mask=mask)
+        per_module = {}
+        for m in modules:
+            names = list(protos[m])
+            logits = ((states[m] - means[m]) @ vectors[m].T).abs()
+            per_module[m] = {
+                f"top {k}{logit}": dict(
+                    zip(names, token_weights(logits / spread[m] if logit else logits, k, 1.0).tolist(), strict=True)
+                )
+                for logit in LOGITS
+                for k in TOP_KS
+            }
+        out.append((name, per_module))
     return out
 
 
@@ -112,14 +135,45 @@ def example_shares(embedder: TextEmbedder, tasks: dict[str, Task], splits: dict)
     return out
 
 
-def rank(weights: dict[str, dict[int, dict[str, float]]], indexed: dict[str, set[str]], k: int) -> dict:
-    """Each adapter's score over the modules of it the hub indexes (`indexed`, ModuleChoice.of_adapter)."""
+def rank(
+    weights: dict[str, dict[str, dict[str, float]]],
+    indexed: dict[str, set[str]],
+    score: str,
+    norms: dict[str, dict[str, float]] | None = None,
+) -> dict:
+    """Each adapter's score (one of SCORES) averaged over the modules of it the hub indexes (`indexed`,
+    ModuleChoice.of_adapter), or, with `norms`, weighted by its delta's norm on each."""
     summed = dict.fromkeys(indexed, 0.0)
-    for m, by_k in weights.items():
-        for n, w in by_k[k].items():
+    total = {n: float(len(ms)) if norms is None else sum(norms[n][m] for m in ms) for n, ms in indexed.items()}
+    for m, by_score in weights.items():
+        for n, w in by_score[score].items():
             if m in indexed[n]:
-                summed[n] += w
-    return {n: summed[n] / len(indexed[n]) for n in indexed}
+                summed[n] += w * (1.0 if norms is None else norms[n][m])
+    return {n: summed[n] / total[n] for n in indexed}
+
+
+def delta_norms(folders: dict[str, Path]) -> dict[str, dict[str, float]]:
+    """adapter -> module -> the Frobenius norm of its delta there (s B A)."""
+    return {
+        name: {
+            m: float(f.scaling * (f.B.double() @ f.A.double()).norm()) for m, f in Adapter.load(folder).factors.items()
+        }
+        for name, folder in folders.items()
+    }
+
+
+def mean_scores(scores: list[dict[str, float]]) -> dict[str, float]:
+    return {n: sum(s[n] for s in scores) / len(scores) for n in scores[0]}
+
+
+def calibrated(scores: dict[str, float], usual: dict[str, float], how: str) -> dict[str, float]:
+    """scores as they are (""), less each adapter's score on ordinary text, or over it."""
+    how = how.removeprefix(WEIGHINGS[1])
+    if how == ", less ordinary":
+        return {n: v - usual[n] for n, v in scores.items()}
+    if how == ", over ordinary":
+        return {n: v / max(usual[n], 1e-6) for n, v in scores.items()}
+    return scores
 
 
 def order(scores: dict[str, float]) -> list[str]:
@@ -135,39 +189,57 @@ def main() -> None:
     results: dict[str, dict[str, dict[str, float]]] = {}  # candidate -> library -> measure -> value
     for lib in libs:
         folders, tasks, splits = first_library() if lib == "A" else other_library(lib)
-        captured = module_weights(model, tok, folders, tasks, splits)
+        protos = prototypes(folders)
+        chats = [(name, tasks[name].prompt(x)) for name, (_, held) in splits.items() for x in held]
+        captured = module_weights(model, tok, protos, chats)
+        ordinary = module_weights(model, tok, protos, [("", text) for text in REFERENCE])
         shares = example_shares(embedder, tasks, splits)
         names = list(folders)
         adapted = {n: set(Adapter.load(f).factors) for n, f in folders.items()}
+        norms = delta_norms(folders)
         for label, expression in CANDIDATES.items():
             choice = ModuleChoice(expression)
             indexed = {n: choice.of_adapter(ms) for n, ms in adapted.items()}
-            hits = dict.fromkeys(["bare first", "bare top 3", "bare first, top 1", "examples first"], 0)
+            hits = dict.fromkeys(MEASURES, 0)
+            weighed = {w: norms if w else None for w in WEIGHINGS}
+            usual = {
+                (score, w): mean_scores([rank(o, indexed, score, by) for _, o in ordinary])
+                for score in SCORES
+                for w, by in weighed.items()
+            }
             for (task, weights), share in zip(captured, shares, strict=True):
-                bare = rank(weights, indexed, 3)
-                ranked = order(bare)
-                hits["bare first"] += ranked[0] == task
-                hits["bare top 3"] += task in ranked[:3]
-                hits["bare first, top 1"] += order(rank(weights, indexed, 1))[0] == task
-                hits["examples first"] += order({n: (bare[n] + share[n]) / 2 for n in names})[0] == task
+                for score, how in OPTIONS:
+                    w = WEIGHINGS[1] if how.startswith(WEIGHINGS[1]) else ""
+                    bare = calibrated(rank(weights, indexed, score, weighed[w]), usual[score, w], how)
+                    ranked = order(bare)
+                    hits[f"bare first, {score}{how}"] += ranked[0] == task
+                    hits[f"bare top 3, {score}{how}"] += task in ranked[:3]
+                    hits[f"examples first, {score}{how}"] += (
+                        order({n: (bare[n] + share[n]) / 2 for n in names})[0] == task
+                    )
             on_own = sum(1 for ms in adapted.values() if not any(choice.chooses(m) for m in ms))
             results.setdefault(label, {})[lib] = {k: v / len(captured) for k, v in hits.items()} | {"on own": on_own}
-            print(f"  {lib} {label}: {results[label][lib]}", file=sys.stderr)
+            firsts = {m: f"{v:.2f}" for m, v in results[label][lib].items() if m.startswith("bare first")}
+            print(f"  {lib} {label}: {firsts}", file=sys.stderr)
     rows = []
     for label, expression in CANDIDATES.items():
         r = results[label]
         routed = [m for m in LLAMA_7B_MODULES if re.fullmatch(expression, m)]
+        each = lambda measure: " / ".join(f"{r[lib][measure]:.2f}" for lib in libs)  # noqa: E731, B023
+        worst = lambda measure: f"{min(r[lib][measure] for lib in libs):.2f}"  # noqa: E731, B023
         rows.append(
             [
                 label,
-                " / ".join(f"{r[lib]['bare first']:.2f}" for lib in libs),  # noqa: B023
-                f"{min(r[lib]['bare first'] for lib in libs):.2f}",
-                f"{min(r[lib]['bare top 3'] for lib in libs):.2f}",
-                f"{min(r[lib]['bare first, top 1'] for lib in libs):.2f}",
-                f"{min(r[lib]['examples first'] for lib in libs):.2f}",
+                each("bare first, top 3"),
+                worst("bare first, top 3"),
+                worst("bare top 3, top 3"),
+                each("bare first, top 1"),
+                worst("bare first, top 1"),
+                worst("bare top 3, top 1"),
+                f"{worst('examples first, top 3')} / {worst('examples first, top 1')}",
                 str(sum(int(r[lib]["on own"]) for lib in libs)),
                 str(len(routed)),
-                f"{index_bytes(routed) / 1024:,.0f}",
+                f"{sum(index_bytes(routed)) / 1024:,.0f} ({index_bytes(routed)[0] / 1024:,.1f})",
             ]
         )
     print(
@@ -182,15 +254,41 @@ def main() -> None:
                 f"bare first, {' / '.join(libs)}",
                 "bare first, worst",
                 "bare top 3, worst",
+                f"bare first at top k = 1, {' / '.join(libs)}",
                 "bare first at top k = 1, worst",
-                "with examples first, worst",
+                "bare top 3 at top k = 1, worst",
+                "with examples first, worst, top k = 3 / 1",
                 "adapters none of whose modules it names",
                 "7B modules",
-                "index / 7B adapter (KiB)",
+                "index / 7B adapter, KiB (of it in memory)",
             ],
             rows,
         )
     )
+    default = results["the hub's default (DEFAULT_ROUTE_MODULES)"]
+    print("\nThe route's top k, and a calibration by ordinary text, on the default modules, chosen")
+    print("leave-one-library-out: the option with the best worst library on the others (bare first, then with")
+    print("examples), reported on the one left out")
+    chosen = []
+    for lib in libs:
+        others = [o for o in libs if o != lib] or [lib]
+        best = max(
+            OPTIONS,
+            key=lambda o: tuple(min(default[x][f"{w}, {o[0]}{o[1]}"] for x in others) for w in WHAT[::2]),
+        )
+        chosen.append([lib, f"{best[0]}{best[1]}", *(f"{default[lib][f'{w}, {best[0]}{best[1]}']:.2f}" for w in WHAT)])
+    print(table(["left out", "chosen on the others", *WHAT], chosen))
+    print("\nEvery option on the default modules: bare first / with examples first, on " + " / ".join(libs))
+    print(
+        table(
+            ["top k, logit, calibration", *libs],
+            [
+                [f"{score}{how}", *(f"{default[x][f'bare first, {score}{how}']:.2f} / "
+                                    f"{default[x][f'examples first, {score}{how}']:.2f}" for x in libs)]
+                for score, how in OPTIONS
+            ],
+        )
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

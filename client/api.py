@@ -29,6 +29,11 @@ if TYPE_CHECKING:  # routing imports torch, which the commands that only talk HT
     from quiver_hub.routing import Routing
 
 ROUTE_METHODS = ("arrow", "arrow-centered", "arrow+examples")
+# How many adapters each token keeps when a route does not say (its top_k): the paper's 3 for its Arrow;
+# 1 for the centered methods, with which bare adapters are first more often on every library measured
+# and no less often with examples (bench/README.md, "Zero-shot routing on libraries no default was
+# chosen on").
+DEFAULT_TOP_K = {"arrow": 3, "arrow-centered": 1, "arrow+examples": 1}
 ROUTE_MODULES_TTL_S = 60.0  # how long Hub.route trusts the modules it was told (Hub.route_modules)
 
 
@@ -308,7 +313,7 @@ class HubClient:
         *,
         base_model: str | None = None,
         text: str | None = None,
-        top_k: int = 3,
+        top_k: int | None = None,
         temperature: float = 1.0,
         limit: int = 10,
         task: str | None = None,
@@ -317,12 +322,14 @@ class HubClient:
         method: str = "arrow+examples",
     ) -> Routing:
         """Which adapters fit these hidden states (module -> tokens x in_features, the inputs of adapted
-        modules)? With method "arrow+examples", `text` (the user's words) is sent too. Inputs too long
-        for one request are split over several and combined exactly (quiver_hub.routing). To route a
-        model's own input (chat messages, text), use quiver_hub.Hub.route."""
+        modules)? With method "arrow+examples", `text` (the user's words) is sent too. Each token keeps
+        its `top_k` adapters (DEFAULT_TOP_K of the method unless given). Inputs too long for one request
+        are split over several and combined exactly (quiver_hub.routing). To route a model's own input
+        (chat messages, text), use quiver_hub.Hub.route."""
         from quiver_hub.routing import Routing, combine, split_requests
 
         check_route_method(method)
+        top_k = DEFAULT_TOP_K[method] if top_k is None else top_k
         if not base_model:
             raise ValueError("base_model is required")
         max_rows = self.route_modules(base_model)["max_rows"]

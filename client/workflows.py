@@ -32,7 +32,7 @@ class Hub(HubClient):
         input_ids: Sequence[int] | torch.Tensor | None = None,
         mask: Sequence[bool] | torch.Tensor | None = None,
         base_model: str | None = None,
-        top_k: int = 3,
+        top_k: int | None = None,
         temperature: float = 1.0,
         limit: int = 10,
         task: str | None = None,

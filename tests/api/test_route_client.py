@@ -172,6 +172,8 @@ def test_arrow_plus_examples_equals_its_brute_force_and_keeps_private_examples_p
 
 
 def test_hub_route_on_a_chat_sends_the_centered_states_of_the_users_words(server: LiveServer, tmp_path: Path) -> None:
+    """Each method's states, scored as the brute force scores them: at top_k = 2, and at each method's
+    default (the paper's 3 for "arrow", 1 for the centered ones: api.DEFAULT_TOP_K)."""
     from quiver_hub import reference_means
 
     token = server.token("alice")
@@ -193,10 +195,16 @@ def test_hub_route_on_a_chat_sends_the_centered_states_of_the_users_words(server
     states = capture_inputs(model, tok, None, MODULES, input_ids=ids, mask=mask)
     means = reference_means(model, tok, MODULES, chat=True)
     with Hub(server.url, token, cache_dir=tmp_path / "cache") as hub:
-        for method, sent in (("arrow", states), ("arrow-centered", {m: h - means[m] for m, h in states.items()})):
-            routed = hub.route(model=model, tokenizer=tok, messages=messages, method=method, top_k=2, limit=4)
-            want = brute_force(protos, {m: h.numpy() for m, h in sent.items()}, 2, 1.0)
-            assert {r["id"]: round(r["score"], 5) for r in routed} == {k: round(v, 5) for k, v in want.items() if v > 0}
+        for method, sent, default in (
+            ("arrow", states, 3),
+            ("arrow-centered", {m: h - means[m] for m, h in states.items()}, 1),
+            ("arrow+examples", {m: h - means[m] for m, h in states.items()}, 1),  # no adapter has examples
+        ):
+            for top_k in (2, None):
+                routed = hub.route(model=model, tokenizer=tok, messages=messages, method=method, top_k=top_k, limit=4)
+                want = brute_force(protos, {m: h.numpy() for m, h in sent.items()}, top_k or default, 1.0)
+                got = {r["id"]: round(r["score"], 5) for r in routed}
+                assert got == {k: round(v, 5) for k, v in want.items() if v > 0}, (method, top_k)
 
 
 def test_hub_route_asks_the_modules_once_and_again_after_its_own_push(server: LiveServer, tmp_path: Path) -> None:

@@ -195,10 +195,11 @@ def test_hub_route_on_a_chat_sends_the_centered_states_of_the_users_words(server
     states = capture_inputs(model, tok, None, MODULES, input_ids=ids, mask=mask)
     means = reference_means(model, tok, MODULES, chat=True)
     with Hub(server.url, token, cache_dir=tmp_path / "cache") as hub:
+        centered = {m: h - means[m] for m, h in states.items()}
         for method, sent, default in (
             ("arrow", states, 3),
-            ("arrow-centered", {m: h - means[m] for m, h in states.items()}, 1),
-            ("arrow+examples", {m: h - means[m] for m, h in states.items()}, 1),  # no adapter has examples
+            ("arrow-centered", centered, 1),
+            ("arrow+examples", centered, 1),  # no adapter has examples
         ):
             for top_k in (2, None):
                 routed = hub.route(model=model, tokenizer=tok, messages=messages, method=method, top_k=top_k, limit=4)
